@@ -1,0 +1,113 @@
+"""Read manifests from YAML and turn validation failures into one clear message.
+
+Used by the CLI (`finetune run`, `finetune sweep`) and by the operator, so a
+bad spec reads the same everywhere: `spec.hyperparameters.learningRate: Input
+should be greater than 0 (got -1)`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from finetune_api.models import FineTuneJob, HyperparameterSweep
+
+M = TypeVar("M", bound=BaseModel)
+KINDS: dict[str, type[BaseModel]] = {
+    "FineTuneJob": FineTuneJob,
+    "HyperparameterSweep": HyperparameterSweep,
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; the CLI prints its message, never a traceback."""
+
+
+class SpecError(UserError, ValueError):
+    """A manifest that cannot be used; the message names the field and the reason."""
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check spelling and nesting)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and not isinstance(e["input"], dict | list):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{where}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def parse(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate data into model, raising SpecError with field paths on failure."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, prefix)) from None
+
+
+def load_documents(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"{p}: cannot read the file ({err.strerror})") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {err}") from None
+    if not docs:
+        raise SpecError(f"{p}: the file holds no YAML document")
+    for d in docs:
+        if not isinstance(d, dict):
+            raise SpecError(f"{p}: each document must be a mapping, got {type(d).__name__}")
+    return docs
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b.c=value` overrides (value parsed as YAML) to a manifest."""
+    out = copy.deepcopy(doc)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected PATH=VALUE, e.g. spec.model.path=/models/x")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {item!r}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def parse_manifest(doc: dict[str, Any], source: str = "") -> BaseModel:
+    """A FineTuneJob or HyperparameterSweep from one YAML document."""
+    kind = doc.get("kind")
+    where = f"{source}: " if source else ""
+    if kind not in KINDS:
+        raise SpecError(
+            f"{where}kind must be one of {', '.join(KINDS)} (got {kind!r})"
+        )
+    return parse(KINDS[kind], doc, prefix=where)
+
+
+def load_manifest(path: str | Path, kind: type[M], overrides: list[str] | None = None) -> M:
+    """The single document of the given kind in path, validated."""
+    docs = [d for d in load_documents(path) if d.get("kind") == kind.__name__]
+    if len(docs) != 1:
+        raise SpecError(
+            f"{path}: expected exactly one {kind.__name__} document, found {len(docs)}"
+        )
+    doc = apply_overrides(docs[0], overrides or [])
+    return parse(kind, doc, prefix=f"{path}: ")

@@ -1,0 +1,487 @@
+"""The API, defined once: typed spec and status models for both kinds.
+
+The trainer parses specs with these models, the operator validates and
+defaults with them, and `finetune_api.crd` generates the CRD YAML from them.
+Field descriptions become `kubectl explain` text; `x-kubernetes-validations`
+entries (CEL) carry the cross-field rules into the apiserver, and the same
+rules are enforced here as pydantic validators so local runs agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The wire form: camelCase, without unset optional (None) fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """json_schema_extra carrying CEL rules (rule, message) into the CRD."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+# A Kubernetes resource quantity ("4", "500m", "16Gi") or a plain integer.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+Quantity = Annotated[
+    int | Annotated[str, Field(pattern=QUANTITY_PATTERN)],
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class Task(StrEnum):
+    classification = "classification"
+    causal_lm = "causal-lm"
+    masked_lm = "masked-lm"
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    suspended = "Suspended"
+
+
+# --------------------------------------------------------------------------- FineTuneJob spec
+
+
+class ModelSource(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.name) != has(self.path)", "exactly one of model.name or model.path must be set"),
+    ))
+
+    name: str | None = Field(
+        None, min_length=1, description="Hugging Face hub id, e.g. bert-base-uncased."
+    )
+    path: str | None = Field(
+        None, min_length=1, description="A local or mounted (PVC) model directory."
+    )
+    revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("exactly one of model.name or model.path must be set")
+        return self
+
+
+class DataSource(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.path) != has(self.hub)", "exactly one of path or hub must be set"),
+    ))
+
+    path: str | None = Field(
+        None,
+        min_length=1,
+        description="A csv, tsv, jsonl/json or parquet file (format from the extension). "
+        "Relative paths resolve against the spec file's directory.",
+    )
+    hub: str | None = Field(None, min_length=1, description="A hub dataset id, e.g. glue.")
+    config: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
+    split: str = Field("train", min_length=1, description="Hub dataset split.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("exactly one of path or hub must be set")
+        return self
+
+
+class Dataset(ApiModel):
+    train: DataSource = Field(description="Training data.")
+    eval: DataSource | None = Field(
+        None, description="Evaluation data; when absent, evalFraction of train is held out."
+    )
+    text_column: str = Field("text", min_length=1, description="Column holding the input text.")
+    label_column: str = Field(
+        "label",
+        min_length=1,
+        description="Classification label column: ints, or strings (mapped to ids, map saved).",
+    )
+    target_column: str | None = Field(
+        None,
+        description="causal-lm: optional reference column in the eval set, scored with BLEU "
+        "against generations from textColumn prompts.",
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Held-out share of train used when eval is absent."
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Use at most this many training rows (handy for smoke runs)."
+    )
+    max_eval_samples: int | None = Field(None, ge=1, description="Use at most this many eval rows.")
+
+
+class Hyperparameters(ApiModel):
+    learning_rate: float = Field(5.0e-5, gt=0, le=1, description="Peak learning rate.")
+    epochs: float = Field(3, gt=0, le=1000, description="Training epochs (may be fractional).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps used for warm-up.")
+    max_length: int = Field(
+        128, ge=8, le=32768, description="Truncation length; batches pad only to their longest."
+    )
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many steps; -1 = use epochs.")
+    seed: int = Field(42, ge=0)
+    precision: Precision = Field(
+        Precision.auto, description="auto = bf16/fp16 on GPUs that support it, fp32 on CPU."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps; default: once per epoch."
+    )
+    logging_steps: int = Field(10, ge=1, description="Report training loss every N steps.")
+
+
+class Lora(ApiModel):
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; null = a sensible default per architecture."
+    )
+    merge: bool = Field(False, description="Also save the adapter merged into the base model.")
+
+
+class Quantization(ApiModel):
+    mode: Literal["qat"] = Field(
+        "qat", description="qat = quantization-aware training ending in an int8 model."
+    )
+
+
+class Mlm(ApiModel):
+    mask_probability: float = Field(0.15, gt=0, lt=1)
+
+
+class Output(ApiModel):
+    path: str | None = Field(
+        None, description="Artifact directory; default /output in a pod, ./runs/NAME locally."
+    )
+    pvc: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        description="PersistentVolumeClaim mounted at output.path in the pod (else an emptyDir).",
+    )
+
+
+class Toleration(ApiModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Resources(ApiModel):
+    gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu requested by the trainer pod.")
+    cpu: Quantity = Field("4", description="CPU request (and limit).")
+    memory: Quantity = Field("16Gi", description="Memory request (and limit).")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(pattern=DNS_LABEL, description="Secret name in the job's namespace.")
+    key: str = Field(min_length=1, description="Key within the Secret.")
+
+
+class SecretEnv(ApiModel):
+    env: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable, e.g. HF_TOKEN."
+    )
+    secret_ref: SecretKeyRef = Field(description="Where the value lives; never copied elsewhere.")
+
+
+class Volume(ApiModel):
+    claim_name: str = Field(pattern=DNS_LABEL, description="PersistentVolumeClaim name.")
+    mount_path: str = Field(pattern=r"^/", description="Where it is mounted in the trainer pod.")
+    read_only: bool = True
+
+
+class FineTuneJobSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        (
+            "!has(self.quantization) || self.task == 'classification'",
+            "quantization (qat) is supported for task classification",
+        ),
+    ))
+
+    task: Task = Field(description="classification | causal-lm | masked-lm.")
+    model: ModelSource
+    dataset: Dataset
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    lora: Lora | None = Field(None, description="PEFT LoRA adapters; absent = full fine-tuning.")
+    quantization: Quantization | None = Field(None, description="Quantization-aware training.")
+    mlm: Mlm = Field(default_factory=Mlm, description="masked-lm task settings.")
+    output: Output = Field(default_factory=Output)
+    resources: Resources = Field(default_factory=Resources)
+    secrets: list[SecretEnv] = Field(
+        default_factory=list, description="Secrets injected as env vars, e.g. HF_TOKEN."
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list, description="PVCs mounted into the trainer pod (data, models)."
+    )
+    image: str | None = Field(None, description="Trainer image; default from the operator.")
+    backoff_limit: int = Field(2, ge=0, le=100)
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    suspend: bool = Field(False, description="Suspend (or keep suspended) the trainer Job.")
+
+    @model_validator(mode="after")
+    def _qat_task(self) -> FineTuneJobSpec:
+        if self.quantization is not None and self.task is not Task.classification:
+            raise ValueError("quantization (qat) is supported for task classification")
+        return self
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class Progress(ApiModel):
+    epoch: float = 0
+    step: int = 0
+    total_steps: int = 0
+
+
+class Artifacts(ApiModel):
+    model: str | None = None
+    metrics: str | None = None
+    confusion_matrix: str | None = None
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    job_name: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    progress: Progress | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[dict[str, float]] = Field(
+        default_factory=list, description="Per-evaluation metrics (bounded), feeds pruners."
+    )
+    artifacts: Artifacts | None = None
+    message: str | None = None
+
+
+# --------------------------------------------------------------------------- HyperparameterSweep
+
+
+class Distribution(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        (
+            "self.type == 'categorical' ? has(self.choices) && size(self.choices) > 0"
+            " : has(self.low) && has(self.high) && self.low < self.high",
+            "categorical needs choices; int and float need low < high",
+        ),
+        ("!(has(self.log) && self.log && has(self.step))", "log and step cannot be combined"),
+        ("!(has(self.log) && self.log) || (has(self.low) && self.low > 0.0)", "log needs low > 0"),
+    ))
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+    choices: list[Any] | None = Field(
+        None, max_length=1000, description="categorical: the values (numbers, strings or booleans)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Distribution:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty choices list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.type} needs low < high")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.log and (self.low is None or self.low <= 0):
+            raise ValueError("log needs low > 0")
+        return self
+
+
+class Objective(ApiModel):
+    metric: str = Field("accuracy", min_length=1, description="A key of the trial's status.metrics.")
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Sampler(ApiModel):
+    type: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    seed: int = Field(0, ge=0)
+
+
+class Pruner(ApiModel):
+    type: Literal["median", "hyperband", "none"] = "median"
+    warmup_steps: int = Field(0, ge=0, description="Reports before a trial may be pruned.")
+
+
+def tunable_paths(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "") -> list[str]:
+    """Every dotted path to a scalar field of the spec: the legal searchSpace keys."""
+    skip = {"resources", "secrets", "volumes", "output", "image", "model", "dataset", "task",
+            "suspend", "backoffLimit", "activeDeadlineSeconds", "quantization"}
+    paths: list[str] = []
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        if not prefix and alias in skip:
+            continue
+        ann = field.annotation
+        sub = _model_of(ann)
+        if sub is not None:
+            paths += tunable_paths(sub, f"{prefix}{alias}.")
+        elif alias not in {"targetModules"}:
+            paths.append(prefix + alias)
+    return sorted(paths)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+TUNABLE_PATHS = tunable_paths()
+# A map literal: `in` on a map is a constant-cost lookup for the apiserver's CEL budget.
+_TUNABLE_CEL = "{" + ", ".join(f"'{p}': true" for p in TUNABLE_PATHS) + "}"
+
+
+class HyperparameterSweepSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.parallelism <= self.maxTrials", "parallelism must not exceed maxTrials"),
+        (
+            f"self.searchSpace.all(k, k in {_TUNABLE_CEL})",
+            "searchSpace keys must be tunable paths of the template, e.g. "
+            "hyperparameters.learningRate or lora.rank",
+        ),
+    ))
+
+    template: FineTuneJobSpec = Field(description="The FineTuneJob spec every trial starts from.")
+    objective: Objective = Field(default_factory=Objective)
+    search_space: dict[str, Distribution] = Field(
+        min_length=1,
+        max_length=32,
+        description="Dotted paths into template (e.g. hyperparameters.learningRate) "
+        "mapped to distributions.",
+    )
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruner: Pruner = Field(default_factory=Pruner)
+    max_trials: int = Field(20, ge=1, le=10000)
+    parallelism: int = Field(2, ge=1, le=1000)
+    max_failed_trials: int = Field(3, ge=0)
+    storage: str | None = Field(
+        None, description="Optional Optuna storage URL; default: rebuilt from child trials."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> HyperparameterSweepSpec:
+        if self.parallelism > self.max_trials:
+            raise ValueError("parallelism must not exceed maxTrials")
+        unknown = sorted(set(self.search_space) - set(TUNABLE_PATHS))
+        if unknown:
+            raise ValueError(
+                f"searchSpace path(s) {', '.join(unknown)} do not exist in the template; "
+                f"tunable paths are: {', '.join(TUNABLE_PATHS)}"
+            )
+        return self
+
+
+class TrialCounts(ApiModel):
+    total: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    pruned: int = 0
+
+
+class BestTrial(ApiModel):
+    name: str
+    value: float
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class HyperparameterSweepStatus(ApiModel):
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    trials: TrialCounts | None = None
+    best_trial: BestTrial | None = None
+    message: str | None = None
+
+
+# --------------------------------------------------------------------------- whole objects
+
+
+class ObjectMeta(BaseModel):
+    """The slice of metav1.ObjectMeta we read; anything else is kept, not validated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class FineTuneJob(ApiModel):
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
+
+
+class HyperparameterSweep(ApiModel):
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["HyperparameterSweep"] = "HyperparameterSweep"
+    metadata: ObjectMeta
+    spec: HyperparameterSweepSpec
+    status: HyperparameterSweepStatus | None = None

@@ -1,0 +1,151 @@
+"""`finetune`: the command line. Top layer: parses arguments, delegates, prints errors.
+
+Heavy packages load lazily: `finetune crds` and `finetune operator` never import
+torch; `finetune run`, `predict` and `sweep` import the trainer only when called.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from finetune_api.manifest import UserError
+
+app = typer.Typer(
+    name="finetune",
+    help="Fine-tune Hugging Face models from one YAML file, locally or on Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a manifest field, e.g. --set spec.hyperparameters.epochs=1 (repeatable).",
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
+    overrides: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Artifact directory (overrides spec.output.path).")
+    ] = None,
+) -> None:
+    """Run a FineTuneJob in-process on this machine (CPU or GPU)."""
+    from finetune_api.manifest import load_manifest
+    from finetune_api.models import FineTuneJob
+
+    try:
+        job = load_manifest(file, FineTuneJob, overrides)
+        from finetune_trainer.run import run_local
+
+        run_local(job, spec_dir=file.resolve().parent, output=output)
+    except UserError as err:
+        fail(str(err))
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="The artifact directory of a finished run.")],
+    texts: Annotated[list[str], typer.Argument(help="Inputs to classify or prompts to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(help="causal-lm: tokens to generate.")] = 32,
+) -> None:
+    """Load a finished run and print labels (classification) or generations (causal LM)."""
+    try:
+        from finetune_trainer.predict import predict as do_predict
+
+        for line in do_predict(run_dir, texts, max_new_tokens=max_new_tokens):
+            typer.echo(line)
+    except UserError as err:
+        fail(str(err))
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="A HyperparameterSweep manifest (YAML).")],
+    overrides: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where trials and results go (default ./runs/NAME).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Trials run at once, in worker processes.")] = 1,
+) -> None:
+    """Run a HyperparameterSweep locally: trials in-process or in worker processes."""
+    from finetune_api.manifest import load_manifest
+    from finetune_api.models import HyperparameterSweep
+
+    try:
+        spec = load_manifest(file, HyperparameterSweep, overrides)
+        from finetune_operator.sweep_local import run_sweep
+
+        run_sweep(spec, spec_dir=file.resolve().parent, output=output, workers=workers)
+    except UserError as err:
+        fail(str(err))
+
+
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")
+    ] = False,
+    metrics_port: Annotated[int, typer.Option(help="Port for /metrics (Prometheus).")] = 8080,
+    health_port: Annotated[int, typer.Option(help="Port for the /healthz liveness probe.")] = 8081,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error.")] = "info",
+    trainer_image: Annotated[
+        str | None,
+        typer.Option(envvar="FINETUNE_TRAINER_IMAGE", help="Default trainer image for Jobs."),
+    ] = None,
+    peering: Annotated[
+        str | None, typer.Option(help="kopf peering name for leader election (off by default).")
+    ] = None,
+) -> None:
+    """Run the operator (kopf) against the cluster in KUBECONFIG or in-cluster config."""
+    if not namespace and not all_namespaces:
+        fail("choose --all-namespaces or at least one --namespace NS")
+    if namespace and all_namespaces:
+        fail("--namespace and --all-namespaces exclude each other")
+    from finetune_operator.main import run_operator
+
+    run_operator(
+        namespaces=namespace or [],
+        metrics_port=metrics_port,
+        health_port=health_port,
+        log_level=log_level,
+        trainer_image=trainer_image,
+        peering=peering,
+    )
+
+
+@app.command()
+def crds(
+    write: Annotated[
+        bool, typer.Option(help="Write crds/*.yaml in a checkout instead of printing.")
+    ] = False,
+) -> None:
+    """Print the CustomResourceDefinitions generated from the typed API models."""
+    from finetune_api import crd
+
+    if write:
+        for path in crd.write_all():
+            typer.echo(f"wrote {path}")
+    else:
+        sys.stdout.write(crd.render_all())
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
