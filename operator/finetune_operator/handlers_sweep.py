@@ -1,0 +1,1 @@
+"""kopf handlers for HyperparameterSweep (filled in by the sweep work)."""
