@@ -34,7 +34,12 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     schema = _resolve(schema, defs)
     out: dict[str, Any] = {}
     if schema.get("x-kubernetes-int-or-string"):
+        # The controller-gen shape for resource quantities; `pattern` applies to strings only.
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         out["x-kubernetes-int-or-string"] = True
+        patterns = [s["pattern"] for s in schema.get("anyOf", []) if "pattern" in s]
+        if patterns:
+            out["pattern"] = patterns[0]
         if isinstance(schema.get("default"), int | str):
             out["default"] = schema["default"]
         if "description" in schema:

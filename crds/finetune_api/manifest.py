@@ -50,7 +50,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
 def parse(model: type[M], data: Any, prefix: str = "") -> M:
     """Validate data into model, raising SpecError with field paths on failure."""
     try:
-        return model.model_validate(data)
+        # by_name=False: the wire form is camelCase only, exactly as the CRD schema accepts.
+        return model.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as err:
         raise SpecError(format_validation_error(err, prefix)) from None
 

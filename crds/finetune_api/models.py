@@ -9,10 +9,11 @@ rules are enforced here as pydantic validators so local runs agree.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "finetune.dev"
@@ -42,9 +43,24 @@ def cel(*rules: tuple[str, str]) -> dict[str, Any]:
 
 # A Kubernetes resource quantity ("4", "500m", "16Gi") or a plain integer.
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+
+def _quantity(value: Any) -> int | str:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if ok or (isinstance(value, str) and re.fullmatch(QUANTITY_PATTERN, value)):
+        return value  # type: ignore[no-any-return]
+    raise ValueError("must be a Kubernetes quantity such as 4, 500m or 16Gi")
+
+
 Quantity = Annotated[
-    int | Annotated[str, Field(pattern=QUANTITY_PATTERN)],
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+    int | str,
+    PlainValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}],
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
 ]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
