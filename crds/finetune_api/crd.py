@@ -90,13 +90,11 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
     if schema.get("type") == "object":
         if "properties" in schema:
-            out["properties"] = {
-                k: structural(v, defs) for k, v in schema["properties"].items()
-            }
+            out["properties"] = {k: structural(v, defs) for k, v in schema["properties"].items()}
         else:
-            extra = schema.get("additionalProperties")
-            if isinstance(extra, dict) and extra:
-                out["additionalProperties"] = structural(extra, defs)
+            values = schema.get("additionalProperties")
+            if isinstance(values, dict) and values:
+                out["additionalProperties"] = structural(values, defs)
             else:
                 out["x-kubernetes-preserve-unknown-fields"] = True
     if schema.get("type") == "array":

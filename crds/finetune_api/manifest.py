@@ -97,9 +97,7 @@ def parse_manifest(doc: dict[str, Any], source: str = "") -> BaseModel:
     kind = doc.get("kind")
     where = f"{source}: " if source else ""
     if kind not in KINDS:
-        raise SpecError(
-            f"{where}kind must be one of {', '.join(KINDS)} (got {kind!r})"
-        )
+        raise SpecError(f"{where}kind must be one of {', '.join(KINDS)} (got {kind!r})")
     return parse(KINDS[kind], doc, prefix=where)
 
 
@@ -107,8 +105,6 @@ def load_manifest(path: str | Path, kind: type[M], overrides: list[str] | None =
     """The single document of the given kind in path, validated."""
     docs = [d for d in load_documents(path) if d.get("kind") == kind.__name__]
     if len(docs) != 1:
-        raise SpecError(
-            f"{path}: expected exactly one {kind.__name__} document, found {len(docs)}"
-        )
+        raise SpecError(f"{path}: expected exactly one {kind.__name__} document, found {len(docs)}")
     doc = apply_overrides(docs[0], overrides or [])
     return parse(kind, doc, prefix=f"{path}: ")

@@ -48,7 +48,7 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 def _quantity(value: Any) -> int | str:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     if ok or (isinstance(value, str) and re.fullmatch(QUANTITY_PATTERN, value)):
-        return value  # type: ignore[no-any-return]
+        return value
     raise ValueError("must be a Kubernetes quantity such as 4, 500m or 16Gi")
 
 
@@ -94,9 +94,14 @@ class Phase(StrEnum):
 
 
 class ModelSource(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("has(self.name) != has(self.path)", "exactly one of model.name or model.path must be set"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.name) != has(self.path)",
+                "exactly one of model.name or model.path must be set",
+            ),
+        )
+    )
 
     name: str | None = Field(
         None, min_length=1, description="Hugging Face hub id, e.g. bert-base-uncased."
@@ -114,9 +119,11 @@ class ModelSource(ApiModel):
 
 
 class DataSource(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("has(self.path) != has(self.hub)", "exactly one of path or hub must be set"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.path) != has(self.hub)", "exactly one of path or hub must be set"),
+        )
+    )
 
     path: str | None = Field(
         None,
@@ -250,12 +257,14 @@ class Volume(ApiModel):
 
 
 class FineTuneJobSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        (
-            "!has(self.quantization) || self.task == 'classification'",
-            "quantization (qat) is supported for task classification",
-        ),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.quantization) || self.task == 'classification'",
+                "quantization (qat) is supported for task classification",
+            ),
+        )
+    )
 
     task: Task = Field(description="classification | causal-lm | masked-lm.")
     model: ModelSource
@@ -330,15 +339,20 @@ class FineTuneJobStatus(ApiModel):
 
 
 class Distribution(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        (
-            "self.type == 'categorical' ? has(self.choices) && size(self.choices) > 0"
-            " : has(self.low) && has(self.high) && self.low < self.high",
-            "categorical needs choices; int and float need low < high",
-        ),
-        ("!(has(self.log) && self.log && has(self.step))", "log and step cannot be combined"),
-        ("!(has(self.log) && self.log) || (has(self.low) && self.low > 0.0)", "log needs low > 0"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.type == 'categorical' ? has(self.choices) && size(self.choices) > 0"
+                " : has(self.low) && has(self.high) && self.low < self.high",
+                "categorical needs choices; int and float need low < high",
+            ),
+            ("!(has(self.log) && self.log && has(self.step))", "log and step cannot be combined"),
+            (
+                "!(has(self.log) && self.log) || (has(self.low) && self.low > 0.0)",
+                "log needs low > 0",
+            ),
+        )
+    )
 
     type: Literal["float", "int", "categorical"]
     low: float | None = None
@@ -364,7 +378,9 @@ class Distribution(ApiModel):
 
 
 class Objective(ApiModel):
-    metric: str = Field("accuracy", min_length=1, description="A key of the trial's status.metrics.")
+    metric: str = Field(
+        "accuracy", min_length=1, description="A key of the trial's status.metrics."
+    )
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
@@ -380,8 +396,20 @@ class Pruner(ApiModel):
 
 def tunable_paths(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "") -> list[str]:
     """Every dotted path to a scalar field of the spec: the legal searchSpace keys."""
-    skip = {"resources", "secrets", "volumes", "output", "image", "model", "dataset", "task",
-            "suspend", "backoffLimit", "activeDeadlineSeconds", "quantization"}
+    skip = {
+        "resources",
+        "secrets",
+        "volumes",
+        "output",
+        "image",
+        "model",
+        "dataset",
+        "task",
+        "suspend",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "quantization",
+    }
     paths: list[str] = []
     for name, field in model.model_fields.items():
         alias = field.alias or name
@@ -411,14 +439,16 @@ _TUNABLE_CEL = "{" + ", ".join(f"'{p}': true" for p in TUNABLE_PATHS) + "}"
 
 
 class HyperparameterSweepSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("self.parallelism <= self.maxTrials", "parallelism must not exceed maxTrials"),
-        (
-            f"self.searchSpace.all(k, k in {_TUNABLE_CEL})",
-            "searchSpace keys must be tunable paths of the template, e.g. "
-            "hyperparameters.learningRate or lora.rank",
-        ),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.parallelism <= self.maxTrials", "parallelism must not exceed maxTrials"),
+            (
+                f"self.searchSpace.all(k, k in {_TUNABLE_CEL})",
+                "searchSpace keys must be tunable paths of the template, e.g. "
+                "hyperparameters.learningRate or lora.rank",
+            ),
+        )
+    )
 
     template: FineTuneJobSpec = Field(description="The FineTuneJob spec every trial starts from.")
     objective: Objective = Field(default_factory=Objective)
@@ -488,7 +518,9 @@ class ObjectMeta(BaseModel):
 
 
 class FineTuneJob(ApiModel):
-    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        "finetune.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["FineTuneJob"] = "FineTuneJob"
     metadata: ObjectMeta
     spec: FineTuneJobSpec
@@ -496,7 +528,9 @@ class FineTuneJob(ApiModel):
 
 
 class HyperparameterSweep(ApiModel):
-    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        "finetune.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["HyperparameterSweep"] = "HyperparameterSweep"
     metadata: ObjectMeta
     spec: HyperparameterSweepSpec

@@ -98,7 +98,8 @@ def sweep(
 @app.command()
 def operator(
     namespace: Annotated[
-        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch this namespace (repeatable)."),
     ] = None,
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")

@@ -35,7 +35,12 @@ SWEEP: dict[str, Any] = {
     "spec": {
         "template": copy.deepcopy(JOB["spec"]),
         "searchSpace": {
-            "hyperparameters.learningRate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+            "hyperparameters.learningRate": {
+                "type": "float",
+                "low": 1e-5,
+                "high": 1e-3,
+                "log": True,
+            },
             "hyperparameters.batchSize": {"type": "categorical", "choices": [8, 16]},
         },
         "maxTrials": 4,
@@ -75,26 +80,63 @@ CASES = [
     ("eval-fraction", JOB, _set("spec.dataset.evalFraction", 1.5), ["evalFraction"]),
     ("no-train", JOB, _set("spec.dataset.train", _DELETE), ["train"]),
     ("train-two-sources", JOB, _set("spec.dataset.train", {"path": "a", "hub": "b"}), ["train"]),
-    ("qat-on-lm", JOB, lambda d: d["spec"].update(task="causal-lm", quantization={"mode": "qat"}),
-     ["qat"]),
+    (
+        "qat-on-lm",
+        JOB,
+        lambda d: d["spec"].update(task="causal-lm", quantization={"mode": "qat"}),
+        ["qat"],
+    ),
     ("bad-quantity", JOB, _set("spec.resources", {"cpu": "lots"}), ["cpu"]),
     ("negative-gpus", JOB, _set("spec.resources", {"gpus": -1}), ["gpus"]),
     ("lora-rank-zero", JOB, _set("spec.lora", {"rank": 0}), ["rank"]),
-    ("bad-secret-env", JOB, _set("spec.secrets", [{"env": "1X", "secretRef": {"name": "s", "key": "k"}}]),
-     ["env"]),
-    ("search-path-missing", SWEEP, _set("spec.searchSpace.hyperparameters.learningRat",
-                                        {"type": "float", "low": 0.1, "high": 0.2}), ["searchSpace"]),
+    (
+        "bad-secret-env",
+        JOB,
+        _set("spec.secrets", [{"env": "1X", "secretRef": {"name": "s", "key": "k"}}]),
+        ["env"],
+    ),
+    (
+        "search-path-missing",
+        SWEEP,
+        _set(
+            "spec.searchSpace.hyperparameters.learningRat",
+            {"type": "float", "low": 0.1, "high": 0.2},
+        ),
+        ["searchSpace"],
+    ),
     ("parallelism-over-max", SWEEP, _set("spec.parallelism", 10), ["parallelism"]),
-    ("categorical-no-choices", SWEEP, _set("spec.searchSpace.hyperparameters.batchSize",
-                                           {"type": "categorical"}), ["choices"]),
-    ("float-low-above-high", SWEEP, _set("spec.searchSpace.hyperparameters.learningRate",
-                                         {"type": "float", "low": 0.5, "high": 0.1}), ["low"]),
-    ("log-nonpositive", SWEEP, _set("spec.searchSpace.hyperparameters.learningRate",
-                                    {"type": "float", "low": 0, "high": 0.1, "log": True}), ["log"]),
+    (
+        "categorical-no-choices",
+        SWEEP,
+        _set("spec.searchSpace.hyperparameters.batchSize", {"type": "categorical"}),
+        ["choices"],
+    ),
+    (
+        "float-low-above-high",
+        SWEEP,
+        _set(
+            "spec.searchSpace.hyperparameters.learningRate",
+            {"type": "float", "low": 0.5, "high": 0.1},
+        ),
+        ["low"],
+    ),
+    (
+        "log-nonpositive",
+        SWEEP,
+        _set(
+            "spec.searchSpace.hyperparameters.learningRate",
+            {"type": "float", "low": 0, "high": 0.1, "log": True},
+        ),
+        ["log"],
+    ),
     ("bad-sampler", SWEEP, _set("spec.sampler", {"type": "bayes"}), ["sampler"]),
     ("bad-direction", SWEEP, _set("spec.objective", {"direction": "up"}), ["direction"]),
-    ("template-negative-lr", SWEEP, _set("spec.template.hyperparameters.learningRate", -1),
-     ["learningRate"]),
+    (
+        "template-negative-lr",
+        SWEEP,
+        _set("spec.template.hyperparameters.learningRate", -1),
+        ["learningRate"],
+    ),
 ]
 
 
@@ -118,8 +160,9 @@ def _bad(base: dict[str, Any], mutate: Callable[[dict[str, Any]], None]) -> dict
     if base is SWEEP:
         # mutate through a nested view of the dotted keys, then flatten again
         space = doc["spec"]["searchSpace"]
-        doc["spec"]["searchSpace"] = {"hyperparameters": {k.split(".", 1)[1]: v for k, v in
-                                                          space.items()}}
+        doc["spec"]["searchSpace"] = {
+            "hyperparameters": {k.split(".", 1)[1]: v for k, v in space.items()}
+        }
         mutate(doc)
         _fix_search_path(doc)
     else:
@@ -161,7 +204,10 @@ def test_cli_rejects_with_field_name(
         ("", "holds no YAML document"),
         ("kind: [unclosed", "not valid YAML"),
         ("- a\n- b\n", "must be a mapping"),
-        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "expected exactly one FineTuneJob"),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "expected exactly one FineTuneJob",
+        ),
     ],
 )
 def test_cli_rejects_unusable_files(tmp_path: Path, content: str, message: str) -> None:

@@ -21,7 +21,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 def test_committed_crds_match_the_models() -> None:
     for name, obj in crd.all_crds().items():
         committed = (ROOT / "crds" / name).read_text()
-        assert committed == "---\n" + crd.render(obj), f"crds/{name} drifted: run `finetune crds --write`"
+        assert committed == "---\n" + crd.render(obj), (
+            f"crds/{name} drifted: run `finetune crds --write`"
+        )
 
 
 def test_finetune_crds_prints_exactly_the_committed_files() -> None:
@@ -70,8 +72,10 @@ def test_schema_is_structural(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["FineTuneJob", "HyperparameterSweep"])
 def test_crd_metadata(kind: str) -> None:
-    files = {yaml.safe_load(p.read_text())["spec"]["names"]["kind"]: p for p in
-             (ROOT / "crds").glob("*.yaml")}
+    files = {
+        yaml.safe_load(p.read_text())["spec"]["names"]["kind"]: p
+        for p in (ROOT / "crds").glob("*.yaml")
+    }
     obj = yaml.safe_load(files[kind].read_text())
     assert obj["apiVersion"] == "apiextensions.k8s.io/v1"
     spec = obj["spec"]
@@ -97,8 +101,9 @@ def test_crd_metadata(kind: str) -> None:
 def test_field_descriptions_reach_kubectl_explain() -> None:
     spec = crdcheck.load_crds()["FineTuneJob"]["properties"]["spec"]
     assert "hub id" in spec["properties"]["model"]["properties"]["name"]["description"]
-    assert "Peak learning rate" in (
-        spec["properties"]["hyperparameters"]["properties"]["learningRate"]["description"]
+    assert (
+        "Peak learning rate"
+        in (spec["properties"]["hyperparameters"]["properties"]["learningRate"]["description"])
     )
 
 
