@@ -173,9 +173,7 @@ def distributions(space: Mapping[str, Distribution]) -> dict[str, BaseDistributi
             out[path] = CategoricalDistribution(list(d.choices or []))
         elif d.type == "int":
             assert d.low is not None and d.high is not None
-            out[path] = IntDistribution(
-                int(d.low), int(d.high), log=d.log, step=int(d.step or 1)
-            )
+            out[path] = IntDistribution(int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
         else:
             assert d.low is not None and d.high is not None
             out[path] = FloatDistribution(d.low, d.high, log=d.log, step=d.step)
@@ -207,7 +205,7 @@ def grid_points(space: Mapping[str, Distribution]) -> list[dict[str, Any]]:
                     f"grid sampler: {path} is a continuous float; give it a step "
                     "or make it categorical"
                 )
-            n = int(math.floor((d.high - d.low) / d.step + 1e-9)) + 1
+            n = math.floor((d.high - d.low) / d.step + 1e-9) + 1
             axes[path] = [round(d.low + i * d.step, 12) for i in range(n)]
     names = list(axes)
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes.values())]
@@ -250,9 +248,7 @@ def make_sampler(spec: HyperparameterSweepSpec, number: int) -> optuna.samplers.
         try:
             import cmaes  # noqa: F401
         except ImportError:
-            raise SpecError(
-                "sampler cmaes needs the 'cmaes' package (pip install cmaes)"
-            ) from None
+            raise SpecError("sampler cmaes needs the 'cmaes' package (pip install cmaes)") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return optuna.samplers.CmaEsSampler(
@@ -265,7 +261,9 @@ def make_sampler(spec: HyperparameterSweepSpec, number: int) -> optuna.samplers.
 
 
 def _frozen(
-    r: TrialRecord, dists: Mapping[str, BaseDistribution], minimize: bool
+    r: TrialRecord,
+    dists: Mapping[str, BaseDistribution],
+    system_attrs: dict[str, Any] | None = None,
 ) -> FrozenTrial:
     params = {k: v for k, v in r.params.items() if k in dists and _fits(dists[k], v)}
     trial_dists = {k: dists[k] for k in params}
@@ -285,6 +283,7 @@ def _frozen(
         params=params,
         distributions=trial_dists,
         intermediate_values=inter,
+        system_attrs=system_attrs,
     )
 
 
@@ -306,6 +305,8 @@ def build_study(
     *,
     study_name: str,
     sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    system_attrs: Mapping[int, dict[str, Any]] | None = None,
 ) -> optuna.Study:
     """An in-memory study holding the records as trials, Optuna number == trial number.
 
@@ -313,11 +314,11 @@ def build_study(
     so numbers stay aligned; placeholders carry no params and count for nothing.
     """
     dists = distributions(spec.search_space)
-    minimize = spec.objective.direction == "minimize"
+    attrs = system_attrs or {}
     study = optuna.create_study(
         storage=optuna.storages.InMemoryStorage(),
         sampler=sampler or optuna.samplers.RandomSampler(seed=0),
-        pruner=make_pruner(spec),
+        pruner=pruner or make_pruner(spec),
         study_name=study_name,
         direction=spec.objective.direction,
     )
@@ -326,7 +327,7 @@ def build_study(
         while expected < r.number:
             study.add_trial(_placeholder())
             expected += 1
-        study.add_trial(_frozen(r, dists, minimize))
+        study.add_trial(_frozen(r, dists, attrs.get(r.number)))
         expected += 1
     return study
 
@@ -385,8 +386,10 @@ def suggest(
         study = _replayed_study(spec, [r for r in recs if r.number < number], study_name)
     else:
         study = build_study(
-            spec, [r for r in recs if r.number < number],
-            study_name=study_name, sampler=make_sampler(spec, number),
+            spec,
+            [r for r in recs if r.number < number],
+            study_name=study_name,
+            sampler=make_sampler(spec, number),
         )
     while len(study.trials) < number:
         study.add_trial(_placeholder())
@@ -432,10 +435,48 @@ def should_prune(
     if target is None or target.status is not TrialStatus.running or not target.intermediate:
         return False
     study = build_study(spec, recs, study_name=study_name)
+    if isinstance(study.pruner, optuna.pruners.HyperbandPruner):
+        study = _with_rungs(spec, recs, study, number, study_name)
     frozen = study.get_trials(deepcopy=False)[number]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bool(study.pruner.prune(study, frozen))
+
+
+def _with_rungs(
+    spec: HyperparameterSweepSpec,
+    recs: list[TrialRecord],
+    study: optuna.Study,
+    number: int,
+    study_name: str,
+) -> optuna.Study:
+    """Hyperband (successive halving) compares trials by `completed_rung_<k>` system attrs,
+    written while trials report. Rebuilt trials have none, so derive them from each other
+    trial's intermediate values: the value at the first step at or past each rung."""
+    pruner = study.pruner
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    if not pruner._pruners:
+        pruner._try_initialization(study)
+        if not pruner._pruners:
+            return study
+    attrs: dict[int, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number or not t.intermediate_values:
+            continue
+        sh = pruner._pruners[pruner._get_bracket_id(study, t)]
+        steps = sorted(t.intermediate_values)
+        rung_attrs: dict[str, Any] = {}
+        for rung in itertools.count():
+            assert sh._min_resource is not None
+            promotion = sh._min_resource * (
+                sh._reduction_factor ** (sh._min_early_stopping_rate + rung)
+            )
+            at = next((s for s in steps if s >= promotion), None)
+            if at is None:
+                break
+            rung_attrs[f"completed_rung_{rung}"] = t.intermediate_values[at]
+        attrs[t.number] = rung_attrs
+    return build_study(spec, recs, study_name=study_name, pruner=pruner, system_attrs=attrs)
 
 
 # --------------------------------------------------------------------------- budgets and plan
@@ -471,7 +512,9 @@ def counts(records: Iterable[TrialRecord]) -> TrialCounts:
     )
 
 
-def best_record(spec: HyperparameterSweepSpec, records: Iterable[TrialRecord]) -> TrialRecord | None:
+def best_record(
+    spec: HyperparameterSweepSpec, records: Iterable[TrialRecord]
+) -> TrialRecord | None:
     """The best succeeded trial (ties: the earliest); pruned trials never count as best."""
     done = [r for r in records if r.status is TrialStatus.succeeded and r.value is not None]
     if not done:
@@ -562,8 +605,12 @@ def _summary(
     exhausted: bool,
 ) -> str:
     parts = [f"{c.total}/{spec.max_trials} trials"]
-    states = [(c.running, "running"), (c.succeeded, "succeeded"), (c.pruned, "pruned"),
-              (c.failed, "failed")]
+    states = [
+        (c.running, "running"),
+        (c.succeeded, "succeeded"),
+        (c.pruned, "pruned"),
+        (c.failed, "failed"),
+    ]
     detail = ", ".join(f"{n} {s}" for n, s in states if n)
     if detail:
         parts.append(detail)
