@@ -1,0 +1,124 @@
+"""The trainer image's entry point: `python -m finetune_trainer` (docs/CONTRACTS.md).
+
+Reads the FineTuneJob manifest (JSON) from env FINETUNE_JOB or `--spec FILE` (JSON or
+YAML), runs it into spec.output.path (default /output), reports to stdout (and, with
+FINETUNE_STATUS_SINK=kubernetes, to the FineTuneJob's status), and writes the
+termination message. Exit 0 on success, 2 for an error the user can fix, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from finetune_api.manifest import SpecError, UserError, parse
+from finetune_api.models import FineTuneJob
+
+DEFAULT_OUTPUT = "/output"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LIMIT = 4096
+
+
+def load_job(spec_file: str | None) -> tuple[FineTuneJob, Path | None]:
+    if spec_file:
+        path = Path(spec_file)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise SpecError(f"--spec {path}: cannot read the file ({err.strerror})") from None
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)  # JSON is YAML
+        except yaml.YAMLError as err:
+            raise SpecError(f"--spec {path}: not valid JSON or YAML: {err}") from None
+        return parse(FineTuneJob, doc, prefix=f"{path}: "), path.resolve().parent
+    raw = os.environ.get("FINETUNE_JOB")
+    if not raw:
+        raise SpecError("no job: set env FINETUNE_JOB to the FineTuneJob JSON or pass --spec FILE")
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"FINETUNE_JOB: not valid JSON: {err}") from None
+    return parse(FineTuneJob, doc, prefix="FINETUNE_JOB: "), None
+
+
+def termination_message(payload: dict[str, Any]) -> str:
+    """JSON of at most 4096 bytes: drop artifacts, then metrics, then cut the message."""
+    text = json.dumps(payload)
+    if len(text.encode()) <= TERMINATION_LIMIT:
+        return text
+    payload = dict(payload)
+    for key in ("artifacts", "metrics"):
+        payload[key] = {}
+        text = json.dumps(payload)
+        if len(text.encode()) <= TERMINATION_LIMIT:
+            return text
+    payload["message"] = str(payload.get("message", ""))[:2000] + " ..."
+    return json.dumps(payload)[:TERMINATION_LIMIT]
+
+
+def write_termination(payload: dict[str, Any]) -> None:
+    path = os.environ.get("FINETUNE_TERMINATION_LOG")
+    if not path:
+        if not (
+            os.path.exists(DEFAULT_TERMINATION_LOG) and os.access(DEFAULT_TERMINATION_LOG, os.W_OK)
+        ):
+            return
+        path = DEFAULT_TERMINATION_LOG
+    try:
+        Path(path).write_text(termination_message(payload))
+    except OSError as err:
+        print(f"warning: cannot write the termination message to {path}: {err}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune_trainer", description=__doc__)
+    parser.add_argument("--spec", help="FineTuneJob manifest file (JSON or YAML)")
+    parser.add_argument("--output", help="artifact directory (overrides spec.output.path)")
+    args = parser.parse_args(argv)
+    try:
+        job, spec_dir = load_job(args.spec)
+        from finetune_trainer.report import KubernetesSink, Sink, StdoutSink
+        from finetune_trainer.run import METRICS_FILE, run
+
+        sinks: list[Sink] = [StdoutSink(sys.stdout)]
+        if os.environ.get("FINETUNE_STATUS_SINK", "").lower() == "kubernetes":
+            try:
+                sinks.append(
+                    KubernetesSink.from_env(
+                        namespace=job.metadata.namespace, name=job.metadata.name
+                    )
+                )
+            except Exception as err:  # reporting must never stop training
+                print(f"warning: no Kubernetes status sink: {err}", file=sys.stderr)
+        output = Path(args.output or job.spec.output.path or DEFAULT_OUTPUT)
+        metrics = run(job, spec_dir=spec_dir, output_dir=output, sinks=sinks)
+        state = json.loads((output / METRICS_FILE).read_text())
+        write_termination(
+            {
+                "phase": "Succeeded",
+                "metrics": metrics,
+                "artifacts": state.get("artifacts", {}),
+                "message": "",
+            }
+        )
+        return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        write_termination({"phase": "Failed", "metrics": {}, "artifacts": {}, "message": str(err)})
+        return 2
+    except Exception as err:
+        traceback.print_exc()
+        message = f"{type(err).__name__}: {err}"
+        write_termination({"phase": "Failed", "metrics": {}, "artifacts": {}, "message": message})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors the user can fix. Each message names the file, row, column or model at fault."""
+
+from __future__ import annotations
+
+from finetune_api.manifest import UserError
+
+
+class TrainerUserError(UserError):
+    """Base class for trainer errors the user can fix (bad data, model, spec, run dir)."""
+
+
+class DataError(TrainerUserError):
+    """A dataset that cannot be used: unreadable file, missing column, empty, bad label."""
+
+
+class ModelError(TrainerUserError):
+    """A model that cannot be loaded: missing path, uncached hub id, bad LoRA targets."""
+
+
+class RunDirError(TrainerUserError):
+    """A run directory that does not hold a finished run (for predict)."""

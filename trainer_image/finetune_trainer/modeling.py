@@ -1,0 +1,146 @@
+"""Models and tokenizers: where they come from, which head they get, which precision."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from finetune_api.models import ModelSource, Precision, Task
+from finetune_trainer.data import LabelMap, resolve
+from finetune_trainer.errors import ModelError
+
+AUTO_CLASSES: dict[Task, Any] = {
+    Task.classification: AutoModelForSequenceClassification,
+    Task.causal_lm: AutoModelForCausalLM,
+    Task.masked_lm: AutoModelForMaskedLM,
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What from_pretrained gets: a local directory or a hub id (+ revision)."""
+
+    location: str
+    revision: str | None
+    is_path: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        return {} if self.revision is None else {"revision": self.revision}
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_model(source: ModelSource, spec_dir: Path | None) -> ModelRef:
+    """Check the model exists (a directory, or a hub id available here) and say where it is."""
+    if source.path is not None:
+        path = resolve(source.path, spec_dir)
+        if not path.exists():
+            raise ModelError(f"model.path {path}: no such directory")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(
+                f"model.path {path}: not a Hugging Face model directory (no config.json)"
+            )
+        return ModelRef(str(path), None, True)
+    assert source.name is not None
+    ref = ModelRef(source.name, source.revision, False)
+    try:
+        AutoConfig.from_pretrained(ref.location, **ref.kwargs())
+    except (OSError, ValueError) as err:
+        if offline():
+            raise ModelError(
+                f"model.name {source.name}: {source.name} is not in the local cache and "
+                "HF_HUB_OFFLINE=1 forbids downloading; use model.path"
+            ) from None
+        raise ModelError(f"model.name {source.name}: cannot load it: {err}") from None
+    return ref
+
+
+def load_tokenizer(ref: ModelRef, task: Task) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.location, **ref.kwargs())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {ref.location}: cannot load its tokenizer: {err}") from None
+    if tokenizer.pad_token is None:
+        # Decoder-only models (GPT-2, Llama) ship without a pad token; batches still pad.
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError(f"model {ref.location}: the tokenizer has no pad, eos or unk token")
+        tokenizer.pad_token = fallback
+    if task is Task.masked_lm and tokenizer.mask_token is None:
+        raise ModelError(
+            f"model {ref.location}: the tokenizer has no mask token; task masked-lm needs an "
+            "encoder with a masked-LM head (e.g. BERT)"
+        )
+    return tokenizer
+
+
+def load_model(
+    ref: ModelRef,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    label_map: LabelMap | None = None,
+) -> PreTrainedModel:
+    kwargs: dict[str, Any] = ref.kwargs()
+    if task is Task.classification:
+        assert label_map is not None
+        kwargs |= {
+            "num_labels": len(label_map),
+            "id2label": label_map.id2label,
+            "label2id": label_map.label2id,
+            # A checkpoint already fine-tuned with another number of classes gets a new head.
+            "ignore_mismatched_sizes": True,
+        }
+    try:
+        model = AUTO_CLASSES[task].from_pretrained(ref.location, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(
+            f"model {ref.location}: cannot load it for task {task.value}: {err}"
+        ) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def effective_max_length(model: PreTrainedModel, max_length: int) -> int:
+    """hyperparameters.maxLength, capped at the model's position embeddings."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    return min(max_length, int(limit)) if limit else max_length
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    bf16: bool
+    fp16: bool
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+
+
+def choose_precision(precision: Precision) -> PrecisionChoice:
+    """auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU."""
+    cuda = torch.cuda.is_available()
+    if precision is Precision.auto:
+        if not cuda:
+            return PrecisionChoice(False, False)
+        return PrecisionChoice(torch.cuda.is_bf16_supported(), not torch.cuda.is_bf16_supported())
+    if precision is Precision.fp16 and not cuda:
+        raise ModelError("hyperparameters.precision fp16 needs a CUDA GPU; use auto or fp32")
+    return PrecisionChoice(precision is Precision.bf16, precision is Precision.fp16)

@@ -1,0 +1,124 @@
+"""Load a finished run and predict: labels (classification), generations (causal LM),
+filled-in masks (masked LM). Works for full, LoRA-adapter and int8 runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from finetune_trainer.errors import RunDirError
+from finetune_trainer.evaluation import generate
+from finetune_trainer.modeling import AUTO_CLASSES
+from finetune_trainer.run import RUN_INFO
+
+BATCH = 32
+
+
+def load_run(
+    run_dir: Path | str,
+) -> tuple[dict[str, Any], Any, PreTrainedTokenizerBase]:
+    """run.json, the model (eval mode) and its tokenizer."""
+    from finetune_api.models import Task
+
+    run_dir = Path(run_dir)
+    info_path = run_dir / RUN_INFO
+    if not info_path.is_file():
+        raise RunDirError(f"{run_dir}: no {RUN_INFO}; not the artifact directory of a finished run")
+    info = json.loads(info_path.read_text())
+    task = Task(info["task"])
+    fmt = info["format"]
+    auto = AUTO_CLASSES[task]
+    model: Any
+    if fmt == "int8":
+        from finetune_trainer import qat
+
+        model = qat.load_int8(run_dir / info["model"], auto.from_config)
+        tokenizer_dir = run_dir / info["model"]
+    elif fmt == "lora" and info.get("merged") and (run_dir / info["merged"]).is_dir():
+        model = auto.from_pretrained(run_dir / info["merged"])
+        tokenizer_dir = run_dir / info["merged"]
+    elif fmt == "lora":
+        from peft import PeftModel
+
+        kwargs: dict[str, Any] = {}
+        if info.get("baseModelRevision"):
+            kwargs["revision"] = info["baseModelRevision"]
+        if info.get("labels"):
+            labels = info["labels"]
+            kwargs |= {
+                "num_labels": len(labels),
+                "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)},
+                "ignore_mismatched_sizes": True,
+            }
+        try:
+            base = auto.from_pretrained(info["baseModel"], **kwargs)
+        except OSError as err:
+            raise RunDirError(
+                f"{run_dir}: cannot load the LoRA adapter's base model {info['baseModel']}: {err}"
+            ) from None
+        model = PeftModel.from_pretrained(base, run_dir / info["model"])
+        tokenizer_dir = run_dir / info["model"]
+    else:
+        model = auto.from_pretrained(run_dir / info["model"])
+        tokenizer_dir = run_dir / info["model"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval()
+    return info, model, tokenizer
+
+
+@torch.inference_mode()
+def predict(run_dir: Path | str, texts: Sequence[str], max_new_tokens: int = 32) -> list[str]:
+    """Labels (original strings) for classification, continuations for causal LM,
+    the text with each mask token filled in for masked LM."""
+    info, model, tokenizer = load_run(run_dir)
+    max_length = int(info.get("maxLength") or 512)
+    texts = [str(t) for t in texts]
+    if info["task"] == "causal-lm":
+        return generate(
+            model,
+            tokenizer,
+            texts,
+            max_new_tokens=max_new_tokens,
+            max_length=max_length,
+            batch_size=BATCH,
+        )
+    out: list[str] = []
+    for start in range(0, len(texts), BATCH):
+        chunk = texts[start : start + BATCH]
+        enc = tokenizer(
+            chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        logits = model(**enc).logits
+        if info["task"] == "classification":
+            id2label = _id2label(info, model)
+            out += [id2label[int(i)] for i in logits.argmax(dim=-1)]
+        else:
+            out += _fill_masks(tokenizer, enc["input_ids"], logits)
+    return out
+
+
+def _id2label(info: dict[str, Any], model: PreTrainedModel) -> dict[int, str]:
+    if info.get("labels"):
+        return dict(enumerate(info["labels"]))
+    return {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+
+
+def _fill_masks(
+    tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor, logits: torch.Tensor
+) -> list[str]:
+    mask_id = tokenizer.mask_token_id
+    filled = input_ids.clone()
+    where = input_ids == mask_id
+    filled[where] = logits.argmax(dim=-1)[where]
+    return [
+        str(tokenizer.decode(row[row != tokenizer.pad_token_id], skip_special_tokens=True))
+        for row in filled
+    ]

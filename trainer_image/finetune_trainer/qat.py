@@ -1,0 +1,113 @@
+"""Quantization-aware training with torchao, ending in a truly int8 model.
+
+Prepare: every Linear of the encoder (not the classification head) becomes a torchao
+`FakeQuantizedLinear` (int8 per-token activations, int8 per-channel symmetric weights),
+so training sees the rounding it will meet. Convert: the fake-quantised layers become
+plain Linear layers holding torchao `Int8Tensor` weights (int8 data + fp32 scales) with
+dynamic int8 activation quantisation: torchao's `Int8DynamicActivationInt8WeightConfig`.
+
+Saved as `int8_model.pt` (the state dict, tensor subclasses included) next to the model
+config and tokenizer; `load_int8` rebuilds the architecture from the config, applies the
+same quantisation to the same layers and loads the int8 weights (`assign=True`).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+from torchao.quantization.qat import FakeQuantizedLinear, IntxFakeQuantizeConfig, QATConfig
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+from finetune_trainer.errors import RunDirError
+
+WEIGHTS_FILE = "int8_model.pt"
+LAYERS_FILE = "quantization.json"
+SCHEME = "torchao Int8DynamicActivationInt8WeightConfig (int8 weights per channel, dynamic int8 activations per token)"
+HEAD_PREFIXES = ("classifier", "score", "pre_classifier", "lm_head")
+
+
+def _base_config() -> Int8DynamicActivationInt8WeightConfig:
+    return Int8DynamicActivationInt8WeightConfig()
+
+
+def quantizable(fqn: str) -> bool:
+    return fqn.split(".")[0] not in HEAD_PREFIXES
+
+
+def _linear_filter(module: nn.Module, fqn: str) -> bool:
+    return isinstance(module, nn.Linear) and quantizable(fqn)
+
+
+def prepare_qat(model: nn.Module) -> list[str]:
+    """Swap the encoder's Linear layers for fake-quantised ones; return their names."""
+    names = [n for n, m in model.named_modules() if _linear_filter(m, n)]
+    config = QATConfig(
+        activation_config=IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False),
+        weight_config=IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True),
+        step="prepare",
+    )
+    quantize_(model, config, filter_fn=_linear_filter)
+    return names
+
+
+def fp32_copy(model: nn.Module) -> nn.Module:
+    """The QAT-trained weights as a plain float model (fake quantisation removed)."""
+    clone = copy.deepcopy(model)
+    swaps = [(n, m) for n, m in clone.named_modules() if isinstance(m, FakeQuantizedLinear)]
+    for name, module in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = clone.get_submodule(parent_name) if parent_name else clone
+        setattr(parent, child, module.to_linear())
+    return clone
+
+
+def convert_int8(model: nn.Module) -> None:
+    """Replace the fake-quantised layers by real int8 ones, in place."""
+    quantize_(model, QATConfig(_base_config(), step="convert"), filter_fn=None)
+
+
+def serialized_mb(model: nn.Module) -> float:
+    """Size of the model's serialised state dict in MB (what lands on disk)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 1e6
+
+
+def save_int8(model: PreTrainedModel, layers: list[str], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    path = directory / WEIGHTS_FILE
+    torch.save(model.state_dict(), path)
+    (directory / LAYERS_FILE).write_text(
+        json.dumps({"scheme": SCHEME, "layers": layers, "weights": WEIGHTS_FILE}, indent=2)
+    )
+    return path
+
+
+def load_int8(
+    directory: Path,
+    auto_class: Callable[..., PreTrainedModel] = AutoModelForSequenceClassification.from_config,
+) -> PreTrainedModel:
+    """Rebuild an int8 model saved by `save_int8` (eval mode)."""
+    meta_path = directory / LAYERS_FILE
+    if not meta_path.is_file():
+        raise RunDirError(f"{directory}: no {LAYERS_FILE}; not an int8 model directory")
+    layers = set(json.loads(meta_path.read_text())["layers"])
+    config = AutoConfig.from_pretrained(directory)
+    model = auto_class(config)
+    quantize_(
+        model, _base_config(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in layers
+    )
+    # The file holds torchao tensor subclasses, which the weights_only unpickler rejects;
+    # it is our own artifact, written by save_int8.
+    state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=False)
+    model.load_state_dict(state, assign=True)
+    model.eval()
+    return model

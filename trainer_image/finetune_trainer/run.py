@@ -1,0 +1,403 @@
+"""The one training entry point: `run` (image, CLI, sweep trials) and `run_local` (CLI).
+
+spec -> data (validated, labels mapped, tokenised once) -> model (+ LoRA, + QAT)
+     -> transformers Trainer (dynamic padding, length-grouped batches, resume)
+     -> evaluation (metrics, report, plots) -> artifacts + metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
+
+from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
+from finetune_trainer import evaluation, lora, qat
+from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
+from finetune_trainer.errors import TrainerUserError
+from finetune_trainer.modeling import (
+    ModelRef,
+    choose_precision,
+    effective_max_length,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from finetune_trainer.report import (
+    MetricsFileSink,
+    Reporter,
+    ReporterCallback,
+    Sink,
+    StdoutSink,
+    status_metrics,
+)
+from finetune_trainer.training import (
+    CHECKPOINTS,
+    QuietProgressCallback,
+    collator,
+    resume_checkpoint,
+    total_steps,
+    training_arguments,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_INFO = "run.json"
+METRICS_FILE = "metrics.json"
+BLEU_LIMIT = 200  # eval rows generated from for BLEU (generation is slow)
+
+
+def default_output(job: FineTuneJob) -> Path:
+    if job.spec.output.path:
+        return Path(job.spec.output.path).expanduser()
+    return Path("runs") / job.metadata.name
+
+
+def run_local(
+    job: FineTuneJob, *, spec_dir: Path | None, output: Path | None = None
+) -> dict[str, float]:
+    """`finetune run`: progress bar, stdout lines, metrics.json in ./runs/NAME by default."""
+    output_dir = (output or default_output(job)).resolve()
+    print(f"finetune: {job.metadata.name} -> {output_dir}", flush=True)
+    metrics = run(
+        job, spec_dir=spec_dir, output_dir=output_dir, sinks=[StdoutSink()], progress_bar=True
+    )
+    headline = {
+        k: metrics[k] for k in ("accuracy", "f1Macro", "perplexity", "bleu") if k in metrics
+    }
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in headline.items())
+    print(f"finetune: done: {summary}; artifacts in {output_dir}", flush=True)
+    return metrics
+
+
+def run(
+    job: FineTuneJob,
+    *,
+    spec_dir: Path | None,
+    output_dir: Path,
+    sinks: Sequence[Sink] = (),
+    callbacks: Iterable[TrainerCallback] = (),
+    progress_bar: bool = False,
+) -> dict[str, float]:
+    """Train, evaluate and save one FineTuneJob; returns the status metrics (camelCase)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reporter = Reporter([MetricsFileSink(output_dir / METRICS_FILE), *sinks])
+    try:
+        return _run(
+            job.spec,
+            job.metadata.name,
+            spec_dir,
+            output_dir,
+            reporter,
+            list(callbacks),
+            progress_bar,
+        )
+    except BaseException as err:
+        message = str(err) if isinstance(err, TrainerUserError) else f"{type(err).__name__}: {err}"
+        reporter.end(phase="Failed", message=message)
+        raise
+
+
+def _run(
+    spec: FineTuneJobSpec,
+    name: str,
+    spec_dir: Path | None,
+    output_dir: Path,
+    reporter: Reporter,
+    callbacks: list[TrainerCallback],
+    progress_bar: bool,
+) -> dict[str, float]:
+    import datasets
+
+    if not progress_bar:
+        datasets.disable_progress_bars()
+    hp = spec.hyperparameters
+    task = spec.task
+    if spec.lora is not None and spec.quantization is not None:
+        raise TrainerUserError(
+            "lora and quantization together are not supported; choose one of them"
+        )
+    set_seed(hp.seed)
+    precision = choose_precision(hp.precision)
+    ref = resolve_model(spec.model, spec_dir)
+    tokenizer = load_tokenizer(ref, task)
+    raw = load_raw(spec.dataset, task, spec_dir, hp.seed)
+    model = load_model(ref, task, tokenizer, raw.label_map)
+    max_length = effective_max_length(model, hp.max_length)
+    target = spec.dataset.target_column if task is Task.causal_lm else None
+    train_ds = tokenize(
+        raw.train,
+        tokenizer,
+        task=task,
+        text_column=spec.dataset.text_column,
+        max_length=max_length,
+        target_column=target,
+    )
+    eval_ds = tokenize(
+        raw.eval,
+        tokenizer,
+        task=task,
+        text_column=spec.dataset.text_column,
+        max_length=max_length,
+        target_column=target,
+    )
+
+    qat_layers: list[str] = []
+    if spec.lora is not None:
+        model = lora.apply_lora(model, spec.lora, task)  # type: ignore[assignment]
+    if spec.quantization is not None:
+        qat_layers = qat.prepare_qat(model)
+
+    args = training_arguments(
+        spec,
+        output_dir=output_dir / CHECKPOINTS,
+        train_rows=len(train_ds),
+        precision=precision,
+        progress_bar=progress_bar,
+    )
+    metrics_fn = evaluation.ClassificationMetrics() if task is Task.classification else None
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator(
+            task, tokenizer, mask_probability=spec.mlm.mask_probability, seed=hp.seed
+        ),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        compute_metrics=metrics_fn,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress_bar:
+        trainer.add_callback(QuietProgressCallback)
+    trainer.add_callback(ReporterCallback(reporter))
+    if hp.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+
+    resume = resume_checkpoint(output_dir, spec)
+    steps = total_steps(spec, len(train_ds))
+    reporter.start(
+        steps,
+        message=(
+            f"{task.value} {ref.location}{' + LoRA' if spec.lora else ''}"
+            f"{' + QAT int8' if spec.quantization else ''}: {len(train_ds)} train / "
+            f"{len(eval_ds)} eval rows, {steps} steps, precision {precision.name}"
+            + (f", resuming from {Path(resume).name}" if resume else "")
+        ),
+    )
+
+    final: dict[str, float] = {}
+    if task is not Task.classification:
+        final["perplexityBefore"] = _perplexity_before(trainer, output_dir, resume)
+
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    final.update(status_metrics(train_result.metrics))
+    final.update(_final_eval(trainer, hp.early_stopping_patience is not None))
+    if task is not Task.classification and "evalLoss" in final:
+        final["perplexity"] = evaluation.perplexity(final["evalLoss"])
+
+    artifacts: dict[str, str] = {}
+    if task is Task.classification:
+        assert raw.label_map is not None and metrics_fn is not None
+        if spec.quantization is not None:
+            qat_metrics, predicted, labels = _finish_qat(
+                trainer, tokenizer, eval_ds, qat_layers, output_dir, artifacts
+            )
+            final |= qat_metrics
+        else:
+            predicted, labels = _predictions(trainer, metrics_fn, eval_ds)
+        artifacts |= {
+            k: str(v)
+            for k, v in evaluation.write_classification_report(
+                labels, predicted, raw.label_map.labels, output_dir
+            ).items()
+        }
+    if task is Task.causal_lm and target is not None:
+        final["bleu"] = _bleu(trainer.model, tokenizer, raw, spec, max_length, output_dir)
+
+    if spec.quantization is None:
+        artifacts |= _save_model(trainer, tokenizer, spec, output_dir)
+    _write_run_info(spec, ref, raw.label_map, max_length, output_dir)
+    if evaluation.plot_loss(trainer.state.log_history, output_dir / "loss.png"):
+        artifacts["lossCurve"] = str(output_dir / "loss.png")
+    artifacts["metrics"] = str(output_dir / METRICS_FILE)
+    shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
+    reporter.end(phase="Succeeded", metrics=final, artifacts=artifacts)
+    return dict(reporter.state.metrics)
+
+
+def _perplexity_before(trainer: Trainer, output_dir: Path, resume: str | None) -> float:
+    """Eval perplexity of the model as loaded, kept across a resume."""
+    path = output_dir / CHECKPOINTS / "perplexity-before.json"
+    if resume and path.is_file():
+        return float(json.loads(path.read_text())["perplexityBefore"])
+    loss = trainer.evaluate(metric_key_prefix="before")["before_loss"]
+    value = evaluation.perplexity(float(loss))
+    path.write_text(json.dumps({"perplexityBefore": value}))
+    return value
+
+
+def _final_eval(trainer: Trainer, best_restored: bool) -> dict[str, float]:
+    """Eval metrics of the final model: the in-training eval at the last step when there
+    was one (no second pass), else a fresh evaluation."""
+    history = trainer.state.log_history
+    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if best_restored or last is None or last.get("step") != trainer.state.global_step:
+        last = trainer.evaluate()
+    return status_metrics(last)
+
+
+def _predictions(
+    trainer: Trainer, metrics_fn: evaluation.ClassificationMetrics, eval_ds: Any
+) -> tuple[Any, Any]:
+    if metrics_fn.last_predictions is None or metrics_fn.last_labels is None:
+        trainer.evaluate()
+    assert metrics_fn.last_predictions is not None and metrics_fn.last_labels is not None
+    return metrics_fn.last_predictions, metrics_fn.last_labels
+
+
+def _eval_loader(eval_ds: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> Any:
+    data = eval_ds.remove_columns([LENGTH_COLUMN]).with_format("torch")
+    return DataLoader(data, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def _finish_qat(
+    trainer: Trainer,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_ds: Any,
+    layers: list[str],
+    output_dir: Path,
+    artifacts: dict[str, str],
+) -> tuple[dict[str, float], Any, Any]:
+    """fp32 (QAT weights, fake quantisation off) vs the converted int8 model, side by side."""
+    model = trainer.model
+    assert isinstance(model, torch.nn.Module)
+    model = model.to("cpu").eval()
+    loader = _eval_loader(eval_ds, tokenizer, trainer.args.per_device_eval_batch_size)
+    fp32 = qat.fp32_copy(model)
+    fp32_pred, labels = evaluation.predict_classes(fp32, loader)
+    fp32_scores = evaluation.classification_scores(labels, fp32_pred)
+    fp32_mb = qat.serialized_mb(fp32)
+    del fp32
+    qat.convert_int8(model)
+    int8_pred, labels = evaluation.predict_classes(model, loader)
+    int8_scores = evaluation.classification_scores(labels, int8_pred)
+    directory = output_dir / "model"
+    if directory.exists():
+        shutil.rmtree(directory)
+    assert isinstance(model, PreTrainedModel)
+    qat.save_int8(model, layers, directory)
+    tokenizer.save_pretrained(directory)
+    artifacts["model"] = str(directory)
+    metrics = {
+        "fp32Accuracy": fp32_scores["accuracy"],
+        "int8Accuracy": int8_scores["accuracy"],
+        "fp32F1Macro": fp32_scores["f1_macro"],
+        "int8F1Macro": int8_scores["f1_macro"],
+        "fp32SizeMb": round(fp32_mb, 3),
+        "int8SizeMb": round(qat.serialized_mb(model), 3),
+        # The shipped model is the int8 one: its scores are the run's scores.
+        "accuracy": int8_scores["accuracy"],
+        "f1Macro": int8_scores["f1_macro"],
+    }
+    return metrics, int8_pred, labels
+
+
+def _bleu(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    raw: RawData,
+    spec: FineTuneJobSpec,
+    max_length: int,
+    output_dir: Path,
+) -> float:
+    """Generate from the eval prompts (textColumn) and score against targetColumn."""
+    target = spec.dataset.target_column
+    assert target is not None
+    rows = raw.eval.data.select(range(min(len(raw.eval.data), BLEU_LIMIT)))
+    prompts = [str(t) for t in rows[spec.dataset.text_column]]
+    references = [str(t) for t in rows[target]]
+    new_tokens = max(8, min(128, max(len(tokenizer(r)["input_ids"]) for r in references) + 4))
+    outputs = evaluation.generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=new_tokens,
+        max_length=max_length,
+        batch_size=spec.hyperparameters.batch_size,
+    )
+    with (output_dir / "generations.jsonl").open("w") as f:
+        for p, o, r in zip(prompts, outputs, references, strict=True):
+            f.write(json.dumps({"prompt": p, "generated": o, "reference": r}) + "\n")
+    return evaluation.bleu(outputs, references)
+
+
+def _save_model(
+    trainer: Trainer, tokenizer: PreTrainedTokenizerBase, spec: FineTuneJobSpec, output_dir: Path
+) -> dict[str, str]:
+    """Full model, or the LoRA adapter alone (+ the merged model when lora.merge)."""
+    model: Any = trainer.model
+    artifacts: dict[str, str] = {}
+    for stale in ("model", "adapter", "merged"):
+        shutil.rmtree(output_dir / stale, ignore_errors=True)
+    if spec.lora is None:
+        trainer.save_model(str(output_dir / "model"))
+        tokenizer.save_pretrained(output_dir / "model")
+        artifacts["model"] = str(output_dir / "model")
+        return artifacts
+    adapter_dir = output_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(adapter_dir)
+    artifacts["model"] = str(adapter_dir)
+    if spec.lora.merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(output_dir / "merged"))
+        tokenizer.save_pretrained(output_dir / "merged")
+        artifacts["mergedModel"] = str(output_dir / "merged")
+    return artifacts
+
+
+def _write_run_info(
+    spec: FineTuneJobSpec,
+    ref: ModelRef,
+    label_map: LabelMap | None,
+    max_length: int,
+    output_dir: Path,
+) -> None:
+    """run.json: what `predict` needs to load the run (and what a person needs to know)."""
+    fmt = "int8" if spec.quantization else "lora" if spec.lora else "full"
+    info: dict[str, Any] = {
+        "task": spec.task.value,
+        "format": fmt,
+        "model": "adapter" if fmt == "lora" else "model",
+        "merged": "merged" if spec.lora is not None and spec.lora.merge else None,
+        "baseModel": ref.location,
+        "baseModelRevision": ref.revision,
+        "maxLength": max_length,
+        "labels": list(label_map.labels) if label_map else None,
+    }
+    (output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+    if label_map is not None:
+        (output_dir / "label_map.json").write_text(
+            json.dumps({"id2label": label_map.id2label, "label2id": label_map.label2id}, indent=2)
+        )

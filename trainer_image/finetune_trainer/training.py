@@ -1,0 +1,153 @@
+"""Trainer configuration: TrainingArguments, collators, checkpoints and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    ProgressCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from finetune_api.models import FineTuneJobSpec, Task
+from finetune_trainer.data import LENGTH_COLUMN
+from finetune_trainer.modeling import PrecisionChoice
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+SPEC_FINGERPRINT = "spec-fingerprint.json"
+# Spec fields that do not change what is trained (a resumed run may differ in these).
+NOT_TRAINING = {
+    "output",
+    "resources",
+    "secrets",
+    "volumes",
+    "image",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+    "suspend",
+}
+
+
+def total_steps(spec: FineTuneJobSpec, train_rows: int) -> int:
+    hp = spec.hyperparameters
+    if hp.max_steps > 0:
+        return hp.max_steps
+    per_epoch = max(1, math.ceil(train_rows / hp.batch_size) // hp.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * hp.epochs))
+
+
+def training_arguments(
+    spec: FineTuneJobSpec,
+    *,
+    output_dir: Path,
+    train_rows: int,
+    precision: PrecisionChoice,
+    progress_bar: bool,
+) -> TrainingArguments:
+    """Dynamic padding is the collator's job; here: length grouping, eval/save cadence."""
+    hp = spec.hyperparameters
+    steps = total_steps(spec, train_rows)
+    early = hp.early_stopping_patience is not None
+    if hp.eval_steps is not None:
+        eval_kwargs: dict[str, Any] = {"eval_strategy": "steps", "eval_steps": hp.eval_steps}
+    else:
+        eval_kwargs = {"eval_strategy": "epoch"}
+    if early:
+        # Early stopping restores the best checkpoint, so saves must line up with evals.
+        save_kwargs: dict[str, Any] = {
+            "save_strategy": eval_kwargs["eval_strategy"],
+            "save_steps": hp.eval_steps or 500,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "accuracy" if spec.task is Task.classification else "loss",
+            "greater_is_better": spec.task is Task.classification,
+        }
+    else:
+        # A few checkpoints per run: enough to resume a killed run, cheap on big models.
+        save_kwargs = {"save_strategy": "steps", "save_steps": max(1, math.ceil(steps / 4))}
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size * 2,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps,
+        weight_decay=hp.weight_decay,
+        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
+        train_sampling_strategy="group_by_length",
+        length_column_name=LENGTH_COLUMN,
+        logging_strategy="steps",
+        logging_steps=hp.logging_steps,
+        save_total_limit=1,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        report_to="none",
+        disable_tqdm=not progress_bar,
+        dataloader_num_workers=0,
+        **eval_kwargs,
+        **save_kwargs,
+    )
+
+
+def collator(
+    task: Task, tokenizer: PreTrainedTokenizerBase, *, mask_probability: float, seed: int
+) -> Any:
+    """Pads each batch to its own longest sequence (never to maxLength)."""
+    if task is Task.classification:
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+    return DataCollatorForLanguageModeling(
+        tokenizer,
+        mlm=task is Task.masked_lm,
+        mlm_probability=mask_probability if task is Task.masked_lm else None,
+        seed=seed,
+    )
+
+
+def fingerprint(spec: FineTuneJobSpec) -> str:
+    wire = {k: v for k, v in spec.dump().items() if k not in NOT_TRAINING}
+    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
+
+
+def resume_checkpoint(output_dir: Path, spec: FineTuneJobSpec) -> str | None:
+    """The last checkpoint of an earlier run of the same spec, if any; stale ones are removed."""
+    directory = output_dir / CHECKPOINTS
+    marker = directory / SPEC_FINGERPRINT
+    current = fingerprint(spec)
+    if directory.is_dir():
+        previous = json.loads(marker.read_text()).get("sha256") if marker.is_file() else None
+        if previous != current:
+            log.warning("%s holds checkpoints of a different spec; starting afresh", directory)
+            shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"sha256": current}))
+    return get_last_checkpoint(str(directory))
+
+
+class QuietProgressCallback(ProgressCallback):
+    """The Trainer's tqdm bar without its raw log dicts (our StdoutSink prints lines)."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        return None
