@@ -147,8 +147,8 @@ def test_probes_hit_the_health_port(rendered: tuple[str, dict[str, Any], list[di
 def test_operator_args_and_env(rendered: tuple[str, dict[str, Any], list[dict]]) -> None:
     _, values, docs = rendered
     (container,) = the_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["finetune", "operator"]
     args = container["args"]
-    assert args[0] == "operator"
     watch = values.get("watchNamespaces", [])
     if watch:
         assert "--all-namespaces" not in args
