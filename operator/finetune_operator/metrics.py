@@ -6,6 +6,8 @@ uses against what the operator really registers.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -60,3 +62,61 @@ def metric_names() -> set[str]:
         if family.type == "histogram":
             names |= {f"{family.name}_{s}" for s in ("bucket", "sum", "count")}
     return names
+
+
+# --------------------------------------------------------------------------- job gauges
+
+# Which finetune_job_metric label sets exist per (namespace, name), so a deleted
+# job's series can be removed. Rebuilt from the cluster's statuses after a restart.
+_JOB_METRIC_KEYS: dict[tuple[str, str], set[str]] = {}
+
+
+def publish_job(
+    namespace: str,
+    name: str,
+    phase: str | None,
+    metrics: dict[str, object] | None = None,
+    progress: dict[str, object] | None = None,
+) -> None:
+    """Set a FineTuneJob's gauges from its status (phase one-hot, metrics, progress)."""
+    if phase in PHASES:
+        for p in PHASES:
+            JOB_PHASE.labels(namespace, name, p).set(1.0 if p == phase else 0.0)
+    values = {
+        k: float(v)
+        for k, v in (metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    key = (namespace, name)
+    old = _JOB_METRIC_KEYS.get(key, set())
+    for metric in old - values.keys():
+        _remove(JOB_METRIC, namespace, name, metric)
+    for metric, value in values.items():
+        JOB_METRIC.labels(namespace, name, metric).set(value)
+    _JOB_METRIC_KEYS[key] = set(values)
+    if progress:
+        step, total = progress.get("step"), progress.get("totalSteps")
+        if isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
+            JOB_PROGRESS.labels(namespace, name).set(min(1.0, float(step) / float(total)))
+
+
+def forget_job(namespace: str, name: str) -> None:
+    """Remove every series of a deleted FineTuneJob."""
+    for p in PHASES:
+        _remove(JOB_PHASE, namespace, name, p)
+    for metric in _JOB_METRIC_KEYS.pop((namespace, name), set()):
+        _remove(JOB_METRIC, namespace, name, metric)
+    _remove(JOB_PROGRESS, namespace, name)
+
+
+def clear_jobs() -> None:
+    """Drop all job series (tests simulate a restarted process with this)."""
+    JOB_PHASE.clear()
+    JOB_METRIC.clear()
+    JOB_PROGRESS.clear()
+    _JOB_METRIC_KEYS.clear()
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)

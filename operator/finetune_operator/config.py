@@ -1,0 +1,79 @@
+"""Operator configuration: defaults, environment overrides, label and annotation keys.
+
+Everything the pure core needs to build a Job lives in one frozen value so the
+manifest builder stays a pure function of (FineTuneJob, OperatorConfig).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from finetune_api.models import GROUP, VERSION
+
+# Resources the operator works with: (group, version, plural).
+FTJ_RESOURCE = (GROUP, VERSION, "finetunejobs")
+JOB_RESOURCE = ("batch", "v1", "jobs")
+POD_RESOURCE = ("", "v1", "pods")
+EVENT_RESOURCE = ("", "v1", "events")
+
+# Labels and annotations the operator writes (a contract for dashboards and Kueue).
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "finetune-operator"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_JOB = "finetune.dev/job"  # the owning FineTuneJob's name, on the Job and its pods
+LABEL_TASK = "finetune.dev/task"
+ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
+# Labels copied from the FineTuneJob onto the Job (Kueue reads its labels from the Job).
+PASSTHROUGH_LABELS = (
+    "kueue.x-k8s.io/queue-name",
+    "kueue.x-k8s.io/priority-class",
+    "finetune.dev/sweep",
+    "finetune.dev/trial",
+)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+CONTAINER_NAME = "trainer"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
+DEFAULT_SERVICE_ACCOUNT = "finetune-trainer"
+DEFAULT_OUTPUT_PATH = "/output"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings that shape the Jobs the operator creates."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    # The trainer's narrowly scoped service account (get/patch finetunejobs/status only);
+    # empty string = the namespace's default service account.
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    image_pull_policy: str = "IfNotPresent"
+    # Optional imagePullSecrets for the trainer image (comma separated in the env var).
+    image_pull_secrets: tuple[str, ...] = ()
+    # Extra env for the trainer (tests point FINETUNE_KUBE_API_URL at the emulator).
+    extra_env: tuple[tuple[str, str], ...] = ()
+    status_interval_seconds: int | None = None
+
+    @classmethod
+    def from_env(cls, trainer_image: str | None = None) -> OperatorConfig:
+        """Defaults, then FINETUNE_* environment variables, then explicit arguments."""
+        env = os.environ
+        secrets = tuple(s for s in env.get("FINETUNE_IMAGE_PULL_SECRETS", "").split(",") if s)
+        interval = env.get("FINETUNE_TRAINER_STATUS_INTERVAL")
+        extra = tuple(
+            (k.removeprefix("FINETUNE_TRAINER_ENV_"), v)
+            for k, v in sorted(env.items())
+            if k.startswith("FINETUNE_TRAINER_ENV_")
+        )
+        return cls(
+            trainer_image=trainer_image
+            or env.get("FINETUNE_TRAINER_IMAGE")
+            or DEFAULT_TRAINER_IMAGE,
+            service_account=env.get("FINETUNE_TRAINER_SERVICE_ACCOUNT", DEFAULT_SERVICE_ACCOUNT),
+            image_pull_policy=env.get("FINETUNE_TRAINER_PULL_POLICY", "IfNotPresent"),
+            image_pull_secrets=secrets,
+            extra_env=extra,
+            status_interval_seconds=int(interval) if interval else None,
+        )

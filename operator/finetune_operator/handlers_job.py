@@ -1,0 +1,387 @@
+"""kopf handlers for FineTuneJob: thin glue between watch events, the pure core and kube.py.
+
+Level-triggered: every event on a FineTuneJob, its Job or the Job's pods runs the
+same `reconcile()` for that FineTuneJob, which reads the latest state from kopf's
+in-memory indexes (rebuilt from the cluster's list on every start, so nothing
+lives only in memory), then:
+
+1. parses the spec with the typed models (a bad spec -> phase Failed, InvalidSpec);
+2. creates the Job (`jobs.build_job`), adopting an existing one we own (409);
+3. applies spec.suspend to the Job;
+4. derives phase/conditions/message (`status.derive`) and patches only what changed;
+5. posts milestone Events and republishes the status to Prometheus.
+
+No finalizer: deletion is left to owner references (the operator also deletes the
+Job, with background propagation, when it sees the FineTuneJob go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+
+from finetune_api.manifest import SpecError, parse
+from finetune_api.models import FineTuneJob, FineTuneJobSpec, ObjectMeta, Phase
+from finetune_operator import kube, metrics
+from finetune_operator.config import (
+    ANNOTATION_SPEC_HASH,
+    FTJ_RESOURCE,
+    JOB_RESOURCE,
+    KUEUE_QUEUE_LABEL,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    POD_RESOURCE,
+    OperatorConfig,
+)
+from finetune_operator.jobs import (
+    build_job,
+    desired_suspend,
+    job_name,
+    owned_by,
+    owner_ftj_name,
+    spec_hash,
+)
+from finetune_operator.status import (
+    Derived,
+    derive,
+    invalid_spec,
+    milestones,
+    now_iso,
+    status_patch,
+)
+
+log = logging.getLogger("finetune_operator.jobs")
+MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+Key = tuple[str, str]
+
+# Serialise reconciles of one FineTuneJob within this process (events for the
+# FineTuneJob, its Job and its pods arrive on different kopf workers).
+_locks: dict[Key, asyncio.Lock] = {}
+# Jobs created by this process that the Job index may not have seen yet (a cache
+# only: after a restart the 409 -> adopt path covers the same case).
+_recent: dict[Key, dict[str, Any]] = {}
+_retries: dict[Key, int] = {}
+_tasks: set[asyncio.Task[None]] = set()  # delayed retries (kept referenced until done)
+
+
+def _config(memo: Any) -> OperatorConfig:
+    cfg = getattr(memo, "config", None) if memo is not None else None
+    return cfg if isinstance(cfg, OperatorConfig) else OperatorConfig.from_env()
+
+
+def _snapshot(body: Any) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*FTJ_RESOURCE)
+def ftj_by_name(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace or "", name): _snapshot(body)}
+
+
+@kopf.index(*JOB_RESOURCE, labels=MANAGED)
+def jobs_by_owner(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+    owner = owner_ftj_name(dict(body))
+    if owner is None:
+        return None
+    return {
+        (namespace or "", owner): {
+            "metadata": copy.deepcopy(dict(body.metadata)),
+            "spec": {"suspend": body.spec.get("suspend")},
+            "status": copy.deepcopy(dict(body.status)),
+        }
+    }
+
+
+@kopf.index(*POD_RESOURCE, labels=MANAGED)
+def pods_by_owner(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+    owner = body.metadata.labels.get(LABEL_JOB)
+    if not owner:
+        return None
+    return {
+        (namespace or "", owner): {
+            "metadata": {
+                "name": body.metadata.name,
+                "creationTimestamp": body.metadata.get("creationTimestamp"),
+                "labels": dict(body.metadata.labels),
+            },
+            "status": copy.deepcopy(dict(body.status)),
+        }
+    }
+
+
+# --------------------------------------------------------------------------- event handlers
+
+Indexes = tuple[kopf.Index[Key, Any], kopf.Index[Key, Any], kopf.Index[Key, Any]]
+
+
+def _indexes(kwargs: dict[str, Any]) -> Indexes:
+    """kopf passes each index to handlers as a kwarg named after its function."""
+    return kwargs["ftj_by_name"], kwargs["jobs_by_owner"], kwargs["pods_by_owner"]
+
+
+@kopf.on.event(*FTJ_RESOURCE)
+async def ftj_event(
+    *, type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **kwargs: Any
+) -> None:
+    indexes = _indexes(kwargs)
+    if type == "DELETED":
+        await _forget(namespace or "", name, _snapshot(body), indexes[1])
+        return
+    await reconcile((namespace or "", name), indexes, _config(memo))
+
+
+@kopf.on.event(*JOB_RESOURCE, labels=MANAGED)
+async def job_event(*, namespace: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    indexes = _indexes(kwargs)
+    owner = owner_ftj_name(dict(body))
+    key = (namespace or "", owner or "")
+    if owner and key in indexes[0]:
+        await reconcile(key, indexes, _config(memo))
+
+
+@kopf.on.event(*POD_RESOURCE, labels=MANAGED)
+async def pod_event(
+    *, namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any
+) -> None:
+    indexes = _indexes(kwargs)
+    owner = labels.get(LABEL_JOB)
+    key = (namespace or "", owner or "")
+    if owner and key in indexes[0]:
+        await reconcile(key, indexes, _config(memo))
+
+
+async def _forget(
+    namespace: str, name: str, body: dict[str, Any], jobs: kopf.Index[Key, Any]
+) -> None:
+    """The FineTuneJob is gone: drop its series; delete its Job (GC would too)."""
+    key = (namespace, name)
+    metrics.forget_job(namespace, name)
+    _recent.pop(key, None)
+    _locks.pop(key, None)
+    _retries.pop(key, None)
+    uid = body.get("metadata", {}).get("uid")
+    names = {job_name(name)} | {
+        j["metadata"]["name"] for j in _store(jobs, key) if uid and owned_by(j, uid)
+    }
+    for jname in names:
+        try:
+            await kube.delete(*JOB_RESOURCE, jname, namespace, propagation="Background")
+        except kube.KubeError as err:  # GC removes it anyway through the owner reference
+            log.info("could not delete Job %s/%s: %s", namespace, jname, err)
+
+
+def _store(index: kopf.Index[Key, Any], key: Key) -> list[dict[str, Any]]:
+    store = index.get(key)
+    return list(store) if store is not None else []
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+async def reconcile(key: Key, indexes: Indexes, config: OperatorConfig) -> None:
+    """Bring one FineTuneJob's Job and status in line with its spec and observed state."""
+    started = time.perf_counter()
+    lock = _locks.setdefault(key, asyncio.Lock())
+    try:
+        async with lock:
+            ftjs = _store(indexes[0], key)
+            if not ftjs:
+                return
+            again = await _reconcile(
+                ftjs[0], _store(indexes[1], key), _store(indexes[2], key), config
+            )
+        _retries.pop(key, None)
+        if again is not None:
+            _later(again, key, indexes, config)
+    except kube.NotFound:
+        pass  # deleted meanwhile; the DELETED event cleans up
+    except Exception as err:
+        attempt = _retries.get(key, 0)
+        _retries[key] = attempt + 1
+        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+        log.warning("reconcile of %s/%s failed (%s); retrying in %.0fs", *key, err, delay)
+        _later(delay, key, indexes, config)
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(time.perf_counter() - started)
+
+
+def _later(delay: float, key: Key, indexes: Indexes, config: OperatorConfig) -> None:
+    loop = asyncio.get_running_loop()
+
+    def spawn() -> None:
+        task = loop.create_task(reconcile(key, indexes, config))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+
+    loop.call_later(delay, spawn)
+
+
+def parse_job(ftj: dict[str, Any]) -> FineTuneJob:
+    """The typed FineTuneJob from a raw object; raises SpecError naming the bad field."""
+    meta = ftj.get("metadata", {})
+    spec = parse(FineTuneJobSpec, ftj.get("spec") or {}, "spec.")
+    return FineTuneJob.model_construct(
+        metadata=ObjectMeta(
+            name=meta["name"], namespace=meta.get("namespace"), labels=meta.get("labels") or {}
+        ),
+        spec=spec,
+    )
+
+
+async def _reconcile(
+    ftj: dict[str, Any],
+    jobs: Iterable[dict[str, Any]],
+    pods: Iterable[dict[str, Any]],
+    config: OperatorConfig,
+) -> float | None:
+    """One reconcile; returns seconds after which to run again, or None."""
+    meta = ftj.get("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return None
+    namespace, name, uid = meta["namespace"], meta["name"], str(meta.get("uid") or "")
+    generation = meta.get("generation")
+    status: dict[str, Any] = dict(ftj.get("status") or {})
+    key = (namespace, name)
+    new_generation = status.get("observedGeneration") != generation
+    jname = job_name(name)
+    events: list[tuple[str, str, str]] = []
+    requeue: float | None = None
+
+    try:
+        model = parse_job(ftj)
+    except SpecError as err:
+        bad = invalid_spec(str(err))
+        await _write_status(ftj, status, bad, generation, status.get("jobName"), events)
+        return None
+
+    job = next((j for j in jobs if owned_by(j, uid)), None) or _recent.get(key)
+    if job is not None and not owned_by(job, uid):
+        job = None
+    derived: Derived | None = None
+
+    if job is None:
+        manifest = build_job(model, uid, config)
+        try:
+            job = await kube.create(*JOB_RESOURCE, manifest, namespace)
+            _recent[key] = job
+            events.append(
+                ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
+            )
+        except kube.Conflict:
+            existing = await kube.get(*JOB_RESOURCE, jname, namespace)
+            if owned_by(existing, uid):
+                job = existing  # adopt: created earlier, by us or a previous run of the operator
+                _recent[key] = job
+            elif owner_ftj_name(existing) == name:
+                # Left by a deleted FineTuneJob of the same name; GC will take it, help it along.
+                await kube.delete(*JOB_RESOURCE, jname, namespace, propagation="Foreground")
+                derived = Derived(
+                    Phase.pending, "ReplacingJob", f"Waiting for the old Job {jname} to be deleted."
+                )
+                requeue = 2.0
+            else:
+                derived = Derived(
+                    Phase.pending,
+                    "JobNameConflict",
+                    f"A Job named {jname} exists and is not owned by this FineTuneJob; "
+                    "delete it or rename the FineTuneJob.",
+                )
+    else:
+        _recent.pop(key, None)
+
+    if job is not None:
+        current = job.get("spec", {}).get("suspend")
+        want = desired_suspend(model, current)
+        terminal = status.get("phase") in (Phase.succeeded.value, Phase.failed.value)
+        if bool(current) != want and not terminal:
+            job = await kube.patch(*JOB_RESOURCE, jname, {"spec": {"suspend": want}}, namespace)
+            _recent[key] = job
+        annotations = job.get("metadata", {}).get("annotations") or {}
+        if new_generation and annotations.get(ANNOTATION_SPEC_HASH) not in (
+            None,
+            spec_hash(model.spec),
+        ):
+            events.append(
+                (
+                    "Warning",
+                    "SpecChangeNotApplied",
+                    f"The spec changed after Job {jname} was created; only spec.suspend is applied "
+                    "to a running Job. Delete and re-create the FineTuneJob to run the new spec.",
+                )
+            )
+        uid_label = job.get("metadata", {}).get("uid")
+        mine = [p for p in pods if _pod_of(p, uid_label)]
+        derived = derive(
+            model.spec,
+            job,
+            mine,
+            kueue_queue=model.metadata.labels.get(KUEUE_QUEUE_LABEL),
+            default_image=config.trainer_image,
+        )
+    if derived is None:  # pragma: no cover - every branch above sets it
+        return requeue
+    await _write_status(ftj, status, derived, generation, jname, events)
+    return requeue
+
+
+def _pod_of(pod: dict[str, Any], job_uid: str | None) -> bool:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    pod_uid = labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid")
+    return not job_uid or not pod_uid or pod_uid == job_uid
+
+
+def _image(job: dict[str, Any]) -> str:
+    containers = job.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+    return str(containers[0].get("image", "?"))
+
+
+async def _write_status(
+    ftj: dict[str, Any],
+    status: dict[str, Any],
+    derived: Derived,
+    generation: int | None,
+    jname: str | None,
+    events: list[tuple[str, str, str]],
+) -> None:
+    meta = ftj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    patch = status_patch(status, derived, generation=generation, job_name=jname, now=now_iso())
+    merged = {**status, **patch}
+    if patch.get("metrics"):
+        merged["metrics"] = {**(status.get("metrics") or {}), **patch["metrics"]}
+    if patch:
+        await kube.patch_status(*FTJ_RESOURCE, name, patch, namespace)
+    for m in milestones(status, derived, merged.get("metrics") or {}):
+        events.append((m.type, m.reason, m.message))
+    involved = {"apiVersion": ftj.get("apiVersion"), "kind": ftj.get("kind"), "metadata": meta}
+    for etype, reason, message in events:
+        await kube.create_event(involved, reason, message, type=etype)
+    metrics.publish_job(
+        namespace, name, merged.get("phase"), merged.get("metrics"), merged.get("progress")
+    )
+
+
+def reset_state() -> None:
+    """Forget the in-process caches (locks, recently created Jobs, retry counters).
+
+    They are only caches: the operator rebuilds everything from the cluster on start.
+    Tests call this to make an in-process restart behave like a fresh process.
+    """
+    _locks.clear()
+    _recent.clear()
+    _retries.clear()
+    for task in list(_tasks):
+        task.cancel()
+    _tasks.clear()

@@ -1,0 +1,451 @@
+"""Pure core: observed Job + Pods -> the FineTuneJob's phase, conditions and message.
+
+Everything here is a function of its arguments (the clock is passed in as `now`),
+so a table of real-looking Job/Pod statuses pins the behaviour down in unit tests.
+
+The operator owns these status keys: phase, conditions, observedGeneration,
+jobName, startTime, completionTime, message. The trainer owns progress,
+metrics, history and artifacts (it patches them live); the operator only fills
+metrics/artifacts in from the termination message when the live patches did
+not land, so a finished job's numbers survive a lost patch and a restart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from finetune_api.models import FineTuneJobSpec, Phase
+from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
+
+CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
+# Waiting reasons that mean "this will not start until someone fixes something".
+IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+PROBLEM_REASONS = frozenset({*IMAGE_REASONS, *CONFIG_REASONS, "Unschedulable", "JobNameConflict"})
+MAX_MESSAGE = 1024
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Derived:
+    """What the observed objects say about a FineTuneJob."""
+
+    phase: Phase
+    reason: str
+    message: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    # From the trainer's termination message, used only to fill in missing status.
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Milestone:
+    """A Kubernetes Event to post on the FineTuneJob."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == CONTAINER_NAME:
+            return dict(cs)
+    return dict(statuses[0]) if statuses else {}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    cs = _trainer_status(pod)
+    term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+        "terminated"
+    )
+    return dict(term) if term else None
+
+
+def _waiting(pod: dict[str, Any]) -> dict[str, Any] | None:
+    cs = _trainer_status(pod)
+    waiting = (cs.get("state") or {}).get("waiting")
+    return dict(waiting) if waiting else None
+
+
+def _is_running(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    cs = _trainer_status(pod)
+    return status.get("phase") == "Running" and bool((cs.get("state") or {}).get("running"))
+
+
+def _sorted_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pods, key=lambda p: str(p.get("metadata", {}).get("creationTimestamp") or ""))
+
+
+def parse_termination_message(text: str | None) -> dict[str, Any] | None:
+    """The trainer's JSON termination message, or None for anything else (e.g. log lines)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and ("phase" in data or "metrics" in data) else None
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    tail = "\n".join(line for line in text.strip().splitlines()[-lines:])
+    return tail[-600:]
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _failure_detail(pod: dict[str, Any], spec: FineTuneJobSpec | None) -> tuple[str, str] | None:
+    """(reason, message) for a trainer pod that failed, or None when it did not."""
+    status = pod.get("status") or {}
+    term = _terminated(pod)
+    if term is None:
+        if status.get("phase") == "Failed" and status.get("reason"):
+            reason = str(status["reason"])
+            return reason, f"The trainer pod failed ({reason}): {status.get('message', '')}".strip()
+        return None
+    reason = str(term.get("reason") or "Error")
+    code = term.get("exitCode")
+    if reason == "Completed" and code in (0, None):
+        return None
+    if reason == "OOMKilled":
+        memory = spec.resources.memory if spec else "the memory limit"
+        return "OOMKilled", (
+            f"The trainer ran out of memory and was killed (OOMKilled, limit {memory}). "
+            "Raise spec.resources.memory, or lower hyperparameters.batchSize or "
+            "hyperparameters.maxLength (use gradientAccumulationSteps to keep the "
+            "effective batch size)."
+        )
+    text = str(term.get("message") or "")
+    report = parse_termination_message(text)
+    if report is not None and report.get("message"):
+        return "TrainerError", f"The trainer failed: {report['message']}"
+    if text.strip():
+        return "TrainerError", (
+            f"The trainer exited with code {code}. Last log lines:\n{_tail(text)}"
+        )
+    return "TrainerError", f"The trainer exited with code {code} ({reason}); see the pod logs."
+
+
+def _pending_detail(pod: dict[str, Any], image: str) -> tuple[str, str] | None:
+    """(reason, message) for a pod that cannot start for a reason the user must fix."""
+    waiting = _waiting(pod)
+    if waiting:
+        reason = str(waiting.get("reason") or "")
+        detail = str(waiting.get("message") or "").strip()
+        if reason in IMAGE_REASONS:
+            return reason, (
+                f"Cannot pull the trainer image {image!r} ({reason}"
+                f"{': ' + detail if detail else ''}). Check spec.image (or the operator's "
+                "--trainer-image), that the tag exists, and the registry credentials "
+                "(imagePullSecrets)."
+            )
+        if reason in CONFIG_REASONS:
+            return reason, (
+                f"The trainer container cannot be created ({reason}"
+                f"{': ' + detail if detail else ''}). Check that every Secret in spec.secrets "
+                "and every PVC in spec.volumes / spec.output.pvc exists in the namespace."
+            )
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            detail = str(cond.get("message") or "").strip()
+            return "Unschedulable", (
+                f"No node can run the trainer pod yet: {detail or 'unschedulable'}. Check "
+                "spec.resources (gpus, cpu, memory), nodeSelector and tolerations against "
+                "the cluster's nodes."
+            )
+    return None
+
+
+# --------------------------------------------------------------------------- job
+
+
+def _job_condition(job: dict[str, Any], *types: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in types and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _report_from_pods(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for pod in reversed(_sorted_pods(pods)):
+        term = _terminated(pod)
+        if term is not None:
+            report = parse_termination_message(term.get("message"))
+            if report is not None:
+                return report
+    return None
+
+
+def _numbers(data: Any) -> dict[str, float]:
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in data.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _strings(data: Any) -> dict[str, str]:
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str) and v}
+
+
+def derive(
+    spec: FineTuneJobSpec,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    *,
+    kueue_queue: str | None = None,
+    default_image: str = "",
+) -> Derived:
+    """The FineTuneJob's phase, reason and message from its Job and the Job's pods."""
+    image = spec.image or default_image
+    if job is None:
+        if spec.suspend:
+            return Derived(Phase.suspended, "Suspended", "spec.suspend is true; no Job started.")
+        return Derived(Phase.pending, "Creating", "Creating the trainer Job.")
+
+    jstatus = job.get("status") or {}
+    start = jstatus.get("startTime")
+    ordered = _sorted_pods(pods)
+    report = _report_from_pods(ordered)
+    metrics = _numbers(report.get("metrics")) if report else {}
+    artifacts = _strings(report.get("artifacts")) if report else {}
+
+    def out(phase: Phase, reason: str, message: str, completion: str | None = None) -> Derived:
+        return Derived(phase, reason, _shorten(message), start, completion, metrics, artifacts)
+
+    done = _job_condition(job, "Complete", "SuccessCriteriaMet")
+    if done is not None or (jstatus.get("succeeded") or 0) >= 1:
+        completion = jstatus.get("completionTime") or (done or {}).get("lastTransitionTime")
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:6])
+        output = (spec.output.path or DEFAULT_OUTPUT_PATH) + (
+            f" (PVC {spec.output.pvc})" if spec.output.pvc else ""
+        )
+        message = f"Training succeeded; artifacts in {output}."
+        if summary:
+            message += f" {summary}."
+        return out(Phase.succeeded, "Succeeded", message, completion)
+
+    failed = _job_condition(job, "Failed", "FailureTarget")
+    if failed is not None:
+        completion = failed.get("lastTransitionTime")
+        job_reason = str(failed.get("reason") or "Failed")
+        pod_detail = None
+        for pod in reversed(ordered):
+            pod_detail = _failure_detail(pod, spec) or _pending_detail(pod, image)
+            if pod_detail:
+                break
+        if job_reason == "DeadlineExceeded":
+            limit = spec.active_deadline_seconds
+            message = (
+                f"The Job ran longer than spec.activeDeadlineSeconds ({limit} s) and was stopped. "
+                "Raise activeDeadlineSeconds, or reduce hyperparameters.epochs / maxSteps or "
+                "dataset.maxSamples."
+            )
+            if pod_detail and pod_detail[0] in PROBLEM_REASONS:
+                message += f" The pod never started: {pod_detail[1]}"
+            return out(Phase.failed, "DeadlineExceeded", message, completion)
+        if job_reason == "BackoffLimitExceeded":
+            attempts = jstatus.get("failed") or spec.backoff_limit + 1
+            last = pod_detail[1] if pod_detail else "see the pod logs."
+            reason = pod_detail[0] if pod_detail and pod_detail[0] == "OOMKilled" else job_reason
+            return out(
+                Phase.failed,
+                reason,
+                f"The trainer failed {attempts} time(s); spec.backoffLimit ({spec.backoff_limit}) "
+                f"is used up. Last attempt: {last}",
+                completion,
+            )
+        if pod_detail:
+            return out(Phase.failed, pod_detail[0], pod_detail[1], completion)
+        detail = str(failed.get("message") or "").strip()
+        return out(
+            Phase.failed, job_reason, f"The Job failed ({job_reason}). {detail}".strip(), completion
+        )
+
+    if job.get("spec", {}).get("suspend"):
+        if spec.suspend:
+            return out(
+                Phase.suspended,
+                "Suspended",
+                "Suspended (spec.suspend is true); set it false to resume.",
+            )
+        if kueue_queue:
+            return out(
+                Phase.pending,
+                "Queued",
+                f"Waiting for Kueue to admit the Job (queue {kueue_queue}).",
+            )
+        return out(Phase.pending, "Resuming", "Resuming the suspended Job.")
+    if spec.suspend:
+        return out(Phase.suspended, "Suspending", "Suspending the Job (spec.suspend is true).")
+
+    retries = jstatus.get("failed") or 0
+    retry_note = ""
+    if retries:
+        last_failed = next(
+            (d for d in (_failure_detail(p, spec) for p in reversed(ordered)) if d), None
+        )
+        retry_note = f" Attempt {retries + 1} of {spec.backoff_limit + 1}" + (
+            f"; the last one failed: {last_failed[1]}" if last_failed else "."
+        )
+
+    live = [p for p in ordered if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+    if any(_is_running(p) for p in live) or (jstatus.get("ready") or 0) > 0:
+        return out(Phase.running, "Running", "The trainer is running." + retry_note)
+    for pod in reversed(live or ordered[-1:]):
+        blocked = _pending_detail(pod, image)
+        if blocked:
+            return out(Phase.pending, blocked[0], blocked[1] + retry_note)
+    if (jstatus.get("active") or 0) > 0 or live:
+        return out(Phase.pending, "Starting", "The trainer pod is starting." + retry_note)
+    return out(
+        Phase.pending, "JobCreated", "Waiting for the trainer pod to be scheduled." + retry_note
+    )
+
+
+def invalid_spec(message: str) -> Derived:
+    return Derived(
+        Phase.failed, "InvalidSpec", _shorten(f"Invalid spec; fix it and re-apply: {message}")
+    )
+
+
+# --------------------------------------------------------------------------- status
+
+
+def build_conditions(
+    previous: list[dict[str, Any]],
+    derived: Derived,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """metav1.Conditions; lastTransitionTime moves only when a condition's status flips."""
+    prev = {c.get("type"): c for c in previous if isinstance(c, dict)}
+    phase = derived.phase
+    truth = {
+        "Ready": phase is Phase.succeeded,
+        "Succeeded": phase is Phase.succeeded,
+        "Failed": phase is Phase.failed,
+        "Suspended": phase is Phase.suspended,
+    }
+    out: list[dict[str, Any]] = []
+    for ctype in CONDITION_TYPES:
+        status = "True" if truth[ctype] else "False"
+        relevant = ctype == "Ready" or truth[ctype]
+        reason = derived.reason if relevant else phase.value
+        message = derived.message if relevant else ""
+        old = prev.get(ctype)
+        if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
+            ltt = str(old["lastTransitionTime"])
+        else:
+            ltt = now
+        cond: dict[str, Any] = {
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": ltt,
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        out.append(cond)
+    return out
+
+
+def status_patch(
+    previous: dict[str, Any],
+    derived: Derived,
+    *,
+    generation: int | None,
+    job_name: str | None,
+    now: str,
+) -> dict[str, Any]:
+    """The minimal merge patch for `status` (empty when nothing changed)."""
+    desired: dict[str, Any] = {
+        "phase": derived.phase.value,
+        "conditions": build_conditions(previous.get("conditions") or [], derived, generation, now),
+        "observedGeneration": generation,
+        "jobName": job_name,
+        "startTime": derived.start_time,
+        "completionTime": derived.completion_time,
+        "message": derived.message,
+    }
+    patch = {
+        k: v
+        for k, v in desired.items()
+        if previous.get(k) != v and not (v is None and k not in previous)
+    }
+    # Fill in what the trainer's live patches did not deliver (never overwrite them).
+    prev_metrics = previous.get("metrics") or {}
+    missing = {k: v for k, v in derived.metrics.items() if k not in prev_metrics}
+    if missing:
+        patch["metrics"] = missing
+    prev_artifacts = previous.get("artifacts") or {}
+    missing_art = {k: v for k, v in derived.artifacts.items() if k not in prev_artifacts}
+    if missing_art:
+        patch["artifacts"] = missing_art
+    return patch
+
+
+def milestones(
+    previous: dict[str, Any], derived: Derived, metrics: dict[str, Any]
+) -> list[Milestone]:
+    """Events for a phase change (or a new blocking problem) between two statuses."""
+    old_phase = previous.get("phase")
+    old_reason = next(
+        (c.get("reason") for c in previous.get("conditions") or [] if c.get("type") == "Ready"),
+        None,
+    )
+    phase = derived.phase
+    events: list[Milestone] = []
+    if old_phase != phase.value:
+        if phase is Phase.running:
+            reason = "Resumed" if old_phase == Phase.suspended.value else "Running"
+            events.append(Milestone("Normal", reason, "The trainer pod is running."))
+        elif phase is Phase.succeeded:
+            summary = ", ".join(
+                f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)
+            )
+            events.append(
+                Milestone(
+                    "Normal",
+                    "Succeeded",
+                    "Training succeeded" + (f": {summary}" if summary else "."),
+                )
+            )
+        elif phase is Phase.failed:
+            events.append(Milestone("Warning", derived.reason, derived.message))
+        elif phase is Phase.suspended:
+            events.append(Milestone("Normal", "Suspended", derived.message))
+        elif old_phase == Phase.suspended.value:
+            events.append(Milestone("Normal", "Resumed", derived.message))
+    if (
+        phase is Phase.pending
+        and derived.reason in PROBLEM_REASONS
+        and derived.reason != old_reason
+    ):
+        events.append(Milestone("Warning", derived.reason, derived.message))
+    return events

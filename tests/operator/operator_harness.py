@@ -1,0 +1,560 @@
+"""Helpers for operator tests over HTTP against kmock's KubernetesEmulator.
+
+Import them as `from operator_harness import ...`; the fixtures live in conftest.py.
+
+    async def test_x(cluster, operator, kubelet):
+        ftj = await cluster.create(FTJ, make_ftj("demo", spec))
+        job = await cluster.wait_for_object(JOB, "team-a", "demo-train")
+        await kubelet.run_pod(job)                       # pod Running, Job active
+        await kubelet.succeed(job, metrics={"accuracy": 0.9})
+        await cluster.wait_for(lambda: cluster.status(FTJ, "team-a", "demo").get("phase") == "Succeeded")
+
+Fixtures:
+- `cluster`   a started emulator with every resource the operator needs declared, a kubeconfig
+              pointing at it (`cluster.kubeconfig`), HTTP helpers for writes (writes must go over
+              HTTP so watchers see them) and in-memory reads (`cluster.get_object`, `cluster.objects`).
+- `operator`  an `OperatorRunner` already started in-process (kopf + /metrics + /healthz) on free
+              ports; `await operator.restart()`, `await operator.stop()`, `await operator.metrics()`.
+              Use `operator_factory` for custom settings (namespaces, config).
+- `kubelet`   a `Kubelet` that plays kubelet + job controller: creates Pods for a Job and flips
+              Job/Pod statuses (running, succeeded, OOMKilled, image pull backoff, ...).
+              `await kubelet.run_process(job, env=..., cwd=...)` runs the Job's container command
+              as a local process, like a node would, and reports the result into Job/Pod status.
+- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body with uid/generation set
+  (the emulator keeps none of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+
+FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
+SWEEP = ("finetune.dev", "v1alpha1", "hyperparametersweeps")
+JOB = ("batch", "v1", "jobs")
+POD = ("", "v1", "pods")
+EVENT = ("", "v1", "events")
+NAMESPACE = "team-a"
+
+Resource = tuple[str, str, str]
+
+RESOURCES: dict[str, kmock.ResourceInfo] = {
+    "finetune.dev/v1alpha1/finetunejobs": kmock.ResourceInfo(
+        kind="FineTuneJob",
+        singular="finetunejob",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        shortnames={"ftj"},
+        categories={"finetune"},
+        subresources={"status"},
+    ),
+    "finetune.dev/v1alpha1/hyperparametersweeps": kmock.ResourceInfo(
+        kind="HyperparameterSweep",
+        singular="hyperparametersweep",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        shortnames={"hps", "sweep"},
+        categories={"finetune"},
+        subresources={"status"},
+    ),
+    "batch/v1/jobs": kmock.ResourceInfo(
+        kind="Job",
+        singular="job",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    ),
+    "v1/pods": kmock.ResourceInfo(
+        kind="Pod",
+        singular="pod",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status", "log"},
+    ),
+    "v1/events": kmock.ResourceInfo(
+        kind="Event",
+        singular="event",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
+    "v1/namespaces": kmock.ResourceInfo(
+        kind="Namespace",
+        singular="namespace",
+        namespaced=False,
+        verbs={"get", "list", "watch"},
+    ),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition",
+        singular="customresourcedefinition",
+        namespaced=False,
+        verbs={"get", "list", "watch"},
+    ),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def api_path(res: Resource, namespace: str | None = None, name: str | None = None) -> str:
+    group, version, plural = res
+    parts = ["/api", version] if not group else ["/apis", group, version]
+    if namespace:
+        parts += ["namespaces", namespace]
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    return "/".join(parts)
+
+
+def make_ftj(
+    name: str,
+    spec: dict[str, Any],
+    *,
+    namespace: str = NAMESPACE,
+    labels: dict[str, str] | None = None,
+    generation: int = 1,
+) -> dict[str, Any]:
+    """A FineTuneJob body with the metadata a real apiserver would have filled in."""
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": generation,
+            "resourceVersion": "1",
+            "creationTimestamp": now_iso(),
+            "labels": labels or {},
+        },
+        "spec": spec,
+    }
+
+
+SMALL_SPEC: dict[str, Any] = {
+    "task": "classification",
+    "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+    "dataset": {"train": {"path": "/data/train.tsv"}},
+    "resources": {"gpus": 1, "cpu": "2", "memory": "8Gi"},
+}
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class Cluster:
+    """The emulator plus helpers. Writes go over HTTP so watch streams see them."""
+
+    emulator: kmock.KubernetesEmulator
+    url: str
+    kubeconfig: Path
+    session: aiohttp.ClientSession
+
+    async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        headers = {"Content-Type": kw.pop("content_type", "application/json")}
+        async with self.session.request(
+            method, self.url + path, json=body, headers=headers, **kw
+        ) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise AssertionError(f"{method} {path} -> {resp.status}: {data}")
+            return dict(data) if isinstance(data, dict) else {}
+
+    async def create(self, res: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        ns = body.get("metadata", {}).get("namespace")
+        return await self.request("POST", api_path(res, ns), body)
+
+    async def patch(
+        self, res: Resource, namespace: str | None, name: str, body: dict[str, Any], *, status: bool = False
+    ) -> dict[str, Any]:
+        path = api_path(res, namespace, name) + ("/status" if status else "")
+        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
+
+    async def delete(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any]:
+        return await self.request("DELETE", api_path(res, namespace, name))
+
+    def get_object(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The stored object, read from the emulator's memory (no HTTP), or None."""
+        for (r, ns, n), obj in self.emulator.objects.items():
+            if (r.group, r.version, r.plural) == res and ns == namespace and n == name:
+                return None if obj.deleted else dict(obj.raw)
+        return None
+
+    def objects(self, res: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for (r, ns, _), obj in self.emulator.objects.items():
+            if (r.group, r.version, r.plural) == res and (namespace is None or ns == namespace):
+                if not obj.deleted:
+                    out.append(dict(obj.raw))
+        return out
+
+    def status(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
+        obj = self.get_object(res, namespace, name) or {}
+        return dict(obj.get("status") or {})
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.objects(EVENT, namespace)
+            if e.get("involvedObject", {}).get("name") == name
+        ]
+
+    def condition(self, namespace: str, name: str, ctype: str) -> dict[str, Any]:
+        for c in self.status(FTJ, namespace, name).get("conditions") or []:
+            if c.get("type") == ctype:
+                return dict(c)
+        return {}
+
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 10.0, message: str = ""
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+            await asyncio.sleep(0.05)
+
+    async def wait_for_object(
+        self, res: Resource, namespace: str, name: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.wait_for(
+            lambda: self.get_object(res, namespace, name), timeout, f"{res[2]} {namespace}/{name}"
+        )
+        return result
+
+    async def wait_phase(self, namespace: str, name: str, phase: str, timeout: float = 10.0) -> dict[str, Any]:
+        result: dict[str, Any] = await self.wait_for(
+            lambda: (s := self.status(FTJ, namespace, name)).get("phase") == phase and s,
+            timeout,
+            f"FineTuneJob {namespace}/{name} phase {phase} "
+            f"(now {self.status(FTJ, namespace, name).get('phase')})",
+        )
+        return result
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+        "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+        "current-context": "kmock",
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
+    """An emulator on 127.0.0.1 with the operator's resources declared."""
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        for key, info in RESOURCES.items():
+            emulator.resources[key] = info
+        url = str(server.url).rstrip("/")
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig.json", url)
+        async with aiohttp.ClientSession() as session:
+            # NB: the emulator cannot create cluster-scoped core objects over HTTP
+            # (it parses /api/v1/namespaces as a namespaced path); none are needed.
+            yield Cluster(emulator, url, kubeconfig, session)
+
+
+# --------------------------------------------------------------------------- operator
+
+
+@dataclass
+class OperatorRunner:
+    """The real operator (kopf + /metrics + /healthz), in-process, against the emulator."""
+
+    cluster: Cluster
+    namespaces: list[str] = field(default_factory=lambda: [NAMESPACE])
+    config: Any = None
+    metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    task: asyncio.Task[None] | None = None
+    stop_flag: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        from finetune_operator import handlers_job, main, metrics
+        from finetune_operator.config import OperatorConfig
+
+        handlers_job.reset_state()  # a fresh process would have nothing in memory either
+        metrics.clear_jobs()
+        self.stop_flag = asyncio.Event()
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(
+            main.serve(
+                namespaces=self.namespaces,
+                metrics_port=self.metrics_port,
+                health_port=self.health_port,
+                kubeconfig=str(self.cluster.kubeconfig),
+                host="127.0.0.1",
+                stop_flag=self.stop_flag,
+                ready_flag=ready,
+                config=self.config or OperatorConfig(trainer_image="finetune-trainer:test"),
+            )
+        )
+        done, _ = await asyncio.wait(
+            {self.task, asyncio.create_task(ready.wait())}, timeout=20, return_when=asyncio.FIRST_COMPLETED
+        )
+        if self.task in done:
+            self.task.result()  # raises the startup error
+        if not ready.is_set():
+            raise AssertionError("operator did not become ready in 20 s")
+
+    async def stop(self) -> None:
+        if self.task is None or self.stop_flag is None:
+            return
+        self.stop_flag.set()
+        try:
+            await asyncio.wait_for(self.task, timeout=15)
+        except (TimeoutError, asyncio.CancelledError):
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        self.task = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def get(self, port: int, path: str) -> tuple[int, str]:
+        async with self.cluster.session.get(f"http://127.0.0.1:{port}{path}") as resp:
+            return resp.status, await resp.text()
+
+    async def metrics(self) -> str:
+        status, text = await self.get(self.metrics_port, "/metrics")
+        assert status == 200
+        return text
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text -> {(name, labels): value}, via prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    return parse_metrics(text).get((name, frozenset(labels.items())))
+
+
+# --------------------------------------------------------------------------- kubelet
+
+
+@dataclass
+class Kubelet:
+    """Plays the node and the Job controller: Pods for a Job, Job/Pod status flips."""
+
+    cluster: Cluster
+    pods: dict[str, int] = field(default_factory=dict)
+
+    def _pod_name(self, job: dict[str, Any]) -> str:
+        return f"{job['metadata']['name']}-{self.pods.get(job['metadata']['name'], 0)}"
+
+    async def create_pod(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """A new Pod of the Job (labels from its template) with the given status."""
+        jname = job["metadata"]["name"]
+        n = self.pods.get(jname, 0) + 1
+        self.pods[jname] = n
+        labels = dict(job["spec"]["template"]["metadata"].get("labels") or {})
+        labels["batch.kubernetes.io/job-name"] = jname
+        if job["metadata"].get("uid"):
+            labels["batch.kubernetes.io/controller-uid"] = job["metadata"]["uid"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{jname}-{n}",
+                "namespace": job["metadata"]["namespace"],
+                "uid": str(uuid.uuid4()),
+                "labels": labels,
+                "creationTimestamp": f"{now_iso()[:-1]}.{n:03d}Z",
+                "ownerReferences": [
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": jname, "uid": job["metadata"].get("uid")}
+                ],
+            },
+            "spec": job["spec"]["template"]["spec"],
+            "status": status,
+        }
+        return await self.cluster.create(POD, pod)
+
+    async def pod_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status of the Job's latest pod."""
+        jname = job["metadata"]["name"]
+        name = f"{jname}-{self.pods[jname]}"
+        return await self.cluster.patch(POD, job["metadata"]["namespace"], name, {"status": status}, status=True)
+
+    async def job_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        return await self.cluster.patch(
+            JOB, job["metadata"]["namespace"], job["metadata"]["name"], {"status": status}, status=True
+        )
+
+    # ------------------------------------------------------------ scenarios
+
+    async def pending_pod(self, job: dict[str, Any], waiting: dict[str, Any] | None = None) -> None:
+        cs = {"name": "trainer", "ready": False, "restartCount": 0, "image": _image(job)}
+        cs["state"] = {"waiting": waiting or {"reason": "ContainerCreating"}}
+        await self.create_pod(job, {"phase": "Pending", "containerStatuses": [cs]})
+        await self.job_status(job, {"active": 1, "ready": 0, "startTime": now_iso()})
+
+    async def run_pod(self, job: dict[str, Any]) -> None:
+        cs = {
+            "name": "trainer",
+            "ready": True,
+            "restartCount": 0,
+            "image": _image(job),
+            "state": {"running": {"startedAt": now_iso()}},
+        }
+        await self.create_pod(job, {"phase": "Running", "containerStatuses": [cs]})
+        await self.job_status(job, {"active": 1, "ready": 1, "startTime": now_iso()})
+
+    async def terminate(
+        self, job: dict[str, Any], *, exit_code: int, reason: str, message: str = ""
+    ) -> None:
+        """The latest pod's trainer container ends (pod Succeeded/Failed)."""
+        term = {"exitCode": exit_code, "reason": reason, "finishedAt": now_iso()}
+        if message:
+            term["message"] = message
+        cs = {"name": "trainer", "ready": False, "restartCount": 0, "state": {"terminated": term}}
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        await self.pod_status(job, {"phase": phase, "containerStatuses": [cs]})
+
+    async def succeed(self, job: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+        report = {"phase": "Succeeded", "metrics": metrics or {}, "artifacts": {"model": "/output/model"}}
+        await self.terminate(job, exit_code=0, reason="Completed", message=json.dumps(report))
+        t = now_iso()
+        await self.job_status(
+            job,
+            {
+                "active": 0,
+                "ready": 0,
+                "succeeded": 1,
+                "completionTime": t,
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": t},
+                    {"type": "Complete", "status": "True", "lastTransitionTime": t},
+                ],
+            },
+        )
+
+    async def fail_job(self, job: dict[str, Any], reason: str, message: str = "", failed: int = 1) -> None:
+        t = now_iso()
+        await self.job_status(
+            job,
+            {
+                "active": 0,
+                "ready": 0,
+                "failed": failed,
+                "conditions": [
+                    {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": t},
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": reason,
+                        "message": message,
+                        "lastTransitionTime": t,
+                    },
+                ],
+            },
+        )
+
+    async def oom(self, job: dict[str, Any], attempts: int = 1) -> None:
+        """Every attempt is OOMKilled; the Job gives up with BackoffLimitExceeded."""
+        await self.terminate(job, exit_code=137, reason="OOMKilled")
+        await self.fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit", attempts)
+
+    # ------------------------------------------------------------ a node running the command
+
+    async def run_process(
+        self,
+        job: dict[str, Any],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 240,
+        python: str = sys.executable,
+    ) -> tuple[int, str]:
+        """Run the Job's container command locally with its env, report into Pod/Job status.
+
+        `python` in the command is replaced by this interpreter; valueFrom env (secrets) is
+        skipped; the termination message goes to a temporary file and into the pod's
+        terminated state, as the kubelet does. Returns (exit code, combined output).
+        """
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        command = [python if c == "python" else c for c in container["command"]] + list(container.get("args") or [])
+        term_log = (cwd or Path.cwd()) / f"termination-{job['metadata']['name']}.log"
+        proc_env = dict(os.environ)
+        for item in container.get("env") or []:
+            if "value" in item:
+                proc_env[item["name"]] = item["value"]
+        proc_env["FINETUNE_TERMINATION_LOG"] = str(term_log)
+        proc_env["FINETUNE_KUBE_API_URL"] = self.cluster.url
+        proc_env.update(env or {})
+        await self.run_pod(job)
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=str(cwd) if cwd else None,
+            env=proc_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            out, _ = await proc.communicate()
+        code = proc.returncode if proc.returncode is not None else -9
+        output = out.decode(errors="replace")
+        message = term_log.read_text()[:4096] if term_log.exists() else ""
+        if not message and code != 0:
+            message = "\n".join(output.splitlines()[-20:])[-4096:]  # FallbackToLogsOnError
+        await self.terminate(job, exit_code=code, reason="Completed" if code == 0 else "Error", message=message)
+        if code == 0:
+            t = now_iso()
+            await self.job_status(
+                job,
+                {
+                    "active": 0,
+                    "ready": 0,
+                    "succeeded": 1,
+                    "completionTime": t,
+                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": t}],
+                },
+            )
+        else:
+            await self.fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        return code, output
+
+
+def _image(job: dict[str, Any]) -> str:
+    return str(job["spec"]["template"]["spec"]["containers"][0].get("image", ""))
