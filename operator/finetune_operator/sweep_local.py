@@ -1,0 +1,454 @@
+"""`finetune sweep FILE.yaml`: a HyperparameterSweep run on this machine, no cluster.
+
+The same pure core as the operator (sweep_study.plan_sweep / should_prune /
+suggest); only the execution of a trial differs: here a trial is
+`finetune_trainer.run.run` in this process (`--workers 1`) or in worker
+processes, reporting its objective at each evaluation so the shared pruning
+decision can stop it. Local parallelism is min(spec.parallelism, workers).
+
+Writes under the output folder (default ./runs/NAME):
+
+    trials/<sweep>-trial-<n>/     each trial's artifacts (metrics.json, model, ...)
+    trials.csv                    one row per trial: state, value, steps, seconds, params
+    best_params.json              the best trial's name, value and params
+    optimization_history.png      objective per trial and the best so far
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import json
+import math
+import multiprocessing
+import shutil
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import optuna
+from rich.console import Console
+
+from finetune_api.manifest import UserError
+from finetune_api.models import FineTuneJob, HyperparameterSweep, Phase
+from finetune_operator.sweep_space import trial_job, trial_name
+from finetune_operator.sweep_study import (
+    Plan,
+    TrialRecord,
+    TrialStatus,
+    plan_sweep,
+    should_prune,
+)
+
+TRIALS_CSV = "trials.csv"
+BEST_PARAMS = "best_params.json"
+HISTORY_PNG = "optimization_history.png"
+
+
+class SweepFailed(UserError):
+    """The sweep ended Failed (too many failed trials, or none succeeded)."""
+
+
+@dataclass
+class TrialOutcome:
+    """What a trial executor returns: the run's status metrics and training steps spent."""
+
+    metrics: dict[str, float]
+    steps: int = 0
+
+
+class RecordStore:
+    """Trial records shared by the runner and its trials (a dict, or a Manager dict
+    across worker processes), so in-trial pruning sees every other trial's progress."""
+
+    def __init__(self, backing: MutableMapping[Any, Any]) -> None:
+        self._data = backing
+
+    def put(self, record: TrialRecord) -> None:
+        d = asdict(record)
+        d["status"] = record.status.value
+        self._data[record.number] = d
+
+    def get(self, number: int) -> TrialRecord:
+        return _record(self._data[number])
+
+    def records(self) -> list[TrialRecord]:
+        items = list(self._data.items())
+        return sorted((_record(v) for k, v in items if isinstance(k, int)), key=lambda r: r.number)
+
+    def request_prune(self, number: int) -> None:
+        self._data[f"prune-{number}"] = True
+
+    def prune_requested(self, number: int) -> bool:
+        return bool(self._data.get(f"prune-{number}"))
+
+
+def _record(d: Any) -> TrialRecord:
+    d = dict(d)
+    d["status"] = TrialStatus(d["status"])
+    d["intermediate"] = tuple(d["intermediate"])
+    return TrialRecord(**d)
+
+
+class TrialReporter:
+    """Handed to a trial executor: report the objective at each evaluation.
+
+    `evaluation()` records the value and returns the shared pruning verdict;
+    `pruned()` ends the trial (raises optuna.TrialPruned).
+    """
+
+    def __init__(self, sweep: HyperparameterSweep, store: RecordStore, number: int) -> None:
+        self.sweep = sweep
+        self.store = store
+        self.number = number
+        self.metric = sweep.spec.objective.metric
+
+    @property
+    def study_name(self) -> str:
+        return self.sweep.metadata.name
+
+    def evaluation(self, value: float, *, steps: int = 0) -> bool:
+        rec = self.store.get(self.number)
+        if math.isfinite(value):
+            rec = replace(rec, intermediate=(*rec.intermediate, float(value)))
+        rec = replace(rec, steps=max(rec.steps, steps))
+        self.store.put(rec)
+        others = [r for r in self.store.records() if r.number != self.number]
+        return should_prune(
+            self.sweep.spec, [*others, rec], self.number, study_name=self.study_name
+        )
+
+    def prune_requested(self) -> bool:
+        return self.store.prune_requested(self.number)
+
+    def pruned(self, *, steps: int = 0) -> NoReturn:
+        rec = self.store.get(self.number)
+        self.store.put(replace(rec, steps=max(rec.steps, steps)))
+        last = f" ({self.metric}={rec.intermediate[-1]:.4g})" if rec.intermediate else ""
+        raise optuna.TrialPruned(f"pruned after evaluation {len(rec.intermediate)}{last}")
+
+
+TrialExecutor = Callable[[FineTuneJob, Path | None, Path, TrialReporter], TrialOutcome]
+
+
+def trainer_executor(
+    job: FineTuneJob, spec_dir: Path | None, output_dir: Path, reporter: TrialReporter
+) -> TrialOutcome:
+    """The default executor: the trainer's `run` (imported here, so torch loads lazily)."""
+    from finetune_operator.sweep_trial import run_trial
+
+    return run_trial(job, spec_dir, output_dir, reporter)
+
+
+def execute_trial(
+    executor: TrialExecutor,
+    sweep: HyperparameterSweep,
+    number: int,
+    spec_dir: Path | None,
+    trials_dir: Path,
+    store: RecordStore,
+) -> tuple[TrialRecord, float]:
+    """Run trial `number` (its record is in the store) and return its final record."""
+    start = time.perf_counter()
+    rec = store.get(number)
+    reporter = TrialReporter(sweep, store, number)
+    metric = sweep.spec.objective.metric
+    try:
+        job = trial_job(sweep, number, rec.params)
+        out = trials_dir / rec.name
+        shutil.rmtree(out, ignore_errors=True)  # never resume a stale run of the same name
+        outcome = executor(job, spec_dir, out, reporter)
+    except optuna.TrialPruned as err:
+        rec = store.get(number)
+        final = replace(
+            rec,
+            status=TrialStatus.pruned,
+            value=rec.intermediate[-1] if rec.intermediate else None,
+            message=str(err),
+        )
+    except Exception as err:  # a failing trial is recorded, never fatal for the sweep
+        rec = store.get(number)
+        text = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        final = replace(rec, status=TrialStatus.failed, message=text.strip()[:500])
+    else:
+        rec = store.get(number)
+        value = outcome.metrics.get(metric)
+        steps = max(rec.steps, outcome.steps)
+        if value is None or not math.isfinite(value):
+            final = replace(
+                rec,
+                status=TrialStatus.failed,
+                steps=steps,
+                message=f"objective metric {metric!r} is missing from the run's metrics "
+                f"(has: {', '.join(sorted(outcome.metrics)) or 'nothing'})",
+            )
+        else:
+            final = replace(rec, status=TrialStatus.succeeded, value=float(value), steps=steps)
+    store.put(final)
+    return final, time.perf_counter() - start
+
+
+@dataclass
+class SweepResult:
+    plan: Plan
+    records: list[TrialRecord]
+    output: Path
+    seconds: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(r.steps for r in self.records)
+
+
+def run_sweep(
+    sweep: HyperparameterSweep,
+    *,
+    spec_dir: Path | None,
+    output: Path | None = None,
+    workers: int = 1,
+    executor: TrialExecutor | None = None,
+    console: Console | None = None,
+    write_outputs: bool = True,
+) -> SweepResult:
+    """Run the sweep to the end; returns the records and final plan. Raises SweepFailed
+    (after writing the outputs) when the sweep ends Failed."""
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    con = console or Console(highlight=False, soft_wrap=True)
+    name = sweep.metadata.name
+    out = (output or Path("runs") / name).resolve()
+    trials_dir = out / "trials"
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    # Locally, parallelism is bounded by the worker count; everything else is the spec's.
+    spec = sweep.spec.model_copy(update={"parallelism": min(sweep.spec.parallelism, workers)})
+    local = sweep.model_copy(update={"spec": spec})
+    run = executor or trainer_executor
+    seconds: dict[int, float] = {}
+    table = _ProgressTable(con, local)
+    con.print(
+        f"finetune sweep: {name}: {spec.sampler.type} sampler (seed {spec.sampler.seed}), "
+        f"{spec.pruner.type} pruner, maxTrials {spec.max_trials}, "
+        f"{spec.parallelism} at a time -> {out}"
+    )
+    table.header()
+
+    def finished(rec: TrialRecord, secs: float) -> None:
+        seconds[rec.number] = secs
+        table.row(rec, secs, store.records())
+
+    if spec.parallelism == 1:
+        store = RecordStore({})
+        while True:
+            plan = plan_sweep(spec, store.records(), study_name=name, sweep_name=name)
+            if not plan.create:
+                break
+            for n, params in plan.create:
+                store.put(TrialRecord(n, params, name=trial_name(name, n)))
+                finished(*execute_trial(run, local, n, spec_dir, trials_dir, store))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Manager() as manager:
+            store = RecordStore(manager.dict())
+            with cf.ProcessPoolExecutor(spec.parallelism, mp_context=ctx) as pool:
+                running: dict[cf.Future[tuple[TrialRecord, float]], int] = {}
+                while True:
+                    plan = plan_sweep(spec, store.records(), study_name=name, sweep_name=name)
+                    for n in plan.prune:
+                        store.request_prune(n)
+                    for n, params in plan.create:
+                        store.put(TrialRecord(n, params, name=trial_name(name, n)))
+                        fut = pool.submit(execute_trial, run, local, n, spec_dir, trials_dir, store)
+                        running[fut] = n
+                    if not running:
+                        break
+                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        n = running.pop(fut)
+                        try:
+                            finished(*fut.result())
+                        except Exception as err:  # the worker itself died
+                            rec = replace(
+                                store.get(n),
+                                status=TrialStatus.failed,
+                                message=f"worker failed: {type(err).__name__}: {err}",
+                            )
+                            store.put(rec)
+                            finished(rec, 0.0)
+            records = store.records()
+        store = RecordStore({r.number: _as_dict(r) for r in records})
+
+    records = store.records()
+    plan = plan_sweep(spec, records, study_name=name, sweep_name=name)
+    result = SweepResult(plan=plan, records=records, output=out, seconds=seconds)
+    if write_outputs:
+        write_results(local, result)
+    con.print(f"finetune sweep: {plan.phase.value}: {plan.message}")
+    if plan.best is not None:
+        con.print(f"best params: {json.dumps(plan.best.params, sort_keys=True)}")
+    if write_outputs:
+        con.print(f"results: {out / TRIALS_CSV}, {out / BEST_PARAMS}, {out / HISTORY_PNG}")
+    if plan.phase is Phase.failed:
+        raise SweepFailed(f"sweep {name} failed: {plan.message}")
+    return result
+
+
+def _as_dict(r: TrialRecord) -> dict[str, Any]:
+    d = asdict(r)
+    d["status"] = r.status.value
+    return d
+
+
+class _ProgressTable:
+    """One aligned row per finished trial, printed as trials finish."""
+
+    def __init__(self, console: Console, sweep: HyperparameterSweep) -> None:
+        self.con = console
+        self.sweep = sweep
+        self.paths = sorted(sweep.spec.search_space)
+
+    def header(self) -> None:
+        cols = ["trial", "state", self.sweep.spec.objective.metric[:10], "best", "steps", "time"]
+        head = f"{cols[0]:>5}  {cols[1]:<9}  {cols[2]:>10}  {cols[3]:>10}  {cols[4]:>6}  "
+        head += f"{cols[5]:>7}  params"
+        self.con.print(head, style="bold")
+
+    def row(self, rec: TrialRecord, secs: float, records: list[TrialRecord]) -> None:
+        sign = 1.0 if self.sweep.spec.objective.direction == "maximize" else -1.0
+        done = [
+            r.value for r in records if r.status is TrialStatus.succeeded and r.value is not None
+        ]
+        best = max(done, key=lambda v: sign * v) if done else None
+        value = f"{rec.value:.4f}" if rec.value is not None else "-"
+        best_s = f"{best:.4f}" if best is not None else "-"
+        params = ", ".join(
+            f"{p.rsplit('.', 1)[-1]}={_short(rec.params.get(p))}" for p in self.paths
+        )
+        style = {
+            TrialStatus.succeeded: "green",
+            TrialStatus.pruned: "yellow",
+            TrialStatus.failed: "red",
+        }.get(rec.status)
+        line = (
+            f"{rec.number:>5}  {rec.status.value:<9}  {value:>10}  {best_s:>10}  "
+            f"{rec.steps:>6}  {secs:>6.1f}s  {params}"
+        )
+        if rec.status is TrialStatus.failed and rec.message:
+            line += f"  ({rec.message[:120]})"
+        self.con.print(line, style=style)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_results(sweep: HyperparameterSweep, result: SweepResult) -> None:
+    out = result.output
+    out.mkdir(parents=True, exist_ok=True)
+    paths = sorted(sweep.spec.search_space)
+    with (out / TRIALS_CSV).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "number",
+                "name",
+                "state",
+                "value",
+                "steps",
+                "seconds",
+                *paths,
+                "intermediate",
+                "message",
+            ]
+        )
+        for r in result.records:
+            w.writerow(
+                [
+                    r.number,
+                    r.name,
+                    r.status.value,
+                    "" if r.value is None else repr(r.value),
+                    r.steps,
+                    f"{result.seconds.get(r.number, 0.0):.2f}",
+                    *[_csv_value(r.params.get(p)) for p in paths],
+                    json.dumps(list(r.intermediate)),
+                    r.message,
+                ]
+            )
+    best = result.plan.best
+    payload: dict[str, Any] = {
+        "sweep": sweep.metadata.name,
+        "metric": sweep.spec.objective.metric,
+        "direction": sweep.spec.objective.direction,
+        "phase": result.plan.phase.value,
+        "trial": best.name if best else None,
+        "value": best.value if best else None,
+        "params": best.params if best else None,
+    }
+    (out / BEST_PARAMS).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    plot_history(
+        result.records,
+        out / HISTORY_PNG,
+        metric=sweep.spec.objective.metric,
+        maximize=sweep.spec.objective.direction == "maximize",
+        title=f"{sweep.metadata.name}: {sweep.spec.sampler.type} + {sweep.spec.pruner.type}",
+    )
+
+
+def _csv_value(v: Any) -> Any:
+    return "" if v is None else v
+
+
+def plot_history(
+    records: list[TrialRecord],
+    path: Path,
+    *,
+    metric: str,
+    maximize: bool,
+    title: str = "",
+) -> Path:
+    """Objective per trial (pruned ones at their last report) and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    styles = {
+        TrialStatus.succeeded: ("tab:blue", "o", "succeeded"),
+        TrialStatus.pruned: ("tab:orange", "x", "pruned (last report)"),
+    }
+    for status, (color, marker, label) in styles.items():
+        pts = [(r.number, r.value) for r in records if r.status is status and r.value is not None]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, c=color, marker=marker, label=label, zorder=3)
+    failed = [r.number for r in records if r.status is TrialStatus.failed]
+    if failed:
+        ax.scatter([], [], c="tab:red", marker="v", label=f"failed ({len(failed)})")
+    best_x, best_y, cur = [], [], None
+    for r in records:
+        better = cur is None or (r.value is not None and (r.value > cur) == maximize)
+        if r.status is TrialStatus.succeeded and r.value is not None and better:
+            cur = r.value
+        if cur is not None:
+            best_x.append(r.number)
+            best_y.append(cur)
+    if best_x:
+        ax.step(best_x, best_y, where="post", c="tab:green", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title(title or "optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,71 @@
+"""Running one sweep trial in this process with the trainer (`finetune sweep`).
+
+Imported lazily by sweep_local (it pulls in transformers and the trainer). The
+trial reports its objective at every evaluation to a `TrialReporter`, which asks
+the shared pruning decision (`sweep_study.should_prune`) and raises
+`optuna.TrialPruned` to stop the trial; the operator makes the same decision from
+the child's status.history and suspends the child instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from finetune_api.models import FineTuneJob
+from finetune_operator.sweep_local import TrialOutcome, TrialReporter
+
+
+class _ObjectiveSink:
+    """A report sink (finetune_trainer.report.Sink) feeding evaluations to the reporter."""
+
+    def __init__(self, reporter: TrialReporter) -> None:
+        self.reporter = reporter
+        self.steps = 0
+        self.prune = False
+
+    def emit(self, event: Any, state: Any) -> None:
+        self.steps = int(state.progress.get("step") or self.steps)
+        if event.kind != "evaluation" or not state.history:
+            return
+        value = state.history[-1].get(self.reporter.metric)
+        if value is not None:
+            self.prune = self.reporter.evaluation(float(value), steps=self.steps)
+
+
+class _PruneCallback(TrainerCallback):
+    """Stops training at once when the sink's last evaluation (or the runner) says prune."""
+
+    def __init__(self, sink: _ObjectiveSink) -> None:
+        self.sink = sink
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.sink.prune:
+            self.sink.reporter.pruned(steps=state.global_step)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.sink.reporter.prune_requested():
+            self.sink.reporter.pruned(steps=state.global_step)
+
+
+def run_trial(
+    job: FineTuneJob, spec_dir: Path | None, output_dir: Path, reporter: TrialReporter
+) -> TrialOutcome:
+    """The default trial executor: finetune_trainer.run.run with the pruning sink + callback."""
+    from finetune_trainer.run import run
+
+    sink = _ObjectiveSink(reporter)
+    metrics = run(
+        job,
+        spec_dir=spec_dir,
+        output_dir=output_dir,
+        sinks=[sink],
+        callbacks=[_PruneCallback(sink)],
+    )
+    return TrialOutcome(metrics=metrics, steps=sink.steps)
