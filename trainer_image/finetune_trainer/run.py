@@ -238,6 +238,7 @@ def _run(
     if spec.quantization is None:
         artifacts |= _save_model(trainer, tokenizer, spec, output_dir)
     _write_run_info(spec, ref, raw.label_map, max_length, output_dir)
+    (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if evaluation.plot_loss(trainer.state.log_history, output_dir / "loss.png"):
         artifacts["lossCurve"] = str(output_dir / "loss.png")
     artifacts["metrics"] = str(output_dir / METRICS_FILE)

@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+import torch
 from finetune_api.models import FineTuneJobSpec, Task
 from finetune_trainer.data import LENGTH_COLUMN
 from finetune_trainer.modeling import PrecisionChoice
@@ -100,6 +101,7 @@ def training_arguments(
         report_to="none",
         disable_tqdm=not progress_bar,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **eval_kwargs,
         **save_kwargs,
     )
