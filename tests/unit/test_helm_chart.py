@@ -23,19 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "finetune"
 RELEASE, NAMESPACE = "ft", "finetune-system"
 
-# What the operator calls, per (apiGroup, resource): the ceiling for its rules.
-# kopf needs CRD list/watch for resource discovery and, cluster-wide, namespaces.
+# What the operator calls, per (apiGroup, resource): its kube.py requests and kopf's
+# watches/indexes (handlers_job.py, handlers_sweep.py). This is the ceiling and the floor.
 OPERATOR_NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("finetune.dev", "finetunejobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("finetune.dev", "hyperparametersweeps"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("finetune.dev", "hyperparametersweeps"): {"get", "list", "watch"},
     ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "hyperparametersweeps/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
 }
+# kopf watches CRDs cluster-wide only; with named namespaces the operator disables scanning.
 KOPF_CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-KOPF_NAMESPACES = {("", "namespaces"): {"list", "watch"}}
 PEERING_CLUSTER = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
 PEERING_NAMESPACED = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 TRAINER_NEEDS = {("finetune.dev", "finetunejobs/status"): {"patch"}}
@@ -57,7 +57,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "peering": {"enabled": True},
         "image": {"digest": "sha256:" + "a" * 64},
         "trainer": {
-            "image": {"repository": "registry.local:5000/ft/trainer", "tag": "v1"},
+            "image": {
+                "repository": "registry.local:5000/ft/trainer",
+                "tag": "v1",
+                "pullPolicy": "Always",
+            },
+            "imagePullSecrets": ["regcred", "other"],
+            "statusIntervalSeconds": 10,
             "defaultNodeSelector": {"nvidia.com/gpu.present": "true"},
         },
     },
@@ -181,6 +187,9 @@ def test_images() -> None:
     assert c["image"] == "ghcr.io/finetune-dev/finetune-operator@sha256:" + "a" * 64
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["FINETUNE_TRAINER_IMAGE"] == "registry.local:5000/ft/trainer:v1"
+    assert env["FINETUNE_TRAINER_PULL_POLICY"] == "Always"
+    assert env["FINETUNE_IMAGE_PULL_SECRETS"] == "regcred,other"
+    assert env["FINETUNE_TRAINER_STATUS_INTERVAL"] == "10"
 
 
 def test_single_replica_uses_recreate() -> None:
@@ -259,23 +268,16 @@ def test_operator_rbac_is_exactly_what_it_calls(rendered: tuple[str, dict, list[
     peering = values.get("peering", {}).get("enabled", False)
     watch = values.get("watchNamespaces", [])
     if not watch:
-        expected = grants(
-            OPERATOR_NAMESPACED_NEEDS,
-            KOPF_CRDS,
-            KOPF_NAMESPACES,
-            PEERING_CLUSTER if peering else {},
-        )
+        expected = grants(OPERATOR_NAMESPACED_NEEDS, KOPF_CRDS, PEERING_CLUSTER if peering else {})
         assert rules == {("ClusterRole", None): expected}
         assert not kinds(docs, "RoleBinding") or all(
             is_trainer(b) for b in kinds(docs, "RoleBinding")
         )
     else:
-        # Namespaced mode: cluster scope gets CRD discovery only; the rest is per namespace.
+        # Namespaced mode: a Role per watched namespace and nothing cluster-scoped at all.
         expected_ns = grants(OPERATOR_NAMESPACED_NEEDS, PEERING_NAMESPACED if peering else {})
-        assert rules == {
-            ("ClusterRole", None): grants(KOPF_CRDS),
-            **{("Role", ns): expected_ns for ns in watch},
-        }
+        assert rules == {("Role", ns): expected_ns for ns in watch}
+        assert not kinds(docs, "ClusterRole") and not kinds(docs, "ClusterRoleBinding")
 
 
 def test_bindings_point_at_the_right_subjects(rendered: tuple[str, dict, list[dict]]) -> None:
@@ -386,6 +388,8 @@ def test_no_crds_in_templates(rendered: tuple[str, dict, list[dict]]) -> None:
         {"resources": {"limits": {"memory": "lots"}}},
         {"peering": {"enabled": True, "name": "UPPER"}},
         {"rbac": {"create": "true"}},
+        {"trainer": {"statusIntervalSeconds": 0}},
+        {"trainer": {"imagePullSecrets": [{"name": "regcred"}]}},
         {"typo": 1},
     ],
     ids=repr,

@@ -79,13 +79,22 @@ app.kubernetes.io/part-of: finetune
 {{- end -}}
 
 {{/*
-The operator's namespaced rules: exactly what it calls (see deploy/rbac/ and
-docs/install.md). No wildcards, no secrets, no pods/exec, no pods/log.
+The operator's namespaced rules: exactly what finetune_operator calls (kube.py and
+kopf's watches/indexes in handlers_job.py and handlers_sweep.py). No wildcards, no
+secrets, no pods/log, no pods/exec, no update (every write is a PATCH).
+- finetunejobs: watched and indexed; sweeps create, patch (prune) and delete trials.
+- hyperparametersweeps: watched and read; only their status is written.
+- jobs: created, adopted, suspended/resumed (patch), deleted.
+- pods: watched and indexed for failure reasons (read only).
+- events: created for milestones (kopf posts too).
 */}}
 {{- define "finetune.operatorRules" -}}
 - apiGroups: ["finetune.dev"]
-  resources: ["finetunejobs", "hyperparametersweeps"]
+  resources: ["finetunejobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["finetune.dev"]
+  resources: ["hyperparametersweeps"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status", "hyperparametersweeps/status"]
   verbs: ["patch"]
@@ -97,5 +106,5 @@ docs/install.md). No wildcards, no secrets, no pods/exec, no pods/log.
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
