@@ -100,3 +100,15 @@ def test_run_script_is_strict_bash() -> None:
     assert "set -Eeuo pipefail" in script
     assert os.access(E2E / "run.sh", os.X_OK)
     assert subprocess.run(["bash", "-n", str(E2E / "run.sh")]).returncode == 0
+
+
+@pytest.mark.unit
+def test_workflow_runs_the_e2e() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "e2e.yaml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    (e2e,) = [s for s in steps if "tests/e2e" in s.get("run", "")]
+    assert e2e["env"]["FINETUNE_E2E"] == "1"
+    assert "-m e2e" in e2e["run"]
+    installs = " ".join(s.get("run", "") for s in steps)
+    for tool in ("kind", "kubectl", "helm"):
+        assert f"/usr/local/bin/{tool}" in installs
