@@ -295,9 +295,15 @@ def tokenize(
             texts = [str(t) for t in batch[text_column]]
         else:
             texts = lm_text(batch, text_column, target_column)
-        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        eos = tokenizer.eos_token_id if task is Task.causal_lm else None
+        limit = max_length - 1 if eos is not None else max_length
+        enc = dict(tokenizer(texts, truncation=True, max_length=limit))
+        if eos is not None:  # causal LM: end with eos so generation learns to stop
+            enc["input_ids"] = [ids + [eos] for ids in enc["input_ids"]]
+            enc["attention_mask"] = [mask + [1] for mask in enc["attention_mask"]]
+            enc["labels"] = [list(ids) for ids in enc["input_ids"]]
         enc[LENGTH_COLUMN] = [len(ids) for ids in enc["input_ids"]]
-        return dict(enc)
+        return enc
 
     data = table.data.map(encode, batched=True, remove_columns=remove, desc="Tokenizing")
     if task is not Task.classification:

@@ -12,6 +12,7 @@ from typing import Any
 
 from transformers import (
     DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
     ProgressCallback,
@@ -113,6 +114,10 @@ def collator(
     """Pads each batch to its own longest sequence (never to maxLength)."""
     if task is Task.classification:
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+    if task is Task.causal_lm:
+        # Labels were made at tokenisation (ids + eos); padding gets -100, so a pad token
+        # borrowed from eos does not hide the real eos the model must learn to emit.
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     return DataCollatorForLanguageModeling(
         tokenizer,
         mlm=task is Task.masked_lm,
@@ -131,7 +136,7 @@ def resume_checkpoint(output_dir: Path, spec: FineTuneJobSpec) -> str | None:
     directory = output_dir / CHECKPOINTS
     marker = directory / SPEC_FINGERPRINT
     current = fingerprint(spec)
-    if directory.is_dir():
+    if directory.is_dir() and get_last_checkpoint(str(directory)) is not None:
         previous = json.loads(marker.read_text()).get("sha256") if marker.is_file() else None
         if previous != current:
             log.warning("%s holds checkpoints of a different spec; starting afresh", directory)

@@ -1,0 +1,75 @@
+"""LoRA adapters (peft) on classification and causal LM; adapter-only artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import QA, MakeJob, train_losses, write_rows
+
+pytestmark = pytest.mark.trainer
+
+
+def test_lora_classification_saves_only_the_adapter(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_trainer.predict import predict
+    from finetune_trainer.run import run
+    from safetensors.torch import load_file
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
+                   hyperparameters={"learningRate": 3e-2, "epochs": 10, "batchSize": 8},
+                   lora={"rank": 8, "alpha": 16, "dropout": 0.0})
+    m = run(job, spec_dir=tmp_path, output_dir=out)
+    assert m["accuracy"] >= 0.8, m
+    adapter = out / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert not (out / "model").exists() and not (adapter / "model.safetensors").exists()
+    weights = load_file(adapter / "adapter_model.safetensors")
+    names = set(weights)
+    assert any("lora_A" in n for n in names)
+    assert all("lora_" in n or "classifier" in n for n in names), names  # no base weights
+    assert {n.split(".")[-3] for n in names if "lora_A" in n} == {"query", "value"}
+    assert predict(out, ["good great film", "bad awful plot"]) == ["pos", "neg"]
+
+
+def test_lora_causal_lm_merge_and_generate(
+    gpt2_dir: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    from finetune_trainer.predict import predict
+    from finetune_trainer.run import run
+
+    rows = [{"text": q, "reference": a} for q, a in QA] * 12
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    dev = write_rows(tmp_path / "dev.jsonl", [{"text": q, "reference": a} for q, a in QA])
+    out = tmp_path / "out"
+    job = make_job(task="causal-lm", model_path=gpt2_dir, train=train, eval=dev,
+                   hyperparameters={"learningRate": 2e-2, "epochs": 8, "batchSize": 8},
+                   dataset={"targetColumn": "reference"},
+                   lora={"rank": 8, "alpha": 16, "dropout": 0.0, "merge": True})
+    m = run(job, spec_dir=tmp_path, output_dir=out)
+    losses = train_losses(out)
+    assert losses[-1] < losses[0] * 0.5, losses
+    assert m["perplexity"] < m["perplexityBefore"]
+    assert "bleu" in m and (out / "generations.jsonl").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "model.safetensors").is_file()
+    [text] = predict(out, ["what color is the grass ?"], max_new_tokens=5)
+    assert "green" in text
+
+
+def test_unknown_lora_target_names_the_real_modules(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_trainer.errors import ModelError
+    from finetune_trainer.run import run
+
+    train, dev = sentiment_data
+    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
+                   lora={"targetModules": ["q_proj"]})
+    with pytest.raises(ModelError) as err:
+        run(job, spec_dir=tmp_path, output_dir=tmp_path / "out")
+    message = str(err.value)
+    assert "'q_proj'" in message and "query" in message and "value" in message
