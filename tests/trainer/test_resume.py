@@ -1,0 +1,71 @@
+"""A run killed mid-way, restarted with the same spec, resumes and ends at the same step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MakeJob
+
+pytestmark = pytest.mark.trainer
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_total_steps(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_trainer.report import Event, RunState
+    from finetune_trainer.run import run
+    from transformers import TrainerCallback
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == 7:
+                raise Killed
+
+    class Record:
+        def __init__(self) -> None:
+            self.starts: list[str] = []
+
+        def emit(self, event: Event, state: RunState) -> None:
+            if event.kind == "start":
+                self.starts.append(event.message)
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    # 96 rows / batch 8 = 12 steps; checkpoints every 3 steps.
+    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
+                   hyperparameters={"epochs": 1, "batchSize": 8})
+    with pytest.raises(Killed):
+        run(job, spec_dir=tmp_path, output_dir=out, callbacks=[KillAt()])
+    assert json.loads((out / "metrics.json").read_text())["phase"] == "Failed"
+    assert (out / "checkpoints" / "checkpoint-6").is_dir()
+
+    record = Record()
+    run(job, spec_dir=tmp_path, output_dir=out, sinks=[record])
+    assert "resuming from checkpoint-6" in record.starts[0]
+    history = json.loads((out / "log_history.json").read_text())
+    assert max(h["step"] for h in history) == 12
+    state = json.loads((out / "metrics.json").read_text())
+    assert state["phase"] == "Succeeded" and state["progress"]["step"] == 12
+
+
+def test_a_changed_spec_does_not_resume_stale_checkpoints(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_trainer.training import CHECKPOINTS, resume_checkpoint
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    first = make_job(task="classification", model_path=bert_dir, train=train, eval=dev)
+    assert resume_checkpoint(out, first.spec) is None
+    (out / CHECKPOINTS / "checkpoint-3").mkdir()
+    assert resume_checkpoint(out, first.spec) is not None
+    changed = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
+                       hyperparameters={"learningRate": 1e-4})
+    assert resume_checkpoint(out, changed.spec) is None
