@@ -30,6 +30,9 @@ OPERATOR_NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("finetune.dev", "hyperparametersweeps"): {"get", "list", "watch"},
     ("finetune.dev", "finetunejobs/status"): {"patch"},
     ("finetune.dev", "hyperparametersweeps/status"): {"patch"},
+    # Owner references with blockOwnerDeletion (Jobs -> FineTuneJob, trials -> sweep).
+    ("finetune.dev", "finetunejobs/finalizers"): {"update"},
+    ("finetune.dev", "hyperparametersweeps/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},
@@ -253,13 +256,15 @@ def test_rbac_has_no_wildcards_and_no_secrets(rendered: tuple[str, dict, list[di
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in rule.get(field, []), (doc["metadata"]["name"], rule)
             assert "nonResourceURLs" not in rule
-            assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch", "delete"}
+            verbs = set(rule["verbs"])
+            if all(r.endswith("/finalizers") for r in rule.get("resources", [])):
+                assert verbs == {"update"}, rule
+            else:
+                assert verbs <= {"get", "list", "watch", "create", "patch", "delete"}, rule
             assert not {"secrets", "configmaps", "pods/exec", "pods/log", "serviceaccounts"} & set(
                 rule.get("resources", [])
             )
-            assert not {"escalate", "bind", "impersonate", "update", "deletecollection"} & set(
-                rule["verbs"]
-            )
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & verbs
 
 
 def test_operator_rbac_is_exactly_what_it_calls(rendered: tuple[str, dict, list[dict]]) -> None:

@@ -81,12 +81,15 @@ app.kubernetes.io/part-of: finetune
 {{/*
 The operator's namespaced rules: exactly what finetune_operator calls (kube.py and
 kopf's watches/indexes in handlers_job.py and handlers_sweep.py). No wildcards, no
-secrets, no pods/log, no pods/exec, no update (every write is a PATCH).
+secrets, no pods/log, no pods/exec; every write to an object is a PATCH.
 - finetunejobs: watched and indexed; sweeps create, patch (prune) and delete trials.
 - hyperparametersweeps: watched and read; only their status is written.
 - jobs: created, adopted, suspended/resumed (patch), deleted.
 - pods: watched and indexed for failure reasons (read only).
 - events: created for milestones (kopf posts too).
+- the finalizers subresources, update: Jobs and trial FineTuneJobs carry owner references with
+  blockOwnerDeletion; clusters with the OwnerReferencesPermissionEnforcement admission
+  plugin (e.g. OpenShift) require this to create them. It cannot touch specs or status.
 */}}
 {{- define "finetune.operatorRules" -}}
 - apiGroups: ["finetune.dev"]
@@ -98,6 +101,9 @@ secrets, no pods/log, no pods/exec, no update (every write is a PATCH).
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status", "hyperparametersweeps/status"]
   verbs: ["patch"]
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/finalizers", "hyperparametersweeps/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
