@@ -16,14 +16,16 @@ HP = {"learningRate": 3e-3, "epochs": 6, "batchSize": 8, "loggingSteps": 2}
 def test_string_labels_round_trip_and_artifacts(
     bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from transformers import AutoModelForSequenceClassification
+
     from finetune_trainer.predict import predict
     from finetune_trainer.run import run
-    from transformers import AutoModelForSequenceClassification
 
     train, dev = sentiment_data
     out = tmp_path / "out"
-    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                   hyperparameters=HP)
+    job = make_job(
+        task="classification", model_path=bert_dir, train=train, eval=dev, hyperparameters=HP
+    )
     metrics = run(job, spec_dir=tmp_path, output_dir=out)
 
     losses = train_losses(out)
@@ -31,8 +33,15 @@ def test_string_labels_round_trip_and_artifacts(
     assert metrics["accuracy"] >= 0.9
     assert 0.9 <= metrics["f1Macro"] <= 1.0
     assert {"trainLoss", "evalLoss", "samplesPerSecond"} <= set(metrics)
-    for name in ("metrics.json", "confusion_matrix.png", "classification_report.json",
-                 "label_map.json", "loss.png", "run.json", "model/config.json"):
+    for name in (
+        "metrics.json",
+        "confusion_matrix.png",
+        "classification_report.json",
+        "label_map.json",
+        "loss.png",
+        "run.json",
+        "model/config.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoints").exists()
     state = json.loads((out / "metrics.json").read_text())
@@ -45,7 +54,10 @@ def test_string_labels_round_trip_and_artifacts(
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert model.config.id2label == {0: "neg", 1: "pos"}
     assert predict(out, ["great good movie", "awful bad film", "the plot was superb"]) == [
-        "pos", "neg", "pos"]
+        "pos",
+        "neg",
+        "pos",
+    ]
 
 
 def test_many_int_classes_tsv(bert_dir: Path, make_job: MakeJob, tmp_path: Path) -> None:
@@ -53,20 +65,28 @@ def test_many_int_classes_tsv(bert_dir: Path, make_job: MakeJob, tmp_path: Path)
     from finetune_trainer.run import run
 
     names = sorted({r["label"] for r in topic_rows(5)})
+
     def as_ints(rows: list[dict[str, str]]) -> list[dict[str, object]]:
         return [{"text": r["text"], "label": names.index(r["label"]) + 10} for r in rows]
 
     train = write_rows(tmp_path / "train.tsv", as_ints(topic_rows(150, seed=3)))
     dev = write_rows(tmp_path / "dev.tsv", as_ints(topic_rows(40, seed=4)))
     out = tmp_path / "out"
-    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                   hyperparameters=HP | {"epochs": 8})
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters=HP | {"epochs": 8},
+    )
     metrics = run(job, spec_dir=tmp_path, output_dir=out)
     assert metrics["accuracy"] >= 0.8, metrics
     info = json.loads((out / "run.json").read_text())
     assert info["labels"] == ["10", "11", "12", "13", "14"]
     assert predict(out, ["goal match team", "pizza soup cheese"]) == [
-        str(10 + names.index("sports")), str(10 + names.index("food"))]
+        str(10 + names.index("sports")),
+        str(10 + names.index("food")),
+    ]
 
 
 def test_jsonl_without_eval_holds_out_a_fraction(
@@ -76,9 +96,13 @@ def test_jsonl_without_eval_holds_out_a_fraction(
 
     train = write_rows(tmp_path / "all.jsonl", sentiment_rows(100, seed=5))
     out = tmp_path / "out"
-    job = make_job(task="classification", model_path=bert_dir, train=train,
-                   hyperparameters=HP | {"epochs": 1, "maxSteps": 4},
-                   dataset={"evalFraction": 0.2})
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        hyperparameters=HP | {"epochs": 1, "maxSteps": 4},
+        dataset={"evalFraction": 0.2},
+    )
     run(job, spec_dir=tmp_path, output_dir=out)
     report = json.loads((out / "classification_report.json").read_text())
     assert report["macro avg"]["support"] == 20

@@ -29,8 +29,15 @@ def test_missing_label_column_lists_the_columns(
 ) -> None:
     rows = [{"sentence": r["text"], "sentiment": r["label"]} for r in sentiment_rows(10)]
     train = write_rows(tmp_path / "train.csv", rows)
-    msg = _error(make_job(task="classification", model_path=bert_dir, train=train,
-                          dataset={"textColumn": "sentence"}), tmp_path)
+    msg = _error(
+        make_job(
+            task="classification",
+            model_path=bert_dir,
+            train=train,
+            dataset={"textColumn": "sentence"},
+        ),
+        tmp_path,
+    )
     assert "train.csv" in msg and "'label'" in msg and "sentence, sentiment" in msg
 
 
@@ -57,8 +64,9 @@ def test_unreadable_file(bert_dir: Path, make_job: MakeJob, tmp_path: Path) -> N
 def test_missing_file_and_unknown_extension(
     bert_dir: Path, make_job: MakeJob, tmp_path: Path
 ) -> None:
-    msg = _error(make_job(task="classification", model_path=bert_dir,
-                          train=tmp_path / "nope.csv"), tmp_path)
+    msg = _error(
+        make_job(task="classification", model_path=bert_dir, train=tmp_path / "nope.csv"), tmp_path
+    )
     assert "nope.csv" in msg and "no such file" in msg
     odd = tmp_path / "data.xlsx"
     odd.write_text("x")
@@ -66,14 +74,13 @@ def test_missing_file_and_unknown_extension(
     assert "data.xlsx" in msg and "unknown format" in msg
 
 
-def test_eval_label_never_seen_in_train(
-    bert_dir: Path, make_job: MakeJob, tmp_path: Path
-) -> None:
+def test_eval_label_never_seen_in_train(bert_dir: Path, make_job: MakeJob, tmp_path: Path) -> None:
     train = write_rows(tmp_path / "train.csv", sentiment_rows(10))
-    dev_rows = sentiment_rows(4) + [{"text": "good film", "label": "neutral"}]
+    dev_rows = [*sentiment_rows(4), {"text": "good film", "label": "neutral"}]
     dev = write_rows(tmp_path / "dev.csv", dev_rows)
-    msg = _error(make_job(task="classification", model_path=bert_dir, train=train, eval=dev),
-                 tmp_path)
+    msg = _error(
+        make_job(task="classification", model_path=bert_dir, train=train, eval=dev), tmp_path
+    )
     assert "dev.csv" in msg and "row 5" in msg and "'neutral'" in msg and "neg, pos" in msg
 
 
@@ -86,8 +93,9 @@ def test_missing_value_names_the_row(bert_dir: Path, make_job: MakeJob, tmp_path
 
 def test_model_path_that_does_not_exist(make_job: MakeJob, tmp_path: Path) -> None:
     train = write_rows(tmp_path / "train.csv", sentiment_rows(10))
-    msg = _error(make_job(task="classification", model_path=tmp_path / "no-model", train=train),
-                 tmp_path)
+    msg = _error(
+        make_job(task="classification", model_path=tmp_path / "no-model", train=train), tmp_path
+    )
     assert "no-model" in msg and "no such directory" in msg
 
 
@@ -106,11 +114,10 @@ def test_uncached_hub_id_offline(
     assert "HF_HUB_OFFLINE=1 forbids downloading; use model.path" in msg
 
 
-def test_cli_prints_the_message_and_exits_2(
-    bert_dir: Path, tmp_path: Path
-) -> None:
-    from finetune_operator.cli import app
+def test_cli_prints_the_message_and_exits_2(bert_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
+
+    from finetune_operator.cli import app
 
     write_rows(tmp_path / "train.csv", [{"sentence": "a", "label": 0}] * 3)
     spec = tmp_path / "job.yaml"

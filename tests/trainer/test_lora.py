@@ -14,15 +14,21 @@ pytestmark = pytest.mark.trainer
 def test_lora_classification_saves_only_the_adapter(
     bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from safetensors.torch import load_file
+
     from finetune_trainer.predict import predict
     from finetune_trainer.run import run
-    from safetensors.torch import load_file
 
     train, dev = sentiment_data
     out = tmp_path / "out"
-    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                   hyperparameters={"learningRate": 3e-2, "epochs": 10, "batchSize": 8},
-                   lora={"rank": 8, "alpha": 16, "dropout": 0.0})
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"learningRate": 3e-2, "epochs": 10, "batchSize": 8},
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0},
+    )
     m = run(job, spec_dir=tmp_path, output_dir=out)
     assert m["accuracy"] >= 0.8, m
     adapter = out / "adapter"
@@ -46,10 +52,15 @@ def test_lora_causal_lm_merge_and_generate(
     train = write_rows(tmp_path / "train.jsonl", rows)
     dev = write_rows(tmp_path / "dev.jsonl", [{"text": q, "reference": a} for q, a in QA])
     out = tmp_path / "out"
-    job = make_job(task="causal-lm", model_path=gpt2_dir, train=train, eval=dev,
-                   hyperparameters={"learningRate": 2e-2, "epochs": 6, "batchSize": 8},
-                   dataset={"targetColumn": "reference"},
-                   lora={"rank": 16, "alpha": 32, "dropout": 0.0, "merge": True})
+    job = make_job(
+        task="causal-lm",
+        model_path=gpt2_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"learningRate": 2e-2, "epochs": 6, "batchSize": 8},
+        dataset={"targetColumn": "reference"},
+        lora={"rank": 16, "alpha": 32, "dropout": 0.0, "merge": True},
+    )
     m = run(job, spec_dir=tmp_path, output_dir=out)
     # Adapters on a frozen *random* 2-layer base learn slowly: assert direction, not quality.
     losses = train_losses(out)
@@ -71,8 +82,13 @@ def test_unknown_lora_target_names_the_real_modules(
     from finetune_trainer.run import run
 
     train, dev = sentiment_data
-    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                   lora={"targetModules": ["q_proj"]})
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        lora={"targetModules": ["q_proj"]},
+    )
     with pytest.raises(ModelError) as err:
         run(job, spec_dir=tmp_path, output_dir=tmp_path / "out")
     message = str(err.value)

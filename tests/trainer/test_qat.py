@@ -18,14 +18,20 @@ def test_qat_int8_smaller_close_and_reloadable(
     bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     import torch
+
     from finetune_trainer.predict import load_run, predict
     from finetune_trainer.run import run
 
     train, dev = sentiment_data
     out = tmp_path / "out"
-    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                   hyperparameters={"learningRate": 3e-3, "epochs": 6, "batchSize": 8},
-                   quantization={"mode": "qat"})
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"learningRate": 3e-3, "epochs": 6, "batchSize": 8},
+        quantization={"mode": "qat"},
+    )
     m = run(job, spec_dir=tmp_path, output_dir=out)
 
     assert m["int8SizeMb"] < m["fp32SizeMb"]

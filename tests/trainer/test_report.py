@@ -24,10 +24,15 @@ class FakeApiServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_PATCH(self) -> None:  # noqa: N802 - http.server API
+            def do_PATCH(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append({"path": self.path, "type": self.headers["Content-Type"],
-                                       "body": json.loads(body)})
+                outer.requests.append(
+                    {
+                        "path": self.path,
+                        "type": self.headers["Content-Type"],
+                        "body": json.loads(body),
+                    }
+                )
                 self.send_response(500 if outer.fail else 200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -80,8 +85,9 @@ def test_kubernetes_sink_merge_patches_status_and_throttles(api: FakeApiServer) 
     from finetune_trainer.report import KubernetesSink, Reporter
 
     now = [0.0]
-    sink = KubernetesSink(api_url=api.url, namespace="ns", name="job1", interval=5,
-                          clock=lambda: now[0])
+    sink = KubernetesSink(
+        api_url=api.url, namespace="ns", name="job1", interval=5, clock=lambda: now[0]
+    )
     reporter = Reporter([sink])
     reporter.start(100)
     reporter.progress(step=1, epoch=0.01, metrics={"trainLoss": 1.0})  # throttled
@@ -117,7 +123,13 @@ def test_kubernetes_sink_failure_never_stops_the_run(
 def test_status_metric_names() -> None:
     from finetune_trainer.report import status_metrics
 
-    assert status_metrics({"eval_loss": 0.5, "eval_accuracy": 0.9, "eval_f1_macro": 0.8,
-                           "train_samples_per_second": 100.0, "eval_runtime": 3.0,
-                           "loss": float("nan")}) == {
-        "evalLoss": 0.5, "accuracy": 0.9, "f1Macro": 0.8, "samplesPerSecond": 100.0}
+    assert status_metrics(
+        {
+            "eval_loss": 0.5,
+            "eval_accuracy": 0.9,
+            "eval_f1_macro": 0.8,
+            "train_samples_per_second": 100.0,
+            "eval_runtime": 3.0,
+            "loss": float("nan"),
+        }
+    ) == {"evalLoss": 0.5, "accuracy": 0.9, "f1Macro": 0.8, "samplesPerSecond": 100.0}

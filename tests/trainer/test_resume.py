@@ -19,9 +19,10 @@ class Killed(Exception):
 def test_interrupted_run_resumes_to_the_same_total_steps(
     bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from transformers import TrainerCallback
+
     from finetune_trainer.report import Event, RunState
     from finetune_trainer.run import run
-    from transformers import TrainerCallback
 
     class KillAt(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -39,8 +40,13 @@ def test_interrupted_run_resumes_to_the_same_total_steps(
     train, dev = sentiment_data
     out = tmp_path / "out"
     # 96 rows / batch 8 = 12 steps; checkpoints every 3 steps.
-    job = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                   hyperparameters={"epochs": 1, "batchSize": 8})
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"epochs": 1, "batchSize": 8},
+    )
     with pytest.raises(Killed):
         run(job, spec_dir=tmp_path, output_dir=out, callbacks=[KillAt()])
     assert json.loads((out / "metrics.json").read_text())["phase"] == "Failed"
@@ -66,6 +72,11 @@ def test_a_changed_spec_does_not_resume_stale_checkpoints(
     assert resume_checkpoint(out, first.spec) is None
     (out / CHECKPOINTS / "checkpoint-3").mkdir()
     assert resume_checkpoint(out, first.spec) is not None
-    changed = make_job(task="classification", model_path=bert_dir, train=train, eval=dev,
-                       hyperparameters={"learningRate": 1e-4})
+    changed = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"learningRate": 1e-4},
+    )
     assert resume_checkpoint(out, changed.spec) is None

@@ -299,8 +299,8 @@ def tokenize(
         limit = max_length - 1 if eos is not None else max_length
         enc = dict(tokenizer(texts, truncation=True, max_length=limit))
         if eos is not None:  # causal LM: end with eos so generation learns to stop
-            enc["input_ids"] = [ids + [eos] for ids in enc["input_ids"]]
-            enc["attention_mask"] = [mask + [1] for mask in enc["attention_mask"]]
+            enc["input_ids"] = [[*ids, eos] for ids in enc["input_ids"]]
+            enc["attention_mask"] = [[*mask, 1] for mask in enc["attention_mask"]]
             enc["labels"] = [list(ids) for ids in enc["input_ids"]]
         enc[LENGTH_COLUMN] = [len(ids) for ids in enc["input_ids"]]
         return enc

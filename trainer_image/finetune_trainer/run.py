@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import evaluation, lora, qat
+from finetune_trainer import evaluation, lora
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.errors import TrainerUserError
 from finetune_trainer.modeling import (
@@ -125,7 +125,9 @@ def _run(
     progress_bar: bool,
 ) -> dict[str, float]:
     import datasets
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; the Trainer keeps its own
     if not progress_bar:
         datasets.disable_progress_bars()
     hp = spec.hyperparameters
@@ -163,6 +165,8 @@ def _run(
     if spec.lora is not None:
         model = lora.apply_lora(model, spec.lora, task)  # type: ignore[assignment]
     if spec.quantization is not None:
+        from finetune_trainer import qat  # torchao loads only when QAT is asked for
+
         qat_layers = qat.prepare_qat(model)
 
     args = training_arguments(
@@ -291,6 +295,8 @@ def _finish_qat(
     artifacts: dict[str, str],
 ) -> tuple[dict[str, float], Any, Any]:
     """fp32 (QAT weights, fake quantisation off) vs the converted int8 model, side by side."""
+    from finetune_trainer import qat
+
     model = trainer.model
     assert isinstance(model, torch.nn.Module)
     model = model.to("cpu").eval()

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
@@ -22,7 +23,6 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-import torch
 from finetune_api.models import FineTuneJobSpec, Task
 from finetune_trainer.data import LENGTH_COLUMN
 from finetune_trainer.modeling import PrecisionChoice
