@@ -39,13 +39,13 @@ def test_interrupted_run_resumes_to_the_same_total_steps(
 
     train, dev = sentiment_data
     out = tmp_path / "out"
-    # 96 rows / batch 8 = 12 steps; checkpoints every 3 steps.
+    # 96 rows / batch 8 = 12 steps; evaluations and checkpoints every 3 steps.
     job = make_job(
         task="classification",
         model_path=bert_dir,
         train=train,
         eval=dev,
-        hyperparameters={"epochs": 1, "batchSize": 8},
+        hyperparameters={"epochs": 1, "batchSize": 8, "evalSteps": 3},
     )
     with pytest.raises(Killed):
         run(job, spec_dir=tmp_path, output_dir=out, callbacks=[KillAt()])
@@ -80,3 +80,22 @@ def test_a_changed_spec_does_not_resume_stale_checkpoints(
         hyperparameters={"learningRate": 1e-4},
     )
     assert resume_checkpoint(out, changed.spec) is None
+
+
+def test_timed_checkpoints_save_on_the_clock_but_not_at_the_end() -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from finetune_trainer.training import TimedCheckpoints
+
+    now = [0.0]
+    callback = TimedCheckpoints(10, clock=lambda: now[0])
+    args = TrainingArguments(output_dir="unused", report_to="none")
+    state = TrainerState(max_steps=5)
+    saved = []
+    for step in range(1, 6):
+        state.global_step = step
+        now[0] = step * 4.0
+        control = TrainerControl()
+        callback.on_step_end(args, state, control)
+        saved.append(control.should_save)
+    assert saved == [False, False, True, False, False]  # 12 s > 10 s; step 5 is the end

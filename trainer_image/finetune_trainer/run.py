@@ -51,6 +51,8 @@ from finetune_trainer.report import (
 from finetune_trainer.training import (
     CHECKPOINTS,
     QuietProgressCallback,
+    TimedCheckpoints,
+    checkpoint_interval,
     collator,
     resume_checkpoint,
     total_steps,
@@ -172,7 +174,6 @@ def _run(
     args = training_arguments(
         spec,
         output_dir=output_dir / CHECKPOINTS,
-        train_rows=len(train_ds),
         precision=precision,
         progress_bar=progress_bar,
     )
@@ -195,6 +196,8 @@ def _run(
     trainer.add_callback(ReporterCallback(reporter))
     if hp.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
+    if hp.eval_steps is None:
+        trainer.add_callback(TimedCheckpoints(checkpoint_interval()))
     for callback in callbacks:
         trainer.add_callback(callback)
 

@@ -6,7 +6,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from transformers import (
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
     ProgressCallback,
+    TrainerCallback,
     TrainerControl,
     TrainerState,
     TrainingArguments,
@@ -56,13 +60,11 @@ def training_arguments(
     spec: FineTuneJobSpec,
     *,
     output_dir: Path,
-    train_rows: int,
     precision: PrecisionChoice,
     progress_bar: bool,
 ) -> TrainingArguments:
     """Dynamic padding is the collator's job; here: length grouping, eval/save cadence."""
     hp = spec.hyperparameters
-    steps = total_steps(spec, train_rows)
     early = hp.early_stopping_patience is not None
     if hp.eval_steps is not None:
         eval_kwargs: dict[str, Any] = {"eval_strategy": "steps", "eval_steps": hp.eval_steps}
@@ -77,9 +79,12 @@ def training_arguments(
             "metric_for_best_model": "accuracy" if spec.task is Task.classification else "loss",
             "greater_is_better": spec.task is Task.classification,
         }
+    elif hp.eval_steps is not None:
+        save_kwargs = {"save_strategy": "steps", "save_steps": hp.eval_steps}
     else:
-        # A few checkpoints per run: enough to resume a killed run, cheap on big models.
-        save_kwargs = {"save_strategy": "steps", "save_steps": max(1, math.ceil(steps / 4))}
+        # Every epoch, plus every FINETUNE_CHECKPOINT_SECONDS (TimedCheckpoints): a killed
+        # long run loses little, a short run pays for no checkpoint it will never use.
+        save_kwargs = {"save_strategy": "epoch"}
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=hp.batch_size,
@@ -144,6 +149,37 @@ def resume_checkpoint(output_dir: Path, spec: FineTuneJobSpec) -> str | None:
     directory.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"sha256": current}))
     return get_last_checkpoint(str(directory))
+
+
+def checkpoint_interval() -> float:
+    return float(os.environ.get("FINETUNE_CHECKPOINT_SECONDS", "600"))
+
+
+class TimedCheckpoints(TrainerCallback):
+    """Save a checkpoint when `interval` seconds passed since the last one; never at the
+    final step (the run saves its artifacts right after)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.last = clock()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        now = self.clock()
+        if now - self.last >= self.interval:
+            control.should_save = True
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        if control.should_save:
+            self.last = now
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if state.global_step >= state.max_steps and not args.load_best_model_at_end:
+            control.should_save = False
 
 
 class QuietProgressCallback(ProgressCallback):
