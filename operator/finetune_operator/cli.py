@@ -1,7 +1,7 @@
 """`finetune`: the command line. Top layer: parses arguments, delegates, prints errors.
 
 Heavy packages load lazily: `finetune crds` and `finetune operator` never import
-torch; `finetune run`, `predict` and `sweep` import the trainer only when called.
+torch; `finetune run`, `advise`, `predict` and `sweep` import the trainer only when called.
 """
 
 from __future__ import annotations
@@ -53,6 +53,25 @@ def run(
         from finetune_trainer.run import run_local
 
         run_local(job, spec_dir=file.resolve().parent, output=output)
+    except UserError as err:
+        fail(str(err))
+
+
+@app.command()
+def advise(
+    file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
+    overrides: SetOption = None,
+) -> None:
+    """Should I fine-tune? Data size, token lengths, domain fit and a baseline; no training."""
+    from finetune_api.manifest import load_manifest
+    from finetune_api.models import FineTuneJob
+
+    try:
+        job = load_manifest(file, FineTuneJob, overrides)
+        from finetune_trainer.advise import advise as do_advise
+        from finetune_trainer.advise import render
+
+        render(do_advise(job, spec_dir=file.resolve().parent))
     except UserError as err:
         fail(str(err))
 

@@ -341,16 +341,17 @@ def recommend(
                 f"Small data ({data.train_rows} rows, {per_class} in the smallest class): use "
                 "LoRA (spec.lora: {rank: 8}) or full fine-tuning for 2-4 epochs with "
                 "earlyStoppingPatience set; expect run-to-run variance."
+                + _epochs_note(hp.epochs, 2, 4)
             )
         elif data.train_rows < LARGE_ROWS:
             recs.append(
                 f"Medium data ({data.train_rows} rows): full fine-tuning for 2-3 epochs; "
-                "LoRA if GPU memory is tight."
+                "LoRA if GPU memory is tight." + _epochs_note(hp.epochs, 2, 3)
             )
         else:
             recs.append(
                 f"Large data ({data.train_rows} rows): full fine-tuning; 1-2 epochs are "
-                "usually enough."
+                "usually enough." + _epochs_note(hp.epochs, 1, 2)
             )
     else:
         tokens = lengths.total_tokens
@@ -458,6 +459,12 @@ def recommend(
                 + "; their scores cannot be measured."
             )
     return tuple(recs), tuple(warns)
+
+
+def _epochs_note(epochs: float, low: float, high: float) -> str:
+    if low <= epochs <= high:
+        return ""
+    return f" (The manifest sets epochs: {epochs:g}.)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -575,7 +582,12 @@ def rows(advice: Advice) -> list[tuple[str, str, str, str]]:
     c = advice.classes
     if c is not None:
         out += [
-            ("data", "classes", str(c.num_classes), ", ".join(list(c.counts)[:8])),
+            (
+                "data",
+                "classes",
+                str(c.num_classes),
+                ", ".join(list(c.counts)[:8]) + (", ..." if c.num_classes > 8 else ""),
+            ),
             (
                 "data",
                 "examples per class",
