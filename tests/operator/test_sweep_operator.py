@@ -1,0 +1,298 @@
+"""HyperparameterSweep through the real operator (kopf, in-process) against kmock's emulator.
+
+Trials are child FineTuneJobs; the FineTuneJob handler turns them into Jobs, and the
+test `kubelet` plays the node: it runs and finishes their pods. The trainer's live
+status (history, metrics) is patched onto the child like the trainer's sink would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from operator_harness import (
+    FTJ,
+    JOB,
+    NAMESPACE,
+    SMALL_SPEC,
+    SWEEP,
+    Cluster,
+    Kubelet,
+    OperatorRunner,
+    now_iso,
+    sample,
+)
+
+from finetune_operator.sweep_space import ANNOTATION_PARAMS, ANNOTATION_STATE, LABEL_SWEEP
+from finetune_operator.sweep_study import TrialRecord, plan_sweep, record_from_child
+
+pytestmark = pytest.mark.operator
+
+SPACE = {
+    "hyperparameters.learningRate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+    "hyperparameters.batchSize": {"type": "categorical", "choices": [8, 16, 32]},
+    "lora.rank": {"type": "int", "low": 4, "high": 32, "step": 4},
+}
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def fresh_connections(cluster: Cluster) -> AsyncIterator[None]:
+    """Writes without keep-alive: after an operator stop, a pooled connection of the shared
+    session hangs against the emulator (fresh connections work); see the report."""
+    shared = cluster.session
+    cluster.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    try:
+        yield
+    finally:
+        await cluster.session.close()
+        cluster.session = shared
+
+
+def make_sweep(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "HyperparameterSweep",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "resourceVersion": "1",
+            "creationTimestamp": now_iso(),
+        },
+        "spec": {
+            "template": SMALL_SPEC,
+            "searchSpace": SPACE,
+            "sampler": {"type": "tpe", "seed": 0},
+            "pruner": {"type": "median"},
+            "maxTrials": 4,
+            "parallelism": 2,
+            "maxFailedTrials": 1,
+            **spec,
+        },
+    }
+
+
+def trials(cluster: Cluster, sweep: str) -> dict[str, dict[str, Any]]:
+    return {
+        o["metadata"]["name"]: o
+        for o in cluster.objects(FTJ, NAMESPACE)
+        if (o["metadata"].get("labels") or {}).get(LABEL_SWEEP) == sweep
+    }
+
+
+def sweep_status(cluster: Cluster, name: str) -> dict[str, Any]:
+    return cluster.status(SWEEP, NAMESPACE, name)
+
+
+async def wait_trials(cluster: Cluster, sweep: str, n: int, timeout: float = 15) -> None:
+    await cluster.wait_for(
+        lambda: len(trials(cluster, sweep)) == n,
+        timeout,
+        f"{n} trials of {sweep} (have {sorted(trials(cluster, sweep))})",
+    )
+
+
+async def report(cluster: Cluster, name: str, values: list[float]) -> None:
+    """What the trainer's Kubernetes sink writes at each evaluation."""
+    history = [{"epoch": i + 1, "step": 10 * (i + 1), "accuracy": v} for i, v in enumerate(values)]
+    body = {
+        "status": {
+            "history": history,
+            "metrics": {"accuracy": values[-1]},
+            "progress": {"step": 10 * len(values), "epoch": len(values)},
+        }
+    }
+    await cluster.patch(FTJ, NAMESPACE, name, body, status=True)
+
+
+async def finish(cluster: Cluster, kubelet: Kubelet, name: str, values: list[float]) -> None:
+    job = await cluster.wait_for_object(JOB, NAMESPACE, f"{name}-train")
+    await kubelet.run_pod(job)
+    await report(cluster, name, values)
+    await kubelet.succeed(job, metrics={"accuracy": values[-1]})
+    await cluster.wait_phase(NAMESPACE, name, "Succeeded")
+
+
+async def test_sweep_runs_trials_up_to_parallelism_and_completes(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    body = make_sweep("hps")
+    await cluster.create(SWEEP, body)
+    await wait_trials(cluster, "hps", 2)
+    kids = trials(cluster, "hps")
+    assert sorted(kids) == ["hps-trial-0", "hps-trial-1"]
+    t0 = kids["hps-trial-0"]
+    meta = t0["metadata"]
+    assert meta["labels"]["finetune.dev/trial"] == "0"
+    assert meta["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    params = json.loads(meta["annotations"][ANNOTATION_PARAMS])
+    assert t0["spec"]["hyperparameters"]["learningRate"] == params["hyperparameters.learningRate"]
+    assert t0["spec"]["lora"]["rank"] == params["lora.rank"]
+    await cluster.wait_for_object(JOB, NAMESPACE, "hps-trial-0-train")
+    await cluster.wait_for(lambda: sweep_status(cluster, "hps").get("phase") == "Running")
+
+    await finish(cluster, kubelet, "hps-trial-0", [0.6, 0.7])
+    await wait_trials(cluster, "hps", 3)  # the freed slot is refilled, never more than 2 run
+    await finish(cluster, kubelet, "hps-trial-1", [0.65, 0.8])
+    await wait_trials(cluster, "hps", 4)
+    await finish(cluster, kubelet, "hps-trial-2", [0.5, 0.6])
+    await finish(cluster, kubelet, "hps-trial-3", [0.55, 0.75])
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "hps")).get("phase") == "Succeeded" and s,
+        15,
+        "sweep Succeeded",
+    )
+    assert len(trials(cluster, "hps")) == 4
+    assert st["trials"] == {"total": 4, "running": 0, "succeeded": 4, "failed": 0, "pruned": 0}
+    best = st["bestTrial"]
+    assert best["name"] == "hps-trial-1" and best["value"] == 0.8
+    assert best["params"] == json.loads(
+        trials(cluster, "hps")["hps-trial-1"]["metadata"]["annotations"][ANNOTATION_PARAMS]
+    )
+    (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True" and ready["observedGeneration"] == 1
+    assert st["observedGeneration"] == 1
+    text = await operator.metrics()
+    labels = {"namespace": NAMESPACE, "name": "hps"}
+    assert sample(text, "finetune_sweep_best_value", **labels, metric="accuracy") == 0.8
+    assert sample(text, "finetune_sweep_trials", **labels, state="succeeded") == 4.0
+
+    # Deleting the sweep deletes its trials.
+    await cluster.delete(SWEEP, NAMESPACE, "hps")
+    await cluster.wait_for(lambda: not trials(cluster, "hps"), 15, "trials deleted")
+
+
+async def test_pruning_suspends_the_trial_and_refills_the_slot(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    await cluster.create(
+        SWEEP, make_sweep("pr", maxTrials=6, parallelism=1, sampler={"type": "random", "seed": 1})
+    )
+    for n in range(3):  # the median pruner waits for 3 finished trials
+        await wait_trials(cluster, "pr", n + 1)
+        await finish(cluster, kubelet, f"pr-trial-{n}", [0.6, 0.7, 0.8])
+    await wait_trials(cluster, "pr", 4)
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "pr-trial-3-train")
+    await kubelet.run_pod(job)
+    await report(cluster, "pr-trial-3", [0.3])  # far below the median at evaluation 0
+    await cluster.wait_for(
+        lambda: (
+            (
+                trials(cluster, "pr")
+                .get("pr-trial-3", {})
+                .get("metadata", {})
+                .get("annotations", {})
+                .get(ANNOTATION_STATE)
+            )
+            == "pruned"
+        ),
+        15,
+        "trial pruned",
+    )
+    child = trials(cluster, "pr")["pr-trial-3"]
+    assert child["spec"]["suspend"] is True
+    await cluster.wait_for(
+        lambda: (
+            (cluster.get_object(JOB, NAMESPACE, "pr-trial-3-train") or {})
+            .get("spec", {})
+            .get("suspend")
+            is True
+        ),
+        15,
+        "Job suspended",
+    )
+    await wait_trials(cluster, "pr", 5)  # the slot is refilled
+    await cluster.wait_for(
+        lambda: (sweep_status(cluster, "pr").get("trials") or {}).get("pruned") == 1, 15
+    )
+
+
+async def test_restart_continues_without_duplicates_with_the_same_suggestion(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    body = make_sweep("rs", maxTrials=5, parallelism=2)
+    await cluster.create(SWEEP, body)
+    await wait_trials(cluster, "rs", 2)
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "rs-trial-0-train")
+    await kubelet.run_pod(job)
+    await report(cluster, "rs-trial-0", [0.7])
+    await operator.restart()  # a fresh process: nothing in memory, the children are the state
+    await cluster.wait_for(
+        lambda: sweep_status(cluster, "rs").get("trials", {}).get("running") == 2
+    )
+    assert len(trials(cluster, "rs")) == 2  # no duplicates after the restart
+
+    await kubelet.succeed(job, metrics={"accuracy": 0.7})
+    await operator.stop()  # killed right as the trial finished
+    # What the core says trial 2 must be, from the children as they are now.
+    from finetune_operator.handlers_sweep import parse_sweep
+
+    sweep = parse_sweep(body)
+    children = list(trials(cluster, "rs").values())
+    records: list[TrialRecord] = [
+        r for c in children if (r := record_from_child(c, "accuracy")) is not None
+    ]
+    await operator.start()
+    await wait_trials(cluster, "rs", 3)
+    await cluster.wait_for(lambda: sweep_status(cluster, "rs").get("trials", {}).get("total") == 3)
+    kids = trials(cluster, "rs")
+    assert sorted(kids) == ["rs-trial-0", "rs-trial-1", "rs-trial-2"]
+    done = [record_from_child(c, "accuracy") for c in kids.values()]
+    records = [r for r in done if r is not None and r.number < 2]
+    expected = plan_sweep(sweep.spec, records, study_name="rs").create
+    assert [n for n, _ in expected] == [2]
+    got = json.loads(kids["rs-trial-2"]["metadata"]["annotations"][ANNOTATION_PARAMS])
+    assert got == expected[0][1]
+    await operator.restart()  # another restart with nothing to do creates nothing
+    await cluster.wait_for(
+        lambda: sweep_status(cluster, "rs").get("trials", {}).get("running") == 2
+    )
+    assert len(trials(cluster, "rs")) == 3
+
+
+async def test_raising_max_trials_continues_a_finished_sweep(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    await cluster.create(SWEEP, make_sweep("mt", maxTrials=1, parallelism=1))
+    await wait_trials(cluster, "mt", 1)
+    await finish(cluster, kubelet, "mt-trial-0", [0.7])
+    await cluster.wait_for(lambda: sweep_status(cluster, "mt").get("phase") == "Succeeded", 15)
+    await cluster.patch(
+        SWEEP, NAMESPACE, "mt", {"metadata": {"generation": 2}, "spec": {"maxTrials": 2}}
+    )
+    await wait_trials(cluster, "mt", 2)
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "mt")).get("observedGeneration") == 2 and s, 15
+    )
+    assert st["phase"] == "Running" and st["trials"]["total"] == 2
+    await finish(cluster, kubelet, "mt-trial-1", [0.9])
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "mt")).get("phase") == "Succeeded" and s, 15
+    )
+    assert st["bestTrial"]["name"] == "mt-trial-1"
+
+
+async def test_failed_trials_fail_the_sweep_with_a_clear_message(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    await cluster.create(SWEEP, make_sweep("fl", maxTrials=4, parallelism=1, maxFailedTrials=0))
+    await wait_trials(cluster, "fl", 1)
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "fl-trial-0-train")
+    await kubelet.run_pod(job)
+    await kubelet.oom(job)
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "fl")).get("phase") == "Failed" and s,
+        15,
+        "sweep Failed",
+    )
+    assert "1 trials failed, more than maxFailedTrials=0" in st["message"]
+    assert "fl-trial-0" in st["message"]
+    (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "TooManyFailedTrials"
+    assert len(trials(cluster, "fl")) == 1  # no further trials
