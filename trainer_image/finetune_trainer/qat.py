@@ -5,6 +5,8 @@ Prepare: every Linear of the encoder (not the classification head) becomes a tor
 so training sees the rounding it will meet. Convert: the fake-quantised layers become
 plain Linear layers holding torchao `Int8Tensor` weights (int8 data + fp32 scales) with
 dynamic int8 activation quantisation: torchao's `Int8DynamicActivationInt8WeightConfig`.
+The embedding tables (a third or more of a small encoder) are stored int8 too, per row
+(`IntxWeightOnlyConfig`, post-training: a lookup has no activation to quantise).
 
 Saved as `int8_model.pt` (the state dict, tensor subclasses included) next to the model
 config and tokenizer; `load_int8` rebuilds the architecture from the config, applies the
@@ -21,7 +23,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+from torchao.quantization import (
+    Int8DynamicActivationInt8WeightConfig,
+    IntxWeightOnlyConfig,
+    quantize_,
+)
+from torchao.quantization.granularity import PerAxis
 from torchao.quantization.qat import FakeQuantizedLinear, IntxFakeQuantizeConfig, QATConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
@@ -29,12 +36,23 @@ from finetune_trainer.errors import RunDirError
 
 WEIGHTS_FILE = "int8_model.pt"
 LAYERS_FILE = "quantization.json"
-SCHEME = "torchao Int8DynamicActivationInt8WeightConfig (int8 weights per channel, dynamic int8 activations per token)"
+SCHEME = (
+    "torchao Int8DynamicActivationInt8WeightConfig on Linear (int8 weights per channel, "
+    "dynamic int8 activations per token); IntxWeightOnlyConfig int8 per row on embeddings"
+)
 HEAD_PREFIXES = ("classifier", "score", "pre_classifier", "lm_head")
 
 
 def _base_config() -> Int8DynamicActivationInt8WeightConfig:
     return Int8DynamicActivationInt8WeightConfig()
+
+
+def _embedding_config() -> IntxWeightOnlyConfig:
+    return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+
+
+def _embedding_filter(module: nn.Module, fqn: str) -> bool:
+    return isinstance(module, nn.Embedding) and quantizable(fqn)
 
 
 def quantizable(fqn: str) -> bool:
@@ -68,9 +86,25 @@ def fp32_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def convert_int8(model: nn.Module) -> None:
-    """Replace the fake-quantised layers by real int8 ones, in place."""
+def convert_int8(model: nn.Module) -> list[str]:
+    """Replace the fake-quantised layers by real int8 ones and store the embedding tables
+    as int8, in place; returns the embedding names."""
     quantize_(model, QATConfig(_base_config(), step="convert"), filter_fn=None)
+    tied = _tied_embeddings(model)
+    embeddings = [n for n, m in model.named_modules() if _embedding_filter(m, n) and n not in tied]
+    chosen = set(embeddings)
+    quantize_(model, _embedding_config(), filter_fn=lambda m, fqn: fqn in chosen)
+    return embeddings
+
+
+def _tied_embeddings(model: nn.Module) -> set[str]:
+    """Embeddings whose weight another module shares (e.g. a tied LM head): left as is."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            owners.setdefault(id(weight), []).append(name)
+    return {n for names in owners.values() if len(names) > 1 for n in names}
 
 
 def serialized_mb(model: nn.Module) -> float:
@@ -80,13 +114,18 @@ def serialized_mb(model: nn.Module) -> float:
     return buffer.tell() / 1e6
 
 
-def save_int8(model: PreTrainedModel, layers: list[str], directory: Path) -> Path:
+def save_int8(
+    model: PreTrainedModel, layers: list[str], embeddings: list[str], directory: Path
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
     path = directory / WEIGHTS_FILE
     torch.save(model.state_dict(), path)
     (directory / LAYERS_FILE).write_text(
-        json.dumps({"scheme": SCHEME, "layers": layers, "weights": WEIGHTS_FILE}, indent=2)
+        json.dumps(
+            {"scheme": SCHEME, "layers": layers, "embeddings": embeddings, "weights": WEIGHTS_FILE},
+            indent=2,
+        )
     )
     return path
 
@@ -99,12 +138,14 @@ def load_int8(
     meta_path = directory / LAYERS_FILE
     if not meta_path.is_file():
         raise RunDirError(f"{directory}: no {LAYERS_FILE}; not an int8 model directory")
-    layers = set(json.loads(meta_path.read_text())["layers"])
+    meta = json.loads(meta_path.read_text())
+    layers, embeddings = set(meta["layers"]), set(meta.get("embeddings", []))
     config = AutoConfig.from_pretrained(directory)
     model = auto_class(config)
     quantize_(
         model, _base_config(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in layers
     )
+    quantize_(model, _embedding_config(), filter_fn=lambda m, fqn: fqn in embeddings)
     # The file holds torchao tensor subclasses, which the weights_only unpickler rejects;
     # it is our own artifact, written by save_int8.
     state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=False)

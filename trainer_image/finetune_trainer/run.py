@@ -309,14 +309,14 @@ def _finish_qat(
     fp32_scores = evaluation.classification_scores(labels, fp32_pred)
     fp32_mb = qat.serialized_mb(fp32)
     del fp32
-    qat.convert_int8(model)
+    embeddings = qat.convert_int8(model)
     int8_pred, labels = evaluation.predict_classes(model, loader)
     int8_scores = evaluation.classification_scores(labels, int8_pred)
     directory = output_dir / "model"
     if directory.exists():
         shutil.rmtree(directory)
     assert isinstance(model, PreTrainedModel)
-    qat.save_int8(model, layers, directory)
+    qat.save_int8(model, layers, embeddings, directory)
     tokenizer.save_pretrained(directory)
     artifacts["model"] = str(directory)
     metrics = {
