@@ -130,3 +130,25 @@ def test_cli_prints_the_message_and_exits_2(bert_dir: Path, tmp_path: Path) -> N
     assert result.exit_code == 2, result.output
     assert "textColumn 'text' not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_uncached_hub_dataset_offline(
+    bert_dir: Path, make_job: MakeJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_api.models import FineTuneJob
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    job = make_job(task="classification", model_path=bert_dir, train=tmp_path / "x.csv")
+    doc = job.dump()
+    doc["spec"]["dataset"]["train"] = {"hub": "no-such-org/no-such-dataset", "split": "train"}
+    msg = _error(FineTuneJob.model_validate(doc), tmp_path)
+    assert "no-such-org/no-such-dataset is not in the local cache" in msg
+    assert "use dataset.train.path" in msg
+
+
+def test_predict_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    from finetune_trainer.errors import RunDirError
+    from finetune_trainer.predict import predict
+
+    with pytest.raises(RunDirError, match="not the artifact directory of a finished run"):
+        predict(tmp_path, ["hello"])

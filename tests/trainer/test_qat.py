@@ -41,10 +41,24 @@ def test_qat_int8_smaller_close_and_reloadable(
     state = json.loads((out / "metrics.json").read_text())
     assert {"fp32Accuracy", "int8Accuracy", "fp32SizeMb", "int8SizeMb"} <= set(state["metrics"])
 
+    outside = _readme_recipe_loads(out / "model")
     _, model, _ = load_run(out)
+    assert type(outside) is type(model)
     query = model.bert.encoder.layer[0].attention.self.query
     assert query.weight.qdata.dtype == torch.int8  # really int8 storage, not fake quant
     assert model.bert.embeddings.word_embeddings.weight.qdata.dtype == torch.int8
     # Tiny tensors carry pickling overhead; all-MiniLM-L6-v2 goes 90.9 MB -> 23.1 MB.
     assert m["int8SizeMb"] < 0.6 * m["fp32SizeMb"]
     assert predict(out, ["good great film", "bad awful plot"]) == ["pos", "neg"]
+
+
+def _readme_recipe_loads(model_dir: Path) -> object:
+    """Run the load recipe the run writes into model/README.md (no finetune_trainer)."""
+    import re
+
+    readme = (model_dir / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(code.group(1).replace("THIS_DIRECTORY", str(model_dir)), namespace)
+    return namespace["model"]

@@ -114,6 +114,33 @@ def serialized_mb(model: nn.Module) -> float:
     return buffer.tell() / 1e6
 
 
+LOAD_RECIPE = """# int8 model (torchao), written by finetune_trainer
+
+Load it without finetune_trainer (needs torch, transformers, torchao):
+
+```python
+import json, torch
+from torch import nn
+from torchao.quantization import (Int8DynamicActivationInt8WeightConfig,
+                                  IntxWeightOnlyConfig, quantize_)
+from torchao.quantization.granularity import PerAxis
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+d = "THIS_DIRECTORY"
+meta = json.load(open(f"{d}/quantization.json"))
+model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(d))
+quantize_(model, Int8DynamicActivationInt8WeightConfig(),
+          filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in meta["layers"])
+quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+          filter_fn=lambda m, fqn: fqn in meta["embeddings"])
+state = torch.load(f"{d}/int8_model.pt", map_location="cpu", weights_only=False)
+model.load_state_dict(state, assign=True)
+model.eval()
+tokenizer = AutoTokenizer.from_pretrained(d)
+```
+"""
+
+
 def save_int8(
     model: PreTrainedModel, layers: list[str], embeddings: list[str], directory: Path
 ) -> Path:
@@ -121,6 +148,7 @@ def save_int8(
     model.config.save_pretrained(directory)
     path = directory / WEIGHTS_FILE
     torch.save(model.state_dict(), path)
+    (directory / "README.md").write_text(LOAD_RECIPE)
     (directory / LAYERS_FILE).write_text(
         json.dumps(
             {"scheme": SCHEME, "layers": layers, "embeddings": embeddings, "weights": WEIGHTS_FILE},
