@@ -18,9 +18,8 @@ records. The study is rebuilt (Optuna in-memory storage) on each call:
   trial number makes trial n's suggestion a pure function of
   (seed, n, records of the other trials): the same after an operator restart,
   different between trials.
-- cmaes keeps an evolving optimizer, so for it the study is *replayed*: each
-  recorded trial is enqueued with its params and asked again in number order,
-  which lets the sampler rebuild its generations deterministically.
+- cmaes keeps an evolving optimizer; it is rebuilt by replaying the records in
+  number order (generations and tells), see `_cmaes_study`.
 - grid is a deterministic, seeded permutation of the grid; the next trial
   takes the first grid point no earlier trial used.
 """
@@ -332,39 +331,56 @@ def build_study(
     return study
 
 
-def _replayed_study(
+def _cmaes_study(
     spec: HyperparameterSweepSpec, records: Sequence[TrialRecord], study_name: str
 ) -> optuna.Study:
-    """cmaes: enqueue each record's params and ask in number order, so the sampler
-    rebuilds its generations; then tell each finished one its recorded outcome."""
-    dists = distributions(spec.search_space)
-    study = optuna.create_study(
-        storage=optuna.storages.InMemoryStorage(),
-        sampler=make_sampler(spec, 0),
-        pruner=make_pruner(spec),
-        study_name=study_name,
-        direction=spec.objective.direction,
-    )
-    expected = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for r in _sorted(records):
-            while expected < r.number:
-                study.add_trial(_placeholder())
-                expected += 1
-            params = {k: v for k, v in r.params.items() if k in dists and _fits(dists[k], v)}
-            study.enqueue_trial(params, skip_if_exists=False)
-            trial = study.ask(fixed_distributions={k: dists[k] for k in params})
-            for step, v in enumerate(r.intermediate):
-                trial.report(v, step)
-            if r.status is TrialStatus.succeeded and r.value is not None:
-                study.tell(trial, r.value)
-            elif r.status is TrialStatus.pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-            elif r.status is not TrialStatus.running:
-                study.tell(trial, state=TrialState.FAIL)
-            expected += 1
-    return study
+    """cmaes keeps an evolving optimizer (Optuna pickles it into trial system attrs). Rebuild
+    it deterministically from the records instead: replay them in number order, giving each
+    trial after the start-up phase the generation in force when it would have been asked, and
+    telling the optimizer each generation as soon as `popsize` of its trials are complete. The
+    result (generations + optimizer state, built here, never read from the cluster) is
+    attached to the rebuilt trials exactly where CmaEsSampler looks for it."""
+    import pickle
+
+    from optuna._transform import _SearchSpaceTransform
+
+    sampler = make_sampler(spec, 0)
+    assert isinstance(sampler, optuna.samplers.CmaEsSampler)
+    recs = _sorted(records)
+    plain = build_study(spec, recs, study_name=study_name)
+    trials = plain.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(complete) < CMAES_STARTUP_TRIALS:
+        return build_study(spec, recs, study_name=study_name, sampler=sampler)
+    space = sampler.infer_relative_search_space(plain, complete[-1])
+    if not space:
+        return build_study(spec, recs, study_name=study_name, sampler=sampler)
+    trans = _SearchSpaceTransform(space, transform_step=True, transform_0_1=True)
+    optimizer = sampler._init_optimizer(trans, plain.direction)
+    maximize = plain.direction == optuna.study.StudyDirection.MAXIMIZE
+    key_gen = sampler._attr_key_generation
+    attrs: dict[int, dict[str, Any]] = {}
+    done: list[FrozenTrial] = []
+    for t in trials:
+        if len(done) >= CMAES_STARTUP_TRIALS and set(space) <= set(t.params):
+            attrs[t.number] = {key_gen: optimizer.generation}
+        if t.state != TrialState.COMPLETE:
+            continue
+        done.append(t)
+        gen = [x for x in done if attrs.get(x.number, {}).get(key_gen) == optimizer.generation]
+        if len(gen) >= optimizer.population_size:
+            optimizer.tell(
+                [
+                    (
+                        trans.transform({k: x.params[k] for k in space}),
+                        -float(x.value or 0.0) if maximize else float(x.value or 0.0),
+                    )
+                    for x in gen[: optimizer.population_size]
+                ]
+            )
+    last = complete[-1].number
+    attrs.setdefault(last, {}).update(sampler._split_optimizer_str(pickle.dumps(optimizer).hex()))
+    return build_study(spec, recs, study_name=study_name, sampler=sampler, system_attrs=attrs)
 
 
 def suggest(
@@ -383,7 +399,7 @@ def suggest(
         return _next_grid_point(spec, recs)
     dists = distributions(spec.search_space)
     if spec.sampler.type == "cmaes":
-        study = _replayed_study(spec, [r for r in recs if r.number < number], study_name)
+        study = _cmaes_study(spec, [r for r in recs if r.number < number], study_name)
     else:
         study = build_study(
             spec,

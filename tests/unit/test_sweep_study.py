@@ -28,7 +28,7 @@ from finetune_operator.sweep_study import (
 
 pytestmark = pytest.mark.unit
 
-SPACE = {
+SPACE: dict[str, dict[str, Any]] = {
     "hyperparameters.learningRate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
     "hyperparameters.batchSize": {"type": "categorical", "choices": [8, 16, 32]},
     "lora.rank": {"type": "int", "low": 4, "high": 32, "step": 4},
@@ -451,3 +451,25 @@ def test_status_ready_condition_and_best_trial() -> None:
     st2 = sweep_status(running, sweep_name="s", generation=1, previous=st).dump()
     assert st2["conditions"][0]["status"] == "False"
     assert st2["conditions"][0]["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+
+
+def test_cmaes_rebuilt_from_records_advances_generations() -> None:
+    """CMA-ES state is rebuilt from the records alone; it must evolve, not restart."""
+    import math
+
+    pytest.importorskip("cmaes")
+    from finetune_operator.sweep_study import _cmaes_study
+
+    space = {k: v for k, v in SPACE.items() if v["type"] != "categorical"}
+    spec = make_spec(sampler={"type": "cmaes", "seed": 1}, searchSpace=space, maxTrials=60)
+    recs: list[TrialRecord] = []
+    for n in range(31):
+        p = suggest(spec, recs, n, study_name="s")
+        assert p is not None
+        v = -abs(math.log10(p["hyperparameters.learningRate"]) + 3) - abs(p["lora.rank"] - 20) / 10
+        recs.append(TrialRecord(n, p, TrialStatus.succeeded, value=v))
+    gens = [t.system_attrs.get("cma:generation") for t in _cmaes_study(spec, recs, "s").trials]
+    assert gens[0] is None and max(g for g in gens if g is not None) >= 4
+    early = sum(r.value or 0 for r in recs[1:11]) / 10
+    late = sum(r.value or 0 for r in recs[21:31]) / 10
+    assert late > early
