@@ -59,6 +59,18 @@ from finetune_operator.status import (
 
 log = logging.getLogger("finetune_operator.jobs")
 MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
+# Status keys only the operator writes (the trainer owns progress/metrics/history/artifacts).
+OWNED_KEYS = frozenset(
+    {
+        "phase",
+        "conditions",
+        "observedGeneration",
+        "jobName",
+        "startTime",
+        "completionTime",
+        "message",
+    }
+)
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 Key = tuple[str, str]
@@ -69,6 +81,10 @@ _locks: dict[Key, asyncio.Lock] = {}
 # Jobs created by this process that the Job index may not have seen yet (a cache
 # only: after a restart the 409 -> adopt path covers the same case).
 _recent: dict[Key, dict[str, Any]] = {}
+# The status this process last wrote, per FineTuneJob (uid, status): the index lags
+# behind our own patches until their watch events arrive, and a reconcile in that
+# window must not re-derive transitions (duplicate Events) from the stale copy.
+_written: dict[Key, tuple[str, dict[str, Any]]] = {}
 _retries: dict[Key, int] = {}
 _tasks: set[asyncio.Task[None]] = set()  # delayed retries (kept referenced until done)
 
@@ -169,6 +185,7 @@ async def _forget(
     key = (namespace, name)
     metrics.forget_job(namespace, name)
     _recent.pop(key, None)
+    _written.pop(key, None)
     _locks.pop(key, None)
     _retries.pop(key, None)
     uid = body.get("metadata", {}).get("uid")
@@ -252,8 +269,8 @@ async def _reconcile(
         return None
     namespace, name, uid = meta["namespace"], meta["name"], str(meta.get("uid") or "")
     generation = meta.get("generation")
-    status: dict[str, Any] = dict(ftj.get("status") or {})
     key = (namespace, name)
+    status = _latest_status(key, uid, dict(ftj.get("status") or {}))
     new_generation = status.get("observedGeneration") != generation
     jname = job_name(name)
     events: list[tuple[str, str, str]] = []
@@ -336,6 +353,19 @@ async def _reconcile(
     return requeue
 
 
+def _latest_status(key: Key, uid: str, observed: dict[str, Any]) -> dict[str, Any]:
+    """The observed status, with the keys this process wrote last laid over it."""
+    cached = _written.get(key)
+    if cached is None or cached[0] != uid:
+        return observed
+    mine = cached[1]
+    status = {**observed, **{k: v for k, v in mine.items() if k in OWNED_KEYS}}
+    for field in ("metrics", "artifacts"):
+        if mine.get(field) or observed.get(field):
+            status[field] = {**(mine.get(field) or {}), **(observed.get(field) or {})}
+    return status
+
+
 def _pod_of(pod: dict[str, Any], job_uid: str | None) -> bool:
     labels = pod.get("metadata", {}).get("labels") or {}
     pod_uid = labels.get("batch.kubernetes.io/controller-uid") or labels.get("controller-uid")
@@ -359,8 +389,10 @@ async def _write_status(
     namespace, name = meta["namespace"], meta["name"]
     patch = status_patch(status, derived, generation=generation, job_name=jname, now=now_iso())
     merged = {**status, **patch}
-    if patch.get("metrics"):
-        merged["metrics"] = {**(status.get("metrics") or {}), **patch["metrics"]}
+    for field in ("metrics", "artifacts"):
+        if patch.get(field):
+            merged[field] = {**(status.get(field) or {}), **patch[field]}
+    _written[(namespace, name)] = (str(meta.get("uid") or ""), merged)
     if patch:
         await kube.patch_status(*FTJ_RESOURCE, name, patch, namespace)
     for m in milestones(status, derived, merged.get("metrics") or {}):
@@ -381,6 +413,7 @@ def reset_state() -> None:
     """
     _locks.clear()
     _recent.clear()
+    _written.clear()
     _retries.clear()
     for task in list(_tasks):
         task.cancel()

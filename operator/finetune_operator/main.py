@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from typing import Any
 
 import kopf
@@ -82,8 +83,8 @@ async def serve(
     peering: str | None = None,
     kubeconfig: str | None = None,
     host: str = "0.0.0.0",
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
     config: OperatorConfig | None = None,
 ) -> None:
     """Run the operator until stop_flag is set (or forever)."""

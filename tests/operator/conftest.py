@@ -40,7 +40,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 @pytest_asyncio.fixture()
-async def operator_factory(cluster: Cluster) -> AsyncIterator[Callable[..., Awaitable[OperatorRunner]]]:
+async def operator_factory(
+    cluster: Cluster,
+) -> AsyncIterator[Callable[..., Awaitable[OperatorRunner]]]:
     runners: list[OperatorRunner] = []
 
     async def factory(**kwargs: Any) -> OperatorRunner:

@@ -32,9 +32,10 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,13 +188,32 @@ class Cluster:
         return await self.request("POST", api_path(res, ns), body)
 
     async def patch(
-        self, res: Resource, namespace: str | None, name: str, body: dict[str, Any], *, status: bool = False
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        body: dict[str, Any],
+        *,
+        status: bool = False,
     ) -> dict[str, Any]:
         path = api_path(res, namespace, name) + ("/status" if status else "")
         return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
 
     async def delete(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any]:
         return await self.request("DELETE", api_path(res, namespace, name))
+
+    def requests(self) -> list[Any]:
+        """Every request the emulator served (kmock Request: .method, .resource, .data, ...)."""
+        return list(self.emulator)
+
+    def count_creates(self, res: Resource) -> int:
+        return sum(
+            1
+            for r in self.requests()
+            if r.method.value == "POST"
+            and r.resource is not None
+            and (r.resource.group, r.resource.version, r.resource.plural) == res
+        )
 
     def get_object(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The stored object, read from the emulator's memory (no HTTP), or None."""
@@ -205,9 +225,9 @@ class Cluster:
     def objects(self, res: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
         out = []
         for (r, ns, _), obj in self.emulator.objects.items():
-            if (r.group, r.version, r.plural) == res and (namespace is None or ns == namespace):
-                if not obj.deleted:
-                    out.append(dict(obj.raw))
+            matches = (r.group, r.version, r.plural) == res
+            if matches and (namespace is None or ns == namespace) and not obj.deleted:
+                out.append(dict(obj.raw))
         return out
 
     def status(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
@@ -236,7 +256,9 @@ class Cluster:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {message or predicate}"
+                )
             await asyncio.sleep(0.05)
 
     async def wait_for_object(
@@ -247,7 +269,9 @@ class Cluster:
         )
         return result
 
-    async def wait_phase(self, namespace: str, name: str, phase: str, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_phase(
+        self, namespace: str, name: str, phase: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self.wait_for(
             lambda: (s := self.status(FTJ, namespace, name)).get("phase") == phase and s,
             timeout,
@@ -289,15 +313,22 @@ async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
 
 @dataclass
 class OperatorRunner:
-    """The real operator (kopf + /metrics + /healthz), in-process, against the emulator."""
+    """The real operator (kopf + /metrics + /healthz) in a thread with its own event loop.
+
+    A thread, not a task: when kopf stops it cancels every task of its loop that it did
+    not see at startup, which would include the emulator's connection handlers.
+    `stop()` + `start()` behaves like a process restart: the operator's in-memory caches
+    and Prometheus series are dropped first.
+    """
 
     cluster: Cluster
     namespaces: list[str] = field(default_factory=lambda: [NAMESPACE])
     config: Any = None
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
-    task: asyncio.Task[None] | None = None
-    stop_flag: asyncio.Event | None = None
+    thread: threading.Thread | None = None
+    stop_flag: threading.Event | None = None
+    error: BaseException | None = None
 
     async def start(self) -> None:
         from finetune_operator import handlers_job, main, metrics
@@ -305,39 +336,47 @@ class OperatorRunner:
 
         handlers_job.reset_state()  # a fresh process would have nothing in memory either
         metrics.clear_jobs()
-        self.stop_flag = asyncio.Event()
-        ready = asyncio.Event()
-        self.task = asyncio.create_task(
-            main.serve(
-                namespaces=self.namespaces,
-                metrics_port=self.metrics_port,
-                health_port=self.health_port,
-                kubeconfig=str(self.cluster.kubeconfig),
-                host="127.0.0.1",
-                stop_flag=self.stop_flag,
-                ready_flag=ready,
-                config=self.config or OperatorConfig(trainer_image="finetune-trainer:test"),
-            )
-        )
-        done, _ = await asyncio.wait(
-            {self.task, asyncio.create_task(ready.wait())}, timeout=20, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self.task in done:
-            self.task.result()  # raises the startup error
-        if not ready.is_set():
-            raise AssertionError("operator did not become ready in 20 s")
+        stop, ready = threading.Event(), threading.Event()
+        self.stop_flag, self.error = stop, None
+        config = self.config or OperatorConfig(trainer_image="finetune-trainer:test")
+
+        def run() -> None:
+            try:
+                asyncio.run(
+                    main.serve(
+                        namespaces=self.namespaces,
+                        metrics_port=self.metrics_port,
+                        health_port=self.health_port,
+                        kubeconfig=str(self.cluster.kubeconfig),
+                        host="127.0.0.1",
+                        stop_flag=stop,
+                        ready_flag=ready,
+                        config=config,
+                    )
+                )
+            except BaseException as err:  # surfaced by start()/stop()
+                self.error = err
+            finally:
+                ready.set()
+
+        self.thread = threading.Thread(target=run, name="finetune-operator", daemon=True)
+        self.thread.start()
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, ready.wait, 30)
+        if self.error is not None:
+            raise AssertionError(f"operator failed to start: {self.error!r}") from self.error
+        if not ok:
+            raise AssertionError("operator did not become ready in 30 s")
 
     async def stop(self) -> None:
-        if self.task is None or self.stop_flag is None:
+        if self.thread is None or self.stop_flag is None:
             return
         self.stop_flag.set()
-        try:
-            await asyncio.wait_for(self.task, timeout=15)
-        except (TimeoutError, asyncio.CancelledError):
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
-        self.task = None
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 20)
+        alive = self.thread.is_alive()
+        self.thread = None
+        if alive:
+            raise AssertionError("operator did not stop within 20 s")
 
     async def restart(self) -> None:
         await self.stop()
@@ -364,8 +403,9 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
     return out
 
 
-def sample(text: str, name: str, **labels: str) -> float | None:
-    return parse_metrics(text).get((name, frozenset(labels.items())))
+def sample(text: str, metric_name: str, /, **labels: str) -> float | None:
+    """One sample's value from Prometheus text, e.g. sample(t, "finetune_job_phase", name="x", ...)."""
+    return parse_metrics(text).get((metric_name, frozenset(labels.items())))
 
 
 # --------------------------------------------------------------------------- kubelet
@@ -400,7 +440,12 @@ class Kubelet:
                 "labels": labels,
                 "creationTimestamp": f"{now_iso()[:-1]}.{n:03d}Z",
                 "ownerReferences": [
-                    {"apiVersion": "batch/v1", "kind": "Job", "name": jname, "uid": job["metadata"].get("uid")}
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": jname,
+                        "uid": job["metadata"].get("uid"),
+                    }
                 ],
             },
             "spec": job["spec"]["template"]["spec"],
@@ -412,11 +457,17 @@ class Kubelet:
         """Merge-patch the status of the Job's latest pod."""
         jname = job["metadata"]["name"]
         name = f"{jname}-{self.pods[jname]}"
-        return await self.cluster.patch(POD, job["metadata"]["namespace"], name, {"status": status}, status=True)
+        return await self.cluster.patch(
+            POD, job["metadata"]["namespace"], name, {"status": status}, status=True
+        )
 
     async def job_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         return await self.cluster.patch(
-            JOB, job["metadata"]["namespace"], job["metadata"]["name"], {"status": status}, status=True
+            JOB,
+            job["metadata"]["namespace"],
+            job["metadata"]["name"],
+            {"status": status},
+            status=True,
         )
 
     # ------------------------------------------------------------ scenarios
@@ -450,7 +501,11 @@ class Kubelet:
         await self.pod_status(job, {"phase": phase, "containerStatuses": [cs]})
 
     async def succeed(self, job: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        report = {"phase": "Succeeded", "metrics": metrics or {}, "artifacts": {"model": "/output/model"}}
+        report = {
+            "phase": "Succeeded",
+            "metrics": metrics or {},
+            "artifacts": {"model": "/output/model"},
+        }
         await self.terminate(job, exit_code=0, reason="Completed", message=json.dumps(report))
         t = now_iso()
         await self.job_status(
@@ -467,7 +522,9 @@ class Kubelet:
             },
         )
 
-    async def fail_job(self, job: dict[str, Any], reason: str, message: str = "", failed: int = 1) -> None:
+    async def fail_job(
+        self, job: dict[str, Any], reason: str, message: str = "", failed: int = 1
+    ) -> None:
         t = now_iso()
         await self.job_status(
             job,
@@ -476,7 +533,12 @@ class Kubelet:
                 "ready": 0,
                 "failed": failed,
                 "conditions": [
-                    {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": t},
+                    {
+                        "type": "FailureTarget",
+                        "status": "True",
+                        "reason": reason,
+                        "lastTransitionTime": t,
+                    },
                     {
                         "type": "Failed",
                         "status": "True",
@@ -491,7 +553,9 @@ class Kubelet:
     async def oom(self, job: dict[str, Any], attempts: int = 1) -> None:
         """Every attempt is OOMKilled; the Job gives up with BackoffLimitExceeded."""
         await self.terminate(job, exit_code=137, reason="OOMKilled")
-        await self.fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit", attempts)
+        await self.fail_job(
+            job, "BackoffLimitExceeded", "Job has reached the specified backoff limit", attempts
+        )
 
     # ------------------------------------------------------------ a node running the command
 
@@ -511,7 +575,9 @@ class Kubelet:
         terminated state, as the kubelet does. Returns (exit code, combined output).
         """
         container = job["spec"]["template"]["spec"]["containers"][0]
-        command = [python if c == "python" else c for c in container["command"]] + list(container.get("args") or [])
+        command = [python if c == "python" else c for c in container["command"]] + list(
+            container.get("args") or []
+        )
         term_log = (cwd or Path.cwd()) / f"termination-{job['metadata']['name']}.log"
         proc_env = dict(os.environ)
         for item in container.get("env") or []:
@@ -538,7 +604,9 @@ class Kubelet:
         message = term_log.read_text()[:4096] if term_log.exists() else ""
         if not message and code != 0:
             message = "\n".join(output.splitlines()[-20:])[-4096:]  # FallbackToLogsOnError
-        await self.terminate(job, exit_code=code, reason="Completed" if code == 0 else "Error", message=message)
+        await self.terminate(
+            job, exit_code=code, reason="Completed" if code == 0 else "Error", message=message
+        )
         if code == 0:
             t = now_iso()
             await self.job_status(
@@ -552,7 +620,9 @@ class Kubelet:
                 },
             )
         else:
-            await self.fail_job(job, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            await self.fail_job(
+                job, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+            )
         return code, output
 
 
