@@ -1,0 +1,171 @@
+"""Golden tests: FineTuneJob spec -> batch/v1 Job manifest (jobs.build_job), per task and option.
+
+Regenerate after an intended change with UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_api.models import FineTuneJob
+from finetune_operator.config import OperatorConfig
+from finetune_operator.jobs import build_job, desired_suspend, job_name, spec_hash
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).parent.parent / "operator" / "golden"
+UID = "0b5c0f0e-1111-4222-8333-444455556666"
+
+BASE: dict[str, Any] = {
+    "task": "classification",
+    "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+    "dataset": {"train": {"path": "/data/train.tsv"}, "eval": {"path": "/data/dev.tsv"}},
+}
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, str], OperatorConfig]] = {
+    "classification-default": (BASE, {}, OperatorConfig()),
+    "causal-lm-lora": (
+        {
+            "task": "causal-lm",
+            "model": {"path": "/models/tiny-gpt2"},
+            "dataset": {"train": {"hub": "wikitext", "config": "wikitext-2-raw-v1"}},
+            "lora": {"rank": 16, "alpha": 32, "targetModules": ["c_attn"]},
+            "volumes": [{"claimName": "models", "mountPath": "/models"}],
+        },
+        {},
+        OperatorConfig(),
+    ),
+    "masked-lm-mlm": (
+        {**BASE, "task": "masked-lm", "mlm": {"maskProbability": 0.2}},
+        {},
+        OperatorConfig(),
+    ),
+    "qat-cpu-only": (
+        {
+            **BASE,
+            "quantization": {"mode": "qat"},
+            "resources": {"gpus": 0, "cpu": "2", "memory": "4Gi"},
+        },
+        {},
+        OperatorConfig(),
+    ),
+    "everything": (
+        {
+            **BASE,
+            "image": "registry.example/trainer:2.0",
+            "resources": {
+                "gpus": 4,
+                "cpu": "16",
+                "memory": "64Gi",
+                "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+            },
+            "secrets": [{"env": "HF_TOKEN", "secretRef": {"name": "hf", "key": "token"}}],
+            "volumes": [{"claimName": "data", "mountPath": "/data", "readOnly": True}],
+            "output": {"path": "/results", "pvc": "results"},
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 7200,
+        },
+        {"kueue.x-k8s.io/queue-name": "gpu", "finetune.dev/sweep": "s1", "unrelated": "x"},
+        OperatorConfig(
+            trainer_image="ignored:because-spec-image",
+            service_account="",
+            image_pull_secrets=("regcred",),
+            status_interval_seconds=2,
+        ),
+    ),
+    "suspended": ({**BASE, "suspend": True}, {}, OperatorConfig()),
+}
+
+
+def render(name: str) -> dict[str, Any]:
+    spec, labels, config = CASES[name]
+    ftj = FineTuneJob.model_validate(
+        {"metadata": {"name": "demo", "namespace": "team-a", "labels": labels}, "spec": spec}
+    )
+    return build_job(ftj, UID, config)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_manifest(name: str) -> None:
+    manifest = render(name)
+    path = GOLDEN / f"job-{name}.json"
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing {path}; run with UPDATE_GOLDEN=1"
+    assert json.loads(path.read_text()) == manifest
+
+
+def test_invariants_for_every_case() -> None:
+    for name in CASES:
+        m = render(name)
+        spec, _, config = CASES[name]
+        pod = m["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert m["metadata"]["name"] == "demo-train"
+        assert m["metadata"]["ownerReferences"][0]["uid"] == UID
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert pod["restartPolicy"] == "Never"
+        env = {e["name"]: e for e in c["env"]}
+        assert env["FINETUNE_STATUS_SINK"]["value"] == "kubernetes"
+        payload = json.loads(env["FINETUNE_JOB"]["value"])
+        assert payload["metadata"]["uid"] == UID
+        assert payload["spec"]["task"] == spec["task"]
+        # Secret values never appear, only references.
+        for e in c["env"]:
+            assert "value" in e or "secretKeyRef" in e["valueFrom"]
+        gpus = spec.get("resources", {}).get("gpus", 1)
+        assert c["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+        assert (pod.get("serviceAccountName") or "") == config.service_account
+
+
+def test_labels_pass_kueue_and_sweep_through_only() -> None:
+    labels = render("everything")["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert labels["finetune.dev/sweep"] == "s1"
+    assert "unrelated" not in labels
+
+
+def test_job_name_is_deterministic_and_bounded() -> None:
+    assert job_name("demo") == "demo-train"
+    long = "a" * 63
+    assert job_name(long) == job_name(long)
+    assert len(job_name(long)) <= 63
+    assert job_name(long) != job_name("a" * 62 + "b")
+
+
+def test_spec_hash_ignores_suspend() -> None:
+    a = FineTuneJob.model_validate({"metadata": {"name": "x"}, "spec": BASE})
+    b = FineTuneJob.model_validate({"metadata": {"name": "x"}, "spec": {**BASE, "suspend": True}})
+    c = FineTuneJob.model_validate(
+        {"metadata": {"name": "x"}, "spec": {**BASE, "hyperparameters": {"epochs": 1}}}
+    )
+    assert spec_hash(a.spec) == spec_hash(b.spec) != spec_hash(c.spec)
+
+
+@pytest.mark.parametrize(
+    ("suspend", "kueue", "current", "want"),
+    [
+        (True, False, None, True),
+        (False, False, None, False),
+        (False, False, True, False),  # plain Job: resume
+        (True, True, False, True),  # user suspend wins over Kueue
+        (False, True, None, True),  # Kueue: created suspended, Kueue admits it
+        (False, True, False, False),  # Kueue admitted it: leave it running
+        (False, True, True, True),  # still queued: leave it
+    ],
+)
+def test_desired_suspend(suspend: bool, kueue: bool, current: bool | None, want: bool) -> None:
+    labels = {"kueue.x-k8s.io/queue-name": "q"} if kueue else {}
+    ftj = FineTuneJob.model_validate(
+        {"metadata": {"name": "x", "labels": labels}, "spec": {**BASE, "suspend": suspend}}
+    )
+    assert desired_suspend(ftj, current) is want
