@@ -392,6 +392,63 @@ class OperatorRunner:
         return text
 
 
+@dataclass
+class OperatorProcess:
+    """`finetune operator` as a real subprocess (KUBECONFIG -> the emulator); kill() is SIGKILL."""
+
+    cluster: Cluster
+    namespaces: list[str] = field(default_factory=lambda: [NAMESPACE])
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    proc: asyncio.subprocess.Process | None = None
+    log: Path | None = None
+
+    async def start(self, timeout: float = 60) -> None:
+        args = ["operator", "--metrics-port", str(self.metrics_port)]
+        args += ["--health-port", str(self.health_port), "--log-level", "info"]
+        args += [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]
+        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), **self.env)
+        env.setdefault("FINETUNE_TRAINER_IMAGE", "finetune-trainer:test")
+        self.log = self.cluster.kubeconfig.parent / f"operator-{self.metrics_port}.log"
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "from finetune_operator.cli import main; main()",
+                *args,
+                env=env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise AssertionError(
+                    f"operator exited {self.proc.returncode}: {self.log.read_text()[-3000:]}"
+                )
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.cluster.session.get(
+                    f"http://127.0.0.1:{self.health_port}/healthz"
+                ) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"operator not healthy in {timeout}s: {self.log.read_text()[-3000:]}")
+
+    async def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, like an OOM-killed or evicted pod."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None
+
+    async def metrics(self) -> str:
+        async with self.cluster.session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            assert r.status == 200
+            return await r.text()
+
+
 def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Prometheus text -> {(name, labels): value}, via prometheus_client's own parser."""
     from prometheus_client.parser import text_string_to_metric_families
