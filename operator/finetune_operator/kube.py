@@ -24,6 +24,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+USER_AGENT = "finetune-operator/0.1.0"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -81,6 +82,7 @@ def _api() -> k8s_client.ApiClient:
     api = _clients.get(id(loop))
     if api is None:
         api = k8s_client.ApiClient(configuration=_configuration)
+        api.user_agent = USER_AGENT
         _clients[id(loop)] = api
     return api
 
