@@ -99,6 +99,15 @@ def build_tokenizer(directory: Path, kind: str) -> Any:
     return fast
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
+    spinning OpenMP workers make every step many times slower under contention."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT with a masked-LM head (classification adds its own head)."""
