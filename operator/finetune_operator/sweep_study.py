@@ -68,7 +68,7 @@ from finetune_operator.sweep_space import (
 
 # Fixed choices (not in the API yet); changing them changes suggestions, so they are constants.
 TPE_STARTUP_TRIALS = 5
-MEDIAN_STARTUP_TRIALS = 3
+MEDIAN_STARTUP_TRIALS = 5  # Optuna's default; 3 pruned 25 of 30 trials in the benchmark
 CMAES_STARTUP_TRIALS = 1
 HYPERBAND_REDUCTION_FACTOR = 3
 

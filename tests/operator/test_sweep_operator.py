@@ -29,7 +29,12 @@ from operator_harness import (
 )
 
 from finetune_operator.sweep_space import ANNOTATION_PARAMS, ANNOTATION_STATE, LABEL_SWEEP
-from finetune_operator.sweep_study import TrialRecord, plan_sweep, record_from_child
+from finetune_operator.sweep_study import (
+    MEDIAN_STARTUP_TRIALS,
+    TrialRecord,
+    plan_sweep,
+    record_from_child,
+)
 
 pytestmark = pytest.mark.operator
 
@@ -172,34 +177,35 @@ async def test_pruning_suspends_the_trial_and_refills_the_slot(
     cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
 ) -> None:
     await cluster.create(
-        SWEEP, make_sweep("pr", maxTrials=6, parallelism=1, sampler={"type": "random", "seed": 1})
+        SWEEP, make_sweep("pr", maxTrials=8, parallelism=1, sampler={"type": "random", "seed": 1})
     )
-    for n in range(3):  # the median pruner waits for 3 finished trials
+    k = MEDIAN_STARTUP_TRIALS  # the median pruner waits for this many finished trials
+    for n in range(k):
         await wait_trials(cluster, "pr", n + 1)
         await finish(cluster, kubelet, f"pr-trial-{n}", [0.6, 0.7, 0.8])
-    await wait_trials(cluster, "pr", 4)
-    job = await cluster.wait_for_object(JOB, NAMESPACE, "pr-trial-3-train")
+    await wait_trials(cluster, "pr", k + 1)
+    job = await cluster.wait_for_object(JOB, NAMESPACE, f"pr-trial-{k}-train")
     await kubelet.run_pod(job)
-    await report(cluster, "pr-trial-3", [0.3])  # far below the median at evaluation 0
+    await report(cluster, f"pr-trial-{k}", [0.3])  # far below the median at evaluation 0
     await cluster.wait_for(
         lambda: (
             (
                 trials(cluster, "pr")
-                .get("pr-trial-3", {})
+                .get(f"pr-trial-{k}", {})
                 .get("metadata", {})
                 .get("annotations", {})
                 .get(ANNOTATION_STATE)
             )
             == "pruned"
         ),
-        15,
+        30,
         "trial pruned",
     )
-    child = trials(cluster, "pr")["pr-trial-3"]
+    child = trials(cluster, "pr")[f"pr-trial-{k}"]
     assert child["spec"]["suspend"] is True
     await cluster.wait_for(
         lambda: (
-            (cluster.get_object(JOB, NAMESPACE, "pr-trial-3-train") or {})
+            (cluster.get_object(JOB, NAMESPACE, f"pr-trial-{k}-train") or {})
             .get("spec", {})
             .get("suspend")
             is True
@@ -207,7 +213,7 @@ async def test_pruning_suspends_the_trial_and_refills_the_slot(
         15,
         "Job suspended",
     )
-    await wait_trials(cluster, "pr", 5)  # the slot is refilled
+    await wait_trials(cluster, "pr", k + 2)  # the slot is refilled
     await cluster.wait_for(
         lambda: (sweep_status(cluster, "pr").get("trials") or {}).get("pruned") == 1, 15
     )

@@ -12,6 +12,7 @@ from finetune_api.manifest import SpecError
 from finetune_api.models import HyperparameterSweepSpec, Phase
 from finetune_operator.sweep_space import ANNOTATION_PARAMS, ANNOTATION_STATE, LABEL_TRIAL
 from finetune_operator.sweep_study import (
+    MEDIAN_STARTUP_TRIALS,
     TrialRecord,
     TrialStatus,
     best_record,
@@ -283,30 +284,34 @@ def curve_records(spec: HyperparameterSweepSpec) -> list[TrialRecord]:
             value=0.8 + n / 100,
             intermediate=(0.6, 0.7, 0.8 + n / 100),
         )
-        for n in range(4)
+        for n in range(MEDIAN_STARTUP_TRIALS + 1)
     ]
 
 
 def test_median_pruner_prunes_a_bad_curve_and_keeps_a_good_one() -> None:
     spec = make_spec(pruner={"type": "median"})
     recs = curve_records(spec)
-    bad = TrialRecord(4, {}, TrialStatus.running, intermediate=(0.5, 0.52))
-    good = TrialRecord(5, {}, TrialStatus.running, intermediate=(0.65, 0.75))
-    assert should_prune(spec, [*recs, bad, good], 4, study_name="s")
-    assert not should_prune(spec, [*recs, bad, good], 5, study_name="s")
+    n = len(recs)
+    bad = TrialRecord(n, {}, TrialStatus.running, intermediate=(0.5, 0.52))
+    good = TrialRecord(n + 1, {}, TrialStatus.running, intermediate=(0.65, 0.75))
+    assert should_prune(spec, [*recs, bad, good], n, study_name="s")
+    assert not should_prune(spec, [*recs, bad, good], n + 1, study_name="s")
     none = make_spec(pruner={"type": "none"})
-    assert not should_prune(none, [*recs, bad], 4, study_name="s")
+    assert not should_prune(none, [*recs, bad], n, study_name="s")
 
 
 def test_median_pruner_waits_for_startup_trials_and_warmup() -> None:
     spec = make_spec(pruner={"type": "median"})
-    bad = TrialRecord(2, {}, TrialStatus.running, intermediate=(0.1,))
-    assert not should_prune(spec, [*curve_records(spec)[:2], bad], 2, study_name="s")
+    few = curve_records(spec)[: MEDIAN_STARTUP_TRIALS - 1]
+    bad = TrialRecord(len(few), {}, TrialStatus.running, intermediate=(0.1,))
+    assert not should_prune(spec, [*few, bad], len(few), study_name="s")
     warm = make_spec(pruner={"type": "median", "warmupSteps": 2})
-    bad4 = TrialRecord(4, {}, TrialStatus.running, intermediate=(0.1, 0.1))
-    assert not should_prune(warm, [*curve_records(spec), bad4], 4, study_name="s")
-    bad4 = replace(bad4, intermediate=(0.1, 0.1, 0.1))
-    assert should_prune(warm, [*curve_records(spec), bad4], 4, study_name="s")
+    recs = curve_records(spec)
+    n = len(recs)
+    late = TrialRecord(n, {}, TrialStatus.running, intermediate=(0.1, 0.1))
+    assert not should_prune(warm, [*recs, late], n, study_name="s")
+    late = replace(late, intermediate=(0.1, 0.1, 0.1))
+    assert should_prune(warm, [*recs, late], n, study_name="s")
 
 
 def test_hyperband_prunes_deterministically() -> None:
@@ -344,10 +349,11 @@ def test_hyperband_prunes_deterministically() -> None:
 
 def test_plan_prunes_and_refills_the_slot() -> None:
     spec = make_spec(parallelism=1, pruner={"type": "median"})
-    recs = [*curve_records(spec), TrialRecord(4, {}, TrialStatus.running, intermediate=(0.2,))]
+    n = MEDIAN_STARTUP_TRIALS + 1
+    recs = [*curve_records(spec), TrialRecord(n, {}, TrialStatus.running, intermediate=(0.2,))]
     plan = plan_sweep(spec, recs, study_name="s")
-    assert plan.prune == [4]
-    assert [n for n, _ in plan.create] == [5]
+    assert plan.prune == [n]
+    assert [k for k, _ in plan.create] == [n + 1]
     assert plan.counts.pruned == 1 and plan.counts.running == 1
 
 
