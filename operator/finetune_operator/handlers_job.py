@@ -18,7 +18,6 @@ Job, with background propagation, when it sees the FineTuneJob go).
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections.abc import Iterable
@@ -95,33 +94,43 @@ def _config(memo: Any) -> OperatorConfig:
 
 
 def _snapshot(body: Any) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+    """A plain-dict view of an event's body. No deep copy: every watch event brings freshly
+    parsed dicts, and nothing here mutates them."""
+    return dict(body)
 
 
 # --------------------------------------------------------------------------- indexes
 
 
+# Index functions are async so kopf calls them in the event loop (sync handlers would go
+# through a thread pool, one submit per watch event).
 @kopf.index(*FTJ_RESOURCE)
-def ftj_by_name(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def ftj_by_name(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
     return {(namespace or "", name): _snapshot(body)}
 
 
 @kopf.index(*JOB_RESOURCE, labels=MANAGED)
-def jobs_by_owner(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+async def jobs_by_owner(
+    *, namespace: str | None, body: kopf.Body, **_: Any
+) -> dict[Key, Any] | None:
     owner = owner_ftj_name(dict(body))
     if owner is None:
         return None
     return {
         (namespace or "", owner): {
-            "metadata": copy.deepcopy(dict(body.metadata)),
+            "metadata": dict(body.metadata),
             "spec": {"suspend": body.spec.get("suspend")},
-            "status": copy.deepcopy(dict(body.status)),
+            "status": dict(body.status),
         }
     }
 
 
 @kopf.index(*POD_RESOURCE, labels=MANAGED)
-def pods_by_owner(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+async def pods_by_owner(
+    *, namespace: str | None, body: kopf.Body, **_: Any
+) -> dict[Key, Any] | None:
     owner = body.metadata.labels.get(LABEL_JOB)
     if not owner:
         return None
@@ -132,7 +141,7 @@ def pods_by_owner(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[K
                 "creationTimestamp": body.metadata.get("creationTimestamp"),
                 "labels": dict(body.metadata.labels),
             },
-            "status": copy.deepcopy(dict(body.status)),
+            "status": dict(body.status),
         }
     }
 

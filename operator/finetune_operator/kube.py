@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -74,7 +75,7 @@ async def configure(
     return configuration
 
 
-def _api() -> k8s_client.ApiClient:
+async def _api() -> k8s_client.ApiClient:
     """One ApiClient (one aiohttp session) per event loop."""
     if _configuration is None:
         raise RuntimeError("finetune_operator.kube.configure() was not called")
@@ -83,6 +84,18 @@ def _api() -> k8s_client.ApiClient:
     if api is None:
         api = k8s_client.ApiClient(configuration=_configuration)
         api.user_agent = USER_AGENT
+        # kubernetes_asyncio opens its session with trust_env=True, which makes aiohttp read
+        # ~/.netrc and the proxy environment in a thread pool on *every* request. Keep its
+        # connector (TLS settings) in a session without that; a kubeconfig proxy-url is still
+        # passed per request by the REST client.
+        rest = api.rest_client
+        old = rest.pool_manager
+        connector = old.connector
+        old.detach()
+        await old.close()
+        rest.pool_manager = aiohttp.ClientSession(
+            connector=connector, trust_env=False, read_bufsize=2**21
+        )
         _clients[id(loop)] = api
     return api
 
@@ -128,7 +141,7 @@ async def request(
     timeout: float | None = 30,
 ) -> dict[str, Any]:
     """One API call; returns the decoded JSON object, raises KubeError/NotFound/Conflict."""
-    api = _api()
+    api = await _api()
     try:
         data = await api.call_api(
             url_path,

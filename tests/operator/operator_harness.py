@@ -248,7 +248,7 @@ class Cluster:
         return {}
 
     async def wait_for(
-        self, predicate: Callable[[], Any], timeout: float = 10.0, message: str = ""
+        self, predicate: Callable[[], Any], timeout: float = 20.0, message: str = ""
     ) -> Any:
         deadline = time.monotonic() + timeout
         while True:
@@ -262,7 +262,7 @@ class Cluster:
             await asyncio.sleep(0.05)
 
     async def wait_for_object(
-        self, res: Resource, namespace: str, name: str, timeout: float = 10.0
+        self, res: Resource, namespace: str, name: str, timeout: float = 20.0
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self.wait_for(
             lambda: self.get_object(res, namespace, name), timeout, f"{res[2]} {namespace}/{name}"
@@ -270,7 +270,7 @@ class Cluster:
         return result
 
     async def wait_phase(
-        self, namespace: str, name: str, phase: str, timeout: float = 10.0
+        self, namespace: str, name: str, phase: str, timeout: float = 20.0
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self.wait_for(
             lambda: (s := self.status(FTJ, namespace, name)).get("phase") == phase and s,

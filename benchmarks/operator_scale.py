@@ -1,0 +1,544 @@
+"""Operator scale benchmark against kmock's emulator (a benchmark, not a timed test).
+
+kmock's emulator costs O(objects) per request, so the operator's cost is shown next to a
+floor: the same client workload served by a *null controller* that only creates the Jobs.
+
+    python benchmarks/operator_scale.py                  # N = 10, 100, 300 + in-process
+    python benchmarks/operator_scale.py --n 10 --reconcile-objects 1000   # quick look
+
+Each run starts a fresh emulator in its own process, then the controller (null, or
+`finetune operator --namespace bench` as a real process), then creates N FineTuneJobs at
+once and watches Jobs and FineTuneJobs until every Job exists and (operator runs) every
+status is Pending or later. Reported: wall time, p50/p99 create-to-Job latency, the
+controller's CPU seconds and peak RSS (VmHWM). Then the operator's per-object reconcile
+cost in-process (spec parse + Job manifest + status derivation + status patch), no HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+NAMESPACE = "bench"
+ROOT = Path(__file__).resolve().parents[1]
+SPEC: dict[str, Any] = {
+    "task": "classification",
+    "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+    "dataset": {"train": {"path": "/data/train.tsv"}, "eval": {"path": "/data/dev.tsv"}},
+    "hyperparameters": {"learningRate": 3e-5, "epochs": 1, "batchSize": 16},
+    "resources": {"gpus": 1, "cpu": "4", "memory": "16Gi"},
+}
+FTJ_PATH = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
+JOB_PATH = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
+
+
+# --------------------------------------------------------------------------- emulator process
+
+
+def serve_emulator(lean: int) -> None:
+    """Child process: the emulator on a free port; prints the URL, runs until killed.
+
+    Stock kmock keeps every request and, for each new request, runs its reaction filters
+    over that whole log to find the request again: O(requests so far) per request, so a
+    run's cost grows with the square of its request count. With lean=1 the filters only
+    see the requests still being served (which always include the new one); responses
+    and stored objects are unchanged, and the O(objects) work per request remains.
+    """
+    import kmock
+
+    sys.path.insert(0, str(ROOT / "tests" / "operator"))
+    from operator_harness import RESOURCES
+
+    class LeanEmulator(kmock.KubernetesEmulator):
+        async def _handle(self, request: Any) -> Any:
+            inflight = self.__dict__.setdefault("inflight", [])
+            inflight.append(request)
+            try:
+                return await super()._handle(request)
+            finally:
+                inflight.remove(request)
+
+        def __iter__(self) -> Any:
+            return iter(list(self.__dict__.get("inflight", ())))
+
+    cls = LeanEmulator if lean else kmock.KubernetesEmulator
+
+    async def main() -> None:
+        async with cls() as emulator, kmock.Server(emulator) as server:
+            for key, info in RESOURCES.items():
+                emulator.resources[key] = info
+            print(str(server.url).rstrip("/"), flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start_emulator(window: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-emulator", str(window)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        raise RuntimeError(f"emulator did not start: {url!r}")
+    return proc, url
+
+
+# --------------------------------------------------------------------------- null controller
+
+
+def null_controller(url: str) -> None:
+    """Child process: watch FineTuneJobs and create a Job for each, nothing else."""
+
+    async def main() -> None:
+        seen: set[str] = set()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def create(session: aiohttp.ClientSession, ftj: dict[str, Any]) -> None:
+            async with session.post(url + JOB_PATH, json=_null_job(ftj)) as r:
+                await r.read()
+
+        watch = {"watch": "true"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url + FTJ_PATH, params=watch, timeout=None) as r,
+        ):
+            print("ready", flush=True)
+            async for line in r.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object", {})
+                name = obj.get("metadata", {}).get("name")
+                if event.get("type") != "ADDED" or not name or name in seen:
+                    continue
+                seen.add(name)
+                task = asyncio.create_task(create(session, obj))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    asyncio.run(main())
+
+
+def _null_job(ftj: dict[str, Any]) -> dict[str, Any]:
+    meta = ftj["metadata"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{meta['name']}-train",
+            "namespace": NAMESPACE,
+            "labels": {"finetune.dev/job": meta["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": "finetune.dev/v1alpha1",
+                    "kind": "FineTuneJob",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                }
+            ],
+        },
+        "spec": {"template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}}},
+    }
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+async def _wait_ready(
+    session: aiohttp.ClientSession, proc: subprocess.Popen[Any], health: str | None
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"controller exited with {proc.returncode}")
+        if health is None:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() == "ready":
+                return
+        else:
+            try:
+                async with session.get(health) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("controller not ready in 60 s")
+
+
+async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, Any]:
+    emulator, url = start_emulator(window)
+    tmp = Path(tempfile.mkdtemp(prefix="ftj-bench-"))
+    kubeconfig = tmp / "kubeconfig.json"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "e", "cluster": {"server": url}}],
+                "users": [{"name": "e", "user": {"token": "x"}}],
+                "contexts": [{"name": "e", "context": {"cluster": "e", "user": "e"}}],
+                "current-context": "e",
+            }
+        )
+    )
+    health = None
+    ctl: subprocess.Popen[Any]
+    if kind == "null":
+        ctl = subprocess.Popen(
+            [sys.executable, __file__, "--null-controller", url], stdout=subprocess.PIPE, text=True
+        )
+    else:
+        port, hport = _free_port(), _free_port()
+        health = f"http://127.0.0.1:{hport}/healthz"
+        profile = os.environ.get("FINETUNE_BENCH_PROFILE")  # cProfile output path, optional
+        code = "from finetune_operator.cli import main; main()"
+        if profile:
+            code = (
+                "import cProfile; from finetune_operator.cli import main; p = cProfile.Profile()\n"
+                f"try:\n    p.runcall(main)\nfinally:\n    p.dump_stats({profile!r})"
+            )
+        prefix = ["-c", code]
+        ctl = subprocess.Popen(
+            [
+                sys.executable,
+                *prefix,
+                "operator",
+                "--namespace",
+                NAMESPACE,
+                "--metrics-port",
+                str(port),
+                "--health-port",
+                str(hport),
+                "--log-level",
+                "warning",
+            ],
+            env=dict(
+                os.environ, KUBECONFIG=str(kubeconfig), FINETUNE_TRAINER_IMAGE="trainer:bench"
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp / "operator.log").open("w"),
+        )
+    try:
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+        ) as session:
+            await _wait_ready(session, ctl, health)
+            cpu0 = cpu_seconds(ctl.pid)
+            sent: dict[str, float] = {}
+            job_at: dict[str, float] = {}
+            status_at: dict[str, float] = {}
+            done = asyncio.Event()
+            need_status = kind == "operator"
+
+            def check() -> None:
+                if len(job_at) >= n and (not need_status or len(status_at) >= n):
+                    done.set()
+
+            async def watch(path: str, record: dict[str, float], key: Any) -> None:
+                async with session.get(url + path, params={"watch": "true"}) as r:
+                    async for line in r.content:
+                        if line.strip():
+                            name = key(json.loads(line))
+                            if name and name not in record:
+                                record[name] = time.perf_counter()
+                                check()
+
+            def job_key(e: dict[str, Any]) -> str | None:
+                return str(e["object"]["metadata"]["name"]).removesuffix("-train")
+
+            def status_key(e: dict[str, Any]) -> str | None:
+                obj = e.get("object", {})
+                if (obj.get("status") or {}).get("phase"):
+                    return str(obj["metadata"]["name"])
+                return None
+
+            watchers = [
+                asyncio.create_task(watch(JOB_PATH, job_at, job_key)),
+                asyncio.create_task(watch(FTJ_PATH, status_at, status_key)),
+            ]
+            await asyncio.sleep(0.3)
+
+            async def create(i: int) -> None:
+                name = f"ftj-{i:05d}"
+                body = {
+                    "apiVersion": "finetune.dev/v1alpha1",
+                    "kind": "FineTuneJob",
+                    "metadata": {
+                        "name": name,
+                        "namespace": NAMESPACE,
+                        "uid": str(uuid.uuid4()),
+                        "generation": 1,
+                        "resourceVersion": "1",
+                    },
+                    "spec": SPEC,
+                }
+                sent[name] = time.perf_counter()
+                async with session.post(url + FTJ_PATH, json=body) as r:
+                    assert r.status < 300, await r.text()
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(create(i) for i in range(n)))
+            created = time.perf_counter() - t0
+            try:
+                await asyncio.wait_for(done.wait(), timeout)
+                complete = True
+            except TimeoutError:
+                complete = False
+            wall = time.perf_counter() - t0
+            cpu = cpu_seconds(ctl.pid) - cpu0
+            for w in watchers:
+                w.cancel()
+            lat = sorted(job_at[k] - sent[k] for k in job_at if k in sent)
+            return {
+                "emulator_window": window,  # 1 = lean, 0 = stock
+                "controller": kind,
+                "n": n,
+                "complete": complete,
+                "jobs": len(job_at),
+                "statuses": len(status_at) if need_status else None,
+                "create_s": round(created, 2),
+                "wall_s": round(wall, 2),
+                "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+                "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)
+                if lat
+                else None,
+                "cpu_s": round(cpu, 2),
+                "peak_rss_mb": round(peak_rss_mb(ctl.pid), 1),
+            }
+    finally:
+        if os.environ.get("FINETUNE_BENCH_PROFILE") and kind == "operator":
+            ctl.send_signal(signal.SIGINT)  # let cProfile write its output
+            ctl.wait(30)
+        ctl.kill()
+        ctl.wait()
+        emulator.kill()
+        emulator.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def reconcile_cost(count: int) -> dict[str, Any]:
+    """Per-object pure reconcile cost: parse + Job manifest + status derivation + patch."""
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.handlers_job import parse_job
+    from finetune_operator.jobs import build_job
+    from finetune_operator.status import derive, now_iso, status_patch
+
+    config = OperatorConfig()
+    rng = random.Random(0)
+    t = "2026-01-01T00:00:00Z"
+    job_states: list[dict[str, Any]] = [
+        {"status": {}},
+        {"status": {"active": 1, "ready": 1, "startTime": t}},
+        {
+            "status": {
+                "succeeded": 1,
+                "completionTime": t,
+                "conditions": [{"type": "Complete", "status": "True"}],
+            }
+        },
+        {
+            "status": {
+                "failed": 3,
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+                ],
+            }
+        },
+    ]
+    pods = [
+        [],
+        [
+            {
+                "metadata": {"name": "p"},
+                "status": {
+                    "phase": "Running",
+                    "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
+                },
+            }
+        ],
+        [
+            {
+                "metadata": {"name": "p"},
+                "status": {
+                    "phase": "Succeeded",
+                    "containerStatuses": [
+                        {
+                            "name": "trainer",
+                            "state": {
+                                "terminated": {
+                                    "exitCode": 0,
+                                    "reason": "Completed",
+                                    "message": json.dumps(
+                                        {"phase": "Succeeded", "metrics": {"accuracy": 0.9}}
+                                    ),
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        ],
+        [
+            {
+                "metadata": {"name": "p"},
+                "status": {
+                    "phase": "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": "trainer",
+                            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                        }
+                    ],
+                },
+            }
+        ],
+    ]
+    objects: list[dict[str, Any]] = []
+    for i in range(count):
+        spec = json.loads(json.dumps(SPEC))
+        spec["hyperparameters"]["learningRate"] = rng.choice([1e-5, 3e-5, 5e-5])
+        objects.append(
+            {
+                "apiVersion": "finetune.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {
+                    "name": f"ftj-{i}",
+                    "namespace": NAMESPACE,
+                    "uid": str(uuid.uuid4()),
+                    "generation": 1,
+                    "labels": {},
+                },
+                "spec": spec,
+                "status": {},
+            }
+        )
+    started = time.perf_counter()
+    for i, obj in enumerate(objects):
+        model = parse_job(obj)
+        job = build_job(model, obj["metadata"]["uid"], config)
+        k = i % 4
+        observed = {**job, "status": job_states[k]["status"]}
+        derived = derive(model.spec, observed, pods[k])
+        status_patch(
+            obj["status"], derived, generation=1, job_name=job["metadata"]["name"], now=now_iso()
+        )
+    elapsed = time.perf_counter() - started
+    return {
+        "objects": count,
+        "total_s": round(elapsed, 3),
+        "per_object_ms": round(1000 * elapsed / count, 3),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| emulator | N | controller | wall s | ratio to floor | p50 ms | p99 ms | CPU s "
+        "| peak RSS MB | complete |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    floors = {
+        (r["emulator_window"], r["n"]): r["wall_s"] for r in rows if r["controller"] == "null"
+    }
+    for r in rows:
+        floor = floors.get((r["emulator_window"], r["n"]))
+        ratio = r["wall_s"] / floor if floor else float("nan")
+        log = "lean" if r["emulator_window"] else "stock"
+        lines.append(
+            f"| {log} | {r['n']} | {r['controller']} | {r['wall_s']} | {ratio:.2f} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['complete']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", default="10,100,300", help="comma-separated N values")
+    parser.add_argument("--reconcile-objects", type=int, default=10_000)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--emulator",
+        default="lean",
+        help="emulators to run, comma-separated: lean (request log not rescanned), stock",
+    )
+    parser.add_argument("--serve-emulator", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--null-controller", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_emulator is not None:
+        return serve_emulator(args.serve_emulator)
+    if args.null_controller:
+        return null_controller(args.null_controller)
+
+    rows = []
+    for window in [1 if e == "lean" else 0 for e in args.emulator.split(",") if e]:
+        for n in [int(x) for x in args.n.split(",") if x]:
+            for kind in ("null", "operator"):
+                row = asyncio.run(run_once(kind, n, args.timeout, window))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    cost = reconcile_cost(args.reconcile_objects) if args.reconcile_objects else None
+    print()
+    print(table(rows))
+    if cost:
+        print(
+            f"\nin-process reconcile: {cost['objects']} objects, {cost['total_s']} s, {cost['per_object_ms']} ms/object"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"runs": rows, "reconcile": cost, "cpus": os.cpu_count()}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
