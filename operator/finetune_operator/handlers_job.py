@@ -297,6 +297,14 @@ async def _reconcile(
         job = None
     derived: Derived | None = None
 
+    finished = status.get("phase") in (Phase.succeeded.value, Phase.failed.value)
+    if job is None and finished and status.get("jobName") and not new_generation:
+        # The Job of a finished run is gone (TTL, manual cleanup): keep the result, do not rerun.
+        metrics.publish_job(
+            namespace, name, status.get("phase"), status.get("metrics"), status.get("progress")
+        )
+        return None
+
     if job is None:
         manifest = build_job(model, uid, config)
         try:

@@ -171,6 +171,14 @@ async def test_running_then_succeeded(
     )
     assert sample(text, "finetune_job_progress_ratio", namespace=NAMESPACE, name="ok") == 0.5
 
+    # The finished Job is cleaned up (TTL controller, kubectl): the result stays, no rerun.
+    await cluster.delete(JOB, NAMESPACE, "ok-train")
+    await cluster.patch(FTJ, NAMESPACE, "ok", {"metadata": {"annotations": {"touched": "1"}}})
+    await asyncio.sleep(1.0)
+    assert cluster.get_object(JOB, NAMESPACE, "ok-train") is None
+    assert cluster.status(FTJ, NAMESPACE, "ok")["phase"] == "Succeeded"
+    assert job_creates(cluster) == 1
+
 
 async def test_failures_reach_status_message(
     cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
