@@ -223,11 +223,16 @@ def make_sweep(
     )
 
 
-def curve(records: list[TrialRecord]) -> tuple[list[int], list[float]]:
-    """Cumulative steps and best-so-far (succeeded trials) after each trial."""
+def samples(r: TrialRecord) -> int:
+    """Training samples a trial processed (steps x batch size): compute, whatever the batch."""
+    return r.steps * int(r.params.get("hyperparameters.batchSize", 1))
+
+
+def curve(records: list[TrialRecord], by_samples: bool = False) -> tuple[list[int], list[float]]:
+    """Cumulative steps (or samples) and best-so-far (succeeded trials) after each trial."""
     steps, best, xs, ys = 0, -math.inf, [], []
     for r in records:
-        steps += r.steps
+        steps += samples(r) if by_samples else r.steps
         if r.value is not None and r.status.value == "Succeeded":
             best = max(best, r.value)
         xs.append(steps)
@@ -235,8 +240,10 @@ def curve(records: list[TrialRecord]) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def steps_to_reach(records: list[TrialRecord], target: float) -> tuple[int, bool]:
-    xs, ys = curve(records)
+def steps_to_reach(
+    records: list[TrialRecord], target: float, by_samples: bool = False
+) -> tuple[int, bool]:
+    xs, ys = curve(records, by_samples)
     for x, y in zip(xs, ys, strict=True):
         if y >= target - 1e-12:
             return x, True
@@ -251,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", type=Path, default=Path("runs/sweep_efficiency"))
+    ap.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="also report steps to get within this of random's best",
+    )
     ap.add_argument("--plot", type=Path, default=None, help="efficiency plot (PNG)")
     ap.add_argument(
         "--history-plot",
@@ -310,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         target = rnd.plan.best.value
         assert target is not None
         reach, ok = steps_to_reach(tpe.records, target)
+        near, near_ok = steps_to_reach(tpe.records, target - args.tolerance)
+        rnd_samples = sum(samples(r) for r in rnd.records)
+        s_reach, _ = steps_to_reach(tpe.records, target, by_samples=True)
         rows.append(
             {
                 "seed": seed,
@@ -321,39 +337,46 @@ def main(argv: list[str] | None = None) -> int:
                 "tpe_steps_to_reach": reach,
                 "reached": ok,
                 "ratio": reach / rnd.total_steps,
+                "tpe_steps_to_near": near,
+                "near_reached": near_ok,
+                "near_ratio": near / rnd.total_steps,
+                "random_samples": rnd_samples,
+                "tpe_samples": sum(samples(r) for r in tpe.records),
+                "samples_ratio": s_reach / rnd_samples,
             }
         )
-    mean = {
-        k: statistics.mean(float(r[k]) for r in rows)
-        for k in (
-            "random_best",
-            "random_steps",
-            "tpe_best",
-            "tpe_steps",
-            "tpe_pruned",
-            "tpe_steps_to_reach",
-            "ratio",
-        )
-    }
+    keys = [k for k, v in rows[0].items() if not isinstance(v, bool) and k != "seed"]
+    mean = {k: statistics.mean(float(r[k]) for r in rows) for k in keys}
     n_reached = sum(1 for r in rows if r["reached"])
 
     print()
+    tol = f"{args.tolerance:g}"
     print(
         "| seed | random best | random steps | TPE+median best | TPE+median steps | pruned | "
-        "TPE steps to reach random best | ratio |"
+        f"TPE steps to reach random best | ratio | steps to within {tol} | ratio |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         flag = "" if r["reached"] else " (not reached)"
+        nflag = "" if r["near_reached"] else " (not reached)"
         print(
             f"| {r['seed']} | {r['random_best']:.4f} | {r['random_steps']} | "
             f"{r['tpe_best']:.4f} | {r['tpe_steps']} | {r['tpe_pruned']} | "
-            f"{r['tpe_steps_to_reach']}{flag} | {r['ratio']:.2f} |"
+            f"{r['tpe_steps_to_reach']}{flag} | {r['ratio']:.2f} | "
+            f"{r['tpe_steps_to_near']}{nflag} | {r['near_ratio']:.2f} |"
         )
     print(
         f"| mean | {mean['random_best']:.4f} | {mean['random_steps']:.0f} | "
         f"{mean['tpe_best']:.4f} | {mean['tpe_steps']:.0f} | {mean['tpe_pruned']:.1f} | "
-        f"{mean['tpe_steps_to_reach']:.0f} | {mean['ratio']:.2f} |"
+        f"{mean['tpe_steps_to_reach']:.0f} | {mean['ratio']:.2f} | "
+        f"{mean['tpe_steps_to_near']:.0f} | {mean['near_ratio']:.2f} |"
+    )
+    per_seed = ", ".join(f"{float(r['samples_ratio']):.2f}" for r in rows)
+    print(
+        f"\ntraining samples (steps x batch size): random {mean['random_samples']:.0f}, "
+        f"TPE+median {mean['tpe_samples']:.0f} on average; samples TPE+median needed to reach "
+        f"random's best / random's samples: mean {mean['samples_ratio']:.2f} "
+        f"({per_seed})"
     )
     verdict = "met" if mean["ratio"] <= 0.6 and n_reached == len(rows) else "NOT met"
     print(
@@ -373,6 +396,23 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": args.epochs,
                 "train_samples": args.train_samples,
                 "search_space": SEARCH_SPACE,
+                "records": {
+                    arm: {
+                        str(seed): [
+                            {
+                                "number": r.number,
+                                "state": r.status.value,
+                                "value": r.value,
+                                "steps": r.steps,
+                                "intermediate": list(r.intermediate),
+                                "params": r.params,
+                            }
+                            for r in res.records
+                        ]
+                        for seed, res in by_seed.items()
+                    }
+                    for arm, by_seed in results.items()
+                },
             },
             indent=2,
         )
