@@ -200,6 +200,13 @@ def main() -> None:
         help="2,000 rows and 4 pad-to-512 steps (a couple of minutes)",
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "plain", "pad512"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice); on a shared, "
+        "busy machine 1 avoids OpenMP spin-wait collapse",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -213,6 +220,8 @@ def main() -> None:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {
         "config": {k: str(v) for k, v in vars(args).items()},
         "torch_threads": torch.get_num_threads(),

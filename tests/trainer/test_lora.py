@@ -93,3 +93,28 @@ def test_unknown_lora_target_names_the_real_modules(
         run(job, spec_dir=tmp_path, output_dir=tmp_path / "out")
     message = str(err.value)
     assert "'q_proj'" in message and "query" in message and "value" in message
+
+
+def test_lora_on_gpt2_classification_uses_gpt2_defaults(
+    gpt2_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from finetune_trainer.predict import predict
+    from finetune_trainer.run import run
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    job = make_job(
+        task="classification",
+        model_path=gpt2_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"learningRate": 2e-2, "epochs": 4, "batchSize": 8},
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0},
+    )
+    run(job, spec_dir=tmp_path, output_dir=out)
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["c_attn", "c_fc", "c_proj"]
+    labels = predict(out, ["good great film", "bad awful plot"])
+    assert set(labels) <= {"neg", "pos"} and len(labels) == 2

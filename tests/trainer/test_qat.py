@@ -62,3 +62,31 @@ def _readme_recipe_loads(model_dir: Path) -> object:
     namespace: dict[str, object] = {}
     exec(code.group(1).replace("THIS_DIRECTORY", str(model_dir)), namespace)
     return namespace["model"]
+
+
+def test_lora_with_qat_ships_a_merged_int8_model_and_the_adapter(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from finetune_trainer.predict import load_run, predict
+    from finetune_trainer.run import run
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"learningRate": 3e-2, "epochs": 10, "batchSize": 8},
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0},
+        quantization={"mode": "qat"},
+    )
+    m = run(job, spec_dir=tmp_path, output_dir=out)
+    assert m["int8SizeMb"] < m["fp32SizeMb"]
+    assert abs(m["fp32Accuracy"] - m["int8Accuracy"]) <= TOLERANCE
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    _, model, _ = load_run(out)
+    assert model.bert.encoder.layer[0].attention.self.value.weight.qdata.dtype == torch.int8
+    assert set(predict(out, ["good great film", "bad awful plot"])) <= {"neg", "pos"}

@@ -70,6 +70,9 @@ def load_run(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    if config.pad_token_id is None:  # decoder-only base models ship without one
+        config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return info, model, tokenizer
 

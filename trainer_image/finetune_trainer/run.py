@@ -134,10 +134,6 @@ def _run(
         datasets.disable_progress_bars()
     hp = spec.hyperparameters
     task = spec.task
-    if spec.lora is not None and spec.quantization is not None:
-        raise TrainerUserError(
-            "lora and quantization together are not supported; choose one of them"
-        )
     set_seed(hp.seed)
     precision = choose_precision(hp.precision)
     ref = resolve_model(spec.model, spec_dir)
@@ -164,12 +160,13 @@ def _run(
     )
 
     qat_layers: list[str] = []
-    if spec.lora is not None:
-        model = lora.apply_lora(model, spec.lora, task)  # type: ignore[assignment]
     if spec.quantization is not None:
         from finetune_trainer import qat  # torchao loads only when QAT is asked for
 
+        # Before LoRA: the base Linears get fake quantisation, the adapters wrap them.
         qat_layers = qat.prepare_qat(model)
+    if spec.lora is not None:
+        model = lora.apply_lora(model, spec.lora, task)  # type: ignore[assignment]
 
     args = training_arguments(
         spec,
@@ -300,7 +297,14 @@ def _finish_qat(
     """fp32 (QAT weights, fake quantisation off) vs the converted int8 model, side by side."""
     from finetune_trainer import qat
 
-    model = trainer.model
+    model: Any = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA + QAT: keep the adapter, ship it merged
+        adapter_dir = output_dir / "adapter"
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(adapter_dir)
+        artifacts["adapter"] = str(adapter_dir)
+        model = model.merge_and_unload()
     assert isinstance(model, torch.nn.Module)
     model = model.to("cpu").eval()
     loader = _eval_loader(eval_ds, tokenizer, trainer.args.per_device_eval_batch_size)
