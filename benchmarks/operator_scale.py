@@ -260,6 +260,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
         ) as session:
             await _wait_ready(session, ctl, health)
             cpu0 = cpu_seconds(ctl.pid)
+            emu0 = cpu_seconds(emulator.pid)
             sent: dict[str, float] = {}
             job_at: dict[str, float] = {}
             status_at: dict[str, float] = {}
@@ -322,6 +323,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
                 complete = False
             wall = time.perf_counter() - t0
             cpu = cpu_seconds(ctl.pid) - cpu0
+            emu_cpu = cpu_seconds(emulator.pid) - emu0
             for w in watchers:
                 w.cancel()
             lat = sorted(job_at[k] - sent[k] for k in job_at if k in sent)
@@ -339,6 +341,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
                 if lat
                 else None,
                 "cpu_s": round(cpu, 2),
+                "emulator_cpu_s": round(emu_cpu, 2),
                 "peak_rss_mb": round(peak_rss_mb(ctl.pid), 1),
             }
     finally:
@@ -482,9 +485,9 @@ def reconcile_cost(count: int) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| emulator | N | controller | wall s | ratio to floor | p50 ms | p99 ms | CPU s "
-        "| peak RSS MB | complete |"
+        "| peak RSS MB | emulator CPU s | complete |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     floors = {
         (r["emulator_window"], r["n"]): r["wall_s"] for r in rows if r["controller"] == "null"
     }
@@ -494,7 +497,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         log = "lean" if r["emulator_window"] else "stock"
         lines.append(
             f"| {log} | {r['n']} | {r['controller']} | {r['wall_s']} | {ratio:.2f} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['complete']} |"
+            f"{r['p99_ms']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['emulator_cpu_s']} "
+            f"| {r['complete']} |"
         )
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ Job, with background propagation, when it sees the FineTuneJob go).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -416,10 +417,35 @@ async def _write_status(
         events.append((m.type, m.reason, m.message))
     involved = {"apiVersion": ftj.get("apiVersion"), "kind": ftj.get("kind"), "metadata": meta}
     for etype, reason, message in events:
-        await kube.create_event(involved, reason, message, type=etype)
+        _post_event(involved, reason, message, etype)
     metrics.publish_job(
         namespace, name, merged.get("phase"), merged.get("metrics"), merged.get("progress")
     )
+
+
+# Events are informational and best effort: they go through a small background queue so a
+# burst of new FineTuneJobs gets its Jobs and statuses first (and the API server a bounded
+# number of concurrent Event POSTs). Events still queued when the process dies are lost.
+EVENT_POSTERS = 4
+EventItem = tuple[dict[str, Any], str, str, str]
+_event_queues: dict[int, tuple[asyncio.Queue[EventItem], set[asyncio.Task[None]]]] = {}
+
+
+def _post_event(involved: dict[str, Any], reason: str, message: str, etype: str) -> None:
+    loop = asyncio.get_running_loop()
+    queue, posters = _event_queues.setdefault(id(loop), (asyncio.Queue(), set()))
+    queue.put_nowait((involved, reason, message, etype))
+    if len(posters) < EVENT_POSTERS:
+        task = loop.create_task(_drain_events(queue))
+        posters.add(task)
+        task.add_done_callback(posters.discard)
+
+
+async def _drain_events(queue: asyncio.Queue[EventItem]) -> None:
+    """Post queued Events until the queue is empty, then exit (no idle task lingers)."""
+    while not queue.empty():
+        involved, reason, message, etype = queue.get_nowait()
+        await kube.create_event(involved, reason, message, type=etype)  # never raises
 
 
 def reset_state() -> None:
@@ -433,5 +459,8 @@ def reset_state() -> None:
     _written.clear()
     _retries.clear()
     for task in list(_tasks):
-        task.cancel()
+        if not task.done():
+            with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                task.cancel()
     _tasks.clear()
+    _event_queues.clear()
