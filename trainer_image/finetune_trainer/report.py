@@ -300,6 +300,8 @@ class ReporterCallback(TrainerCallback):
         values = dict(metrics or {})
         if "eval_loss" in values and "eval_accuracy" not in values:
             values["eval_perplexity"] = math.exp(min(values["eval_loss"], 700.0))
-        self.reporter.evaluation(
-            step=state.global_step, epoch=state.epoch or 0.0, metrics=status_metrics(values)
-        )
+        mapped = status_metrics(values)
+        if mapped:  # e.g. the perplexity-before pass uses its own prefix: not history
+            self.reporter.evaluation(
+                step=state.global_step, epoch=state.epoch or 0.0, metrics=mapped
+            )
