@@ -327,6 +327,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
             for w in watchers:
                 w.cancel()
             lat = sorted(job_at[k] - sent[k] for k in job_at if k in sent)
+            last_job = max(job_at.values()) - t0 if job_at else float("nan")
             return {
                 "emulator_window": window,  # 1 = lean, 0 = stock
                 "controller": kind,
@@ -336,6 +337,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
                 "statuses": len(status_at) if need_status else None,
                 "create_s": round(created, 2),
                 "wall_s": round(wall, 2),
+                "last_job_s": round(last_job, 2),
                 "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
                 "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)
                 if lat

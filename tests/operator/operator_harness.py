@@ -383,7 +383,12 @@ class OperatorRunner:
         await self.start()
 
     async def get(self, port: int, path: str) -> tuple[int, str]:
-        async with self.cluster.session.get(f"http://127.0.0.1:{port}{path}") as resp:
+        # No keep-alive: an idle connection to the operator's HTTP servers would be a task
+        # that kopf waits 5 s for when the operator stops.
+        headers = {"Connection": "close"}
+        async with self.cluster.session.get(
+            f"http://127.0.0.1:{port}{path}", headers=headers
+        ) as resp:
             return resp.status, await resp.text()
 
     async def metrics(self) -> str:
