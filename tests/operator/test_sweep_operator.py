@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-import pytest_asyncio
 from operator_harness import (
     FTJ,
     JOB,
@@ -43,19 +40,6 @@ SPACE = {
     "hyperparameters.batchSize": {"type": "categorical", "choices": [8, 16, 32]},
     "lora.rank": {"type": "int", "low": 4, "high": 32, "step": 4},
 }
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def fresh_connections(cluster: Cluster) -> AsyncIterator[None]:
-    """Writes without keep-alive: after an operator stop, a pooled connection of the shared
-    session hangs against the emulator (fresh connections work); see the report."""
-    shared = cluster.session
-    cluster.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-    try:
-        yield
-    finally:
-        await cluster.session.close()
-        cluster.session = shared
 
 
 def make_sweep(name: str, **spec: Any) -> dict[str, Any]:
