@@ -185,7 +185,9 @@ async def _reconcile(namespace: str, name: str) -> None:
             (n, trial_manifest(sweep, n, params, owner_uid=uid)) for n, params in plan.create
         ]
     except SpecError as err:
-        plan = _failed_plan("InvalidSearchSpace", str(err), records)
+        # e.g. searchSpace bounds outside what the template allows: no such child can exist.
+        message = f"searchSpace gives an invalid trial: {err}"
+        plan = _failed_plan("InvalidSearchSpace", message, records)
         manifests = []
 
     for n in plan.prune:

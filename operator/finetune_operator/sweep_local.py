@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 import optuna
 from rich.console import Console
 
-from finetune_api.manifest import UserError
+from finetune_api.manifest import SpecError, UserError
 from finetune_api.models import FineTuneJob, HyperparameterSweep, Phase
 from finetune_operator.sweep_space import trial_job, trial_name
 from finetune_operator.sweep_study import (
@@ -245,6 +245,7 @@ def run_sweep(
             if not plan.create:
                 break
             for n, params in plan.create:
+                _check_trial(local, n, params)
                 store.put(TrialRecord(n, params, name=trial_name(name, n)))
                 finished(*execute_trial(run, local, n, spec_dir, trials_dir, store))
     else:
@@ -258,6 +259,7 @@ def run_sweep(
                     for n in plan.prune:
                         store.request_prune(n)
                     for n, params in plan.create:
+                        _check_trial(local, n, params)
                         store.put(TrialRecord(n, params, name=trial_name(name, n)))
                         fut = pool.submit(execute_trial, run, local, n, spec_dir, trials_dir, store)
                         running[fut] = n
@@ -292,6 +294,18 @@ def run_sweep(
     if plan.phase is Phase.failed:
         raise SweepFailed(f"sweep {name} failed: {plan.message}")
     return result
+
+
+def _check_trial(sweep: HyperparameterSweep, number: int, params: dict[str, Any]) -> None:
+    """A suggestion that makes an invalid trial spec fails the sweep, as in the operator
+    (which cannot create such a child): the searchSpace bounds are wrong, not the trial."""
+    try:
+        trial_job(sweep, number, params)
+    except SpecError as err:
+        raise SweepFailed(
+            f"sweep {sweep.metadata.name} failed: searchSpace gives an invalid trial "
+            f"{trial_name(sweep.metadata.name, number)}: {err}"
+        ) from None
 
 
 def _as_dict(r: TrialRecord) -> dict[str, Any]:

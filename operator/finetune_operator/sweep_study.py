@@ -167,16 +167,20 @@ def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None
 def distributions(space: Mapping[str, Distribution]) -> dict[str, BaseDistribution]:
     """searchSpace -> Optuna distributions, keyed by the dotted path."""
     out: dict[str, BaseDistribution] = {}
-    for path, d in sorted(space.items()):
-        if d.type == "categorical":
-            out[path] = CategoricalDistribution(list(d.choices or []))
-        elif d.type == "int":
-            assert d.low is not None and d.high is not None
-            out[path] = IntDistribution(int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
-        else:
-            assert d.low is not None and d.high is not None
-            out[path] = FloatDistribution(d.low, d.high, log=d.log, step=d.step)
+    with warnings.catch_warnings():  # a range not divisible by step: Optuna trims high
+        warnings.simplefilter("ignore")
+        for path, d in sorted(space.items()):
+            out[path] = _distribution(d)
     return out
+
+
+def _distribution(d: Distribution) -> BaseDistribution:
+    if d.type == "categorical":
+        return CategoricalDistribution(list(d.choices or []))
+    assert d.low is not None and d.high is not None
+    if d.type == "int":
+        return IntDistribution(int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
+    return FloatDistribution(d.low, d.high, log=d.log, step=d.step)
 
 
 def _fits(dist: BaseDistribution, value: Any) -> bool:

@@ -161,3 +161,17 @@ def test_worker_processes_give_a_complete_sweep(tmp_path: Path) -> None:
     assert [r.number for r in result.records] == list(range(6))
     assert all(r.finished for r in result.records)
     assert result.plan.phase.value == "Succeeded"
+
+
+def test_search_space_outside_the_template_rules_fails_the_sweep(tmp_path: Path) -> None:
+    sweep = make_sweep(
+        searchSpace={"hyperparameters.learningRate": {"type": "float", "low": 2.0, "high": 3.0}}
+    )
+    with pytest.raises(SweepFailed, match=r"invalid trial fake-trial-0: .*learningRate"):
+        run_sweep(
+            sweep,
+            spec_dir=None,
+            output=tmp_path,
+            executor=fake_executor,
+            console=Console(quiet=True),
+        )
