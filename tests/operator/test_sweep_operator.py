@@ -286,3 +286,24 @@ async def test_failed_trials_fail_the_sweep_with_a_clear_message(
     (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
     assert ready["status"] == "False" and ready["reason"] == "TooManyFailedTrials"
     assert len(trials(cluster, "fl")) == 1  # no further trials
+
+
+async def test_invalid_specs_fail_the_sweep_without_trials(
+    cluster: Cluster, operator: OperatorRunner
+) -> None:
+    space = {"hyperparameters.learningRate": {"type": "float", "low": 2.0, "high": 3.0}}
+    await cluster.create(SWEEP, make_sweep("bad-space", searchSpace=space))
+    bad = make_sweep("bad-spec")
+    bad["spec"]["searchSpace"] = {"hyperparameters.nope": {"type": "int", "low": 1, "high": 2}}
+    await cluster.create(SWEEP, bad)
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "bad-space")).get("phase") == "Failed" and s, 15
+    )
+    assert "invalid trial" in st["message"] and "learningRate" in st["message"]
+    assert st["conditions"][0]["reason"] == "InvalidSearchSpace"
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "bad-spec")).get("phase") == "Failed" and s, 15
+    )
+    assert "hyperparameters.nope" in st["message"]
+    assert st["conditions"][0]["reason"] == "InvalidSpec"
+    assert not trials(cluster, "bad-space") and not trials(cluster, "bad-spec")
