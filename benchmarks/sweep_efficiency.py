@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = Console(quiet=True)
     # Independent seeds per arm: with equal seeds TPE's random start-up trials would be
     # random search's first trials (common random numbers), flattering TPE.
-    arms = {"random": ("random", "none", 0), "tpe+median": ("tpe", "median", 1000)}
+    tpe_arm = f"tpe+{args.pruner}"
+    arms = {"random": ("random", "none", 0), tpe_arm: ("tpe", args.pruner, 1000)}
     results: dict[str, dict[int, SweepResult]] = {a: {} for a in arms}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for seed in args.seeds:
-        rnd, tpe = results["random"][seed], results["tpe+median"][seed]
+        rnd, tpe = results["random"][seed], results[tpe_arm][seed]
         assert rnd.plan.best is not None and tpe.plan.best is not None
         target = rnd.plan.best.value
         assert target is not None
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     tol = f"{args.tolerance:g}"
     print(
-        "| seed | random best | random steps | TPE+median best | TPE+median steps | pruned | "
+        f"| seed | random best | random steps | {tpe_arm} best | {tpe_arm} steps | pruned | "
         f"TPE steps to reach random best | ratio | steps to within {tol} | ratio |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = ", ".join(f"{float(r['samples_ratio']):.2f}" for r in rows)
     print(
         f"\ntraining samples (steps x batch size): random {mean['random_samples']:.0f}, "
-        f"TPE+median {mean['tpe_samples']:.0f} on average; samples TPE+median needed to reach "
+        f"{tpe_arm} {mean['tpe_samples']:.0f} on average; samples {tpe_arm} needed to reach "
         f"random's best / random's samples: mean {mean['samples_ratio']:.2f} "
         f"({per_seed})"
     )
@@ -422,11 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.history_plot:
         first = args.seeds[0]
         plot_history(
-            results["tpe+median"][first].records,
+            results[tpe_arm][first].records,
             args.history_plot,
             metric="accuracy",
             maximize=True,
-            title=f"TPE + median pruning, seed {first}: SST-2 dev accuracy",
+            title=f"TPE + {args.pruner} pruning, seed {first}: SST-2 dev accuracy",
         )
     return 0
 
@@ -438,7 +439,7 @@ def plot_efficiency(results: dict[str, dict[int, SweepResult]], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    colors = {"random": "tab:gray", "tpe+median": "tab:blue"}
+    colors = {"random": "tab:gray"}
     for arm, by_seed in results.items():
         for i, res in enumerate(by_seed.values()):
             xs, ys = curve(res.records)
@@ -446,13 +447,18 @@ def plot_efficiency(results: dict[str, dict[int, SweepResult]], path: Path) -> N
             trials = [n + 1 for n, y in enumerate(ys) if math.isfinite(y)]
             label = arm if i == 0 else None
             axes[0].step(
-                trials, [p[1] for p in pts], where="post", c=colors[arm], alpha=0.7, label=label
+                trials,
+                [p[1] for p in pts],
+                where="post",
+                c=colors.get(arm, "tab:blue"),
+                alpha=0.7,
+                label=label,
             )
             axes[1].step(
                 [p[0] for p in pts],
                 [p[1] for p in pts],
                 where="post",
-                c=colors[arm],
+                c=colors.get(arm, "tab:blue"),
                 alpha=0.7,
                 label=label,
             )
