@@ -259,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", type=Path, default=Path("runs/sweep_efficiency"))
     ap.add_argument(
+        "--pruner",
+        default="median",
+        choices=["median", "hyperband"],
+        help="the pruner of the TPE arm",
+    )
+    ap.add_argument(
         "--tolerance",
         type=float,
         default=0.005,
