@@ -199,9 +199,8 @@ async def _forget(
     _locks.pop(key, None)
     _retries.pop(key, None)
     uid = body.get("metadata", {}).get("uid")
-    names = {job_name(name)} | {
-        j["metadata"]["name"] for j in _store(jobs, key) if uid and owned_by(j, uid)
-    }
+    # Only Jobs owned by this incarnation (a new FineTuneJob of the same name may exist).
+    names = {j["metadata"]["name"] for j in _store(jobs, key) if uid and owned_by(j, uid)}
     for jname in names:
         try:
             await kube.delete(*JOB_RESOURCE, jname, namespace, propagation="Background")
