@@ -41,6 +41,7 @@ from finetune_operator.config import (
     OperatorConfig,
 )
 from finetune_operator.jobs import (
+    JOB_SUFFIX,
     build_job,
     desired_suspend,
     job_name,
@@ -128,15 +129,46 @@ async def jobs_by_owner(
     }
 
 
-@kopf.index(*POD_RESOURCE, labels=MANAGED)
-async def pods_by_owner(
-    *, namespace: str | None, body: kopf.Body, **_: Any
-) -> dict[Key, Any] | None:
-    owner = body.metadata.labels.get(LABEL_JOB)
-    if not owner:
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+def pod_job_name(meta: Any) -> str | None:
+    """The name of the Job a pod belongs to: the Job controller's labels, the owner
+    reference, or our own `finetune.dev/job` label on the pod template."""
+    labels = meta.get("labels") or {}
+    for key in JOB_NAME_LABELS:
+        if labels.get(key):
+            return str(labels[key])
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "Job" and ref.get("name"):
+            return str(ref["name"])
+    owner = labels.get(LABEL_JOB)
+    return job_name(owner) if owner else None
+
+
+def _trainer_pod(body: kopf.Body, **_: Any) -> bool:
+    """Pods of our Jobs: our label, or a Job name of our shape (`<name>-train`)."""
+    if body.metadata.labels.get(LABEL_JOB):
+        return True
+    jname = pod_job_name(body.metadata)
+    return bool(jname and jname.endswith(JOB_SUFFIX))
+
+
+@kopf.index(*JOB_RESOURCE, labels=MANAGED)
+async def job_owners(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, str] | None:
+    owner = owner_ftj_name(dict(body))
+    return {(namespace or "", name): owner} if owner else None
+
+
+@kopf.index(*POD_RESOURCE, when=_trainer_pod)
+async def pods_by_job(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
+    jname = pod_job_name(body.metadata)
+    if not jname:
         return None
     return {
-        (namespace or "", owner): {
+        (namespace or "", jname): {
             "metadata": {
                 "name": body.metadata.name,
                 "creationTimestamp": body.metadata.get("creationTimestamp"),
@@ -154,7 +186,7 @@ Indexes = tuple[kopf.Index[Key, Any], kopf.Index[Key, Any], kopf.Index[Key, Any]
 
 def _indexes(kwargs: dict[str, Any]) -> Indexes:
     """kopf passes each index to handlers as a kwarg named after its function."""
-    return kwargs["ftj_by_name"], kwargs["jobs_by_owner"], kwargs["pods_by_owner"]
+    return kwargs["ftj_by_name"], kwargs["jobs_by_owner"], kwargs["pods_by_job"]
 
 
 @kopf.on.event(*FTJ_RESOURCE)
@@ -177,13 +209,18 @@ async def job_event(*, namespace: str | None, body: kopf.Body, memo: Any, **kwar
         await reconcile(key, indexes, _config(memo))
 
 
-@kopf.on.event(*POD_RESOURCE, labels=MANAGED)
+@kopf.on.event(*POD_RESOURCE, when=_trainer_pod)
 async def pod_event(
-    *, namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any
+    *, namespace: str | None, body: kopf.Body, labels: kopf.Labels, memo: Any, **kwargs: Any
 ) -> None:
     indexes = _indexes(kwargs)
+    ns = namespace or ""
     owner = labels.get(LABEL_JOB)
-    key = (namespace or "", owner or "")
+    if not owner:
+        jname = pod_job_name(body.metadata)
+        owners = kwargs["job_owners"].get((ns, jname or ""))
+        owner = next(iter(owners), None) if owners else None
+    key = (ns, owner or "")
     if owner and key in indexes[0]:
         await reconcile(key, indexes, _config(memo))
 
@@ -225,9 +262,8 @@ async def reconcile(key: Key, indexes: Indexes, config: OperatorConfig) -> None:
             ftjs = _store(indexes[0], key)
             if not ftjs:
                 return
-            again = await _reconcile(
-                ftjs[0], _store(indexes[1], key), _store(indexes[2], key), config
-            )
+            pods = _store(indexes[2], (key[0], job_name(key[1])))
+            again = await _reconcile(ftjs[0], _store(indexes[1], key), pods, config)
         _retries.pop(key, None)
         if again is not None:
             _later(again, key, indexes, config)

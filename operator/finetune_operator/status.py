@@ -13,6 +13,7 @@ not land, so a finished job's numbers survive a lost patch and a restart.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,21 @@ CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
 # Waiting reasons that mean "this will not start until someone fixes something".
 IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
-PROBLEM_REASONS = frozenset({*IMAGE_REASONS, *CONFIG_REASONS, "Unschedulable", "JobNameConflict"})
+PROBLEM_REASONS = frozenset(
+    {*IMAGE_REASONS, *CONFIG_REASONS, "Unschedulable", "JobNameConflict", "CrashLoopBackOff"}
+)
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+_REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+
+
+def safe_reason(reason: str) -> str:
+    """A metav1.Condition-legal reason (CamelCase letters, digits, _ , :)."""
+    if _REASON_RE.match(reason):
+        return reason
+    cleaned = re.sub(r"[^A-Za-z0-9_,:]", "", reason).lstrip("0123456789_,:").rstrip(",:")
+    return cleaned or "Unknown"
+
+
 MAX_MESSAGE = 1024
 
 
@@ -117,7 +132,8 @@ def _failure_detail(pod: dict[str, Any], spec: FineTuneJobSpec | None) -> tuple[
     if term is None:
         if status.get("phase") == "Failed" and status.get("reason"):
             reason = str(status["reason"])
-            return reason, f"The trainer pod failed ({reason}): {status.get('message', '')}".strip()
+            detail = f"The trainer pod failed ({reason}): {status.get('message', '')}".strip()
+            return safe_reason(reason), detail.rstrip(":")
         return None
     reason = str(term.get("reason") or "Error")
     code = term.get("exitCode")
@@ -133,6 +149,11 @@ def _failure_detail(pod: dict[str, Any], spec: FineTuneJobSpec | None) -> tuple[
         )
     text = str(term.get("message") or "")
     report = parse_termination_message(text)
+    if code == 137 and not (report and report.get("message")):
+        return "Killed", (
+            "The trainer was killed (SIGKILL, exit code 137) without a report: usually the "
+            "memory limit (raise spec.resources.memory) or an eviction."
+        )
     if report is not None and report.get("message"):
         return "TrainerError", f"The trainer failed: {report['message']}"
     if text.strip():
@@ -160,6 +181,10 @@ def _pending_detail(pod: dict[str, Any], image: str) -> tuple[str, str] | None:
                 f"The trainer container cannot be created ({reason}"
                 f"{': ' + detail if detail else ''}). Check that every Secret in spec.secrets "
                 "and every PVC in spec.volumes / spec.output.pvc exists in the namespace."
+            )
+        if reason and reason not in STARTING_REASONS:
+            return safe_reason(reason), (
+                f"The trainer container is waiting ({reason}{': ' + detail if detail else ''})."
             )
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if (
@@ -355,7 +380,7 @@ def build_conditions(
     for ctype in CONDITION_TYPES:
         status = "True" if truth[ctype] else "False"
         relevant = ctype == "Ready" or truth[ctype]
-        reason = derived.reason if relevant else phase.value
+        reason = safe_reason(derived.reason) if relevant else phase.value
         message = derived.message if relevant else ""
         old = prev.get(ctype)
         if old is not None and old.get("status") == status and old.get("lastTransitionTime"):

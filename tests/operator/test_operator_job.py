@@ -391,3 +391,37 @@ async def _wait_metric(operator: OperatorRunner, name: str, metric: str) -> str:
             return text
         await asyncio.sleep(0.1)
     raise AssertionError(f"{metric} of {name} never reappeared on /metrics")
+
+
+async def test_pods_found_by_job_controller_labels(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    """A pod labelled only the way the Job controller labels it (no template labels) is
+    still read: its waiting reason and termination state reach the status."""
+    await cluster.create(FTJ, make_ftj("bare", SMALL_SPEC))
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "bare-train")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bare-train-x1",
+            "namespace": NAMESPACE,
+            "uid": "pod-1",
+            "labels": {"batch.kubernetes.io/job-name": "bare-train", "job-name": "bare-train"},
+        },
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}},
+                }
+            ],
+        },
+    }
+    await cluster.create(("", "v1", "pods"), pod)
+    await kubelet.job_status(job, {"active": 1, "startTime": "2026-01-01T00:00:00Z"})
+    await cluster.wait_for(
+        lambda: cluster.condition(NAMESPACE, "bare", "Ready").get("reason") == "ErrImagePull"
+    )
+    assert "finetune-trainer:test" in cluster.status(FTJ, NAMESPACE, "bare")["message"]

@@ -156,6 +156,14 @@ TABLE: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]], Phase, str, 
         "spec.secrets",
     ),
     (
+        "crash loop (unexpected waiting reason)",
+        job({"active": 1, "startTime": T0}),
+        [pod("Pending", {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}})],
+        Phase.pending,
+        "CrashLoopBackOff",
+        "back-off 5m0s",
+    ),
+    (
         "running",
         job({"active": 1, "ready": 1, "startTime": T0}),
         [pod("Running", {"running": {"startedAt": T0}})],
@@ -278,6 +286,14 @@ TABLE: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]], Phase, str, 
         "device-side assert",
     ),
     (
+        "killed without a report",
+        job({"failed": 3, "conditions": failed_cond("BackoffLimitExceeded", "")}),
+        [pod("Failed", {"terminated": {"exitCode": 137, "reason": "Error"}})],
+        Phase.failed,
+        "BackoffLimitExceeded",
+        "SIGKILL",
+    ),
+    (
         "evicted pod",
         job({"failed": 3, "conditions": failed_cond("BackoffLimitExceeded", "")}),
         [
@@ -314,8 +330,11 @@ def test_derive_table(
     assert len(d.message) <= 1024
 
 
+SUCCEEDED = next((row[1], row[2]) for row in TABLE if row[0] == "succeeded")
+
+
 def test_succeeded_carries_termination_report() -> None:
-    d = derive(SPEC, TABLE[9][1], TABLE[9][2])
+    d = derive(SPEC, *SUCCEEDED)
     assert d.metrics == {"accuracy": 0.9, "evalLoss": 0.25}
     assert d.artifacts == {"model": "/output/model"}
     assert (d.start_time, d.completion_time) == (T0, T1)
@@ -371,7 +390,7 @@ def test_conditions_shape_and_transition_times() -> None:
 
 
 def test_status_patch_is_minimal_and_never_overwrites_trainer_metrics() -> None:
-    d = derive(SPEC, TABLE[9][1], TABLE[9][2])
+    d = derive(SPEC, *SUCCEEDED)
     first = status_patch({}, d, generation=1, job_name="demo-train", now=T1)
     assert first["phase"] == "Succeeded" and first["metrics"] == {"accuracy": 0.9, "evalLoss": 0.25}
     applied = {**first}
@@ -399,6 +418,17 @@ def test_milestones_only_on_transitions() -> None:
     assert milestones(prev, pull, {}) == []
     resumed = milestones({"phase": "Suspended"}, Derived(Phase.pending, "Starting", "s"), {})
     assert [m.reason for m in resumed] == ["Resumed"]
+
+
+def test_condition_reasons_are_always_legal() -> None:
+    from finetune_operator.status import safe_reason
+
+    assert safe_reason("BackoffLimitExceeded") == "BackoffLimitExceeded"
+    assert safe_reason("Pod Failure-Policy!") == "PodFailurePolicy"
+    assert safe_reason("42") == "Unknown"
+    weird = Derived(Phase.failed, "has spaces", "m")
+    (ready, *_) = build_conditions([], weird, 1, T0)
+    assert ready["reason"] == "hasspaces"
 
 
 def test_invalid_spec_and_termination_parsing() -> None:
