@@ -463,9 +463,6 @@ class HyperparameterSweepSpec(ApiModel):
     max_trials: int = Field(20, ge=1, le=10000)
     parallelism: int = Field(2, ge=1, le=1000)
     max_failed_trials: int = Field(3, ge=0)
-    storage: str | None = Field(
-        None, description="Optional Optuna storage URL; default: rebuilt from child trials."
-    )
 
     @model_validator(mode="after")
     def _rules(self) -> HyperparameterSweepSpec:
