@@ -368,6 +368,18 @@ async def _reconcile(
                     f"A Job named {jname} exists and is not owned by this FineTuneJob; "
                     "delete it or rename the FineTuneJob.",
                 )
+        except kube.KubeError as err:
+            if err.status not in (400, 403, 422):
+                raise  # transient (5xx, timeouts): retried with backoff
+            # Rejected by the API server (admission, quota, RBAC, validation): say so in the
+            # status and try again later (403s can be fixed by an admin without an edit).
+            derived = Derived(
+                Phase.failed if err.status in (400, 422) else Phase.pending,
+                "JobRejected",
+                f"The API server rejected the trainer Job {jname} ({err.status} {err.reason}): "
+                f"{err.message}",
+            )
+            requeue = 60.0 if err.status == 403 else None
     else:
         _recent.pop(key, None)
 
