@@ -425,19 +425,3 @@ async def test_pods_found_by_job_controller_labels(
         lambda: cluster.condition(NAMESPACE, "bare", "Ready").get("reason") == "ErrImagePull"
     )
     assert "finetune-trainer:test" in cluster.status(FTJ, NAMESPACE, "bare")["message"]
-
-
-async def test_job_rejected_by_the_api_server(cluster: Cluster, operator: OperatorRunner) -> None:
-    import kmock
-
-    rejection = {
-        "kind": "Status",
-        "code": 422,
-        "reason": "Invalid",
-        "message": 'Job.batch "rej-train" is invalid: metadata.labels: Invalid value',
-    }
-    cluster.emulator["post", kmock.resource("batch", "v1", "jobs")] << 422 << rejection
-    await cluster.create(FTJ, make_ftj("rej", SMALL_SPEC))
-    status = await cluster.wait_phase(NAMESPACE, "rej", "Failed")
-    assert cluster.condition(NAMESPACE, "rej", "Failed")["reason"] == "JobRejected"
-    assert "metadata.labels: Invalid value" in status["message"]
