@@ -6,8 +6,10 @@ manifest builder stays a pure function of (FineTuneJob, OperatorConfig).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from finetune_api.models import GROUP, VERSION
 
@@ -46,7 +48,7 @@ class OperatorConfig:
     """Settings that shape the Jobs the operator creates."""
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
-    # The trainer's narrowly scoped service account (get/patch finetunejobs/status only);
+    # The trainer's narrowly scoped service account (patch finetunejobs/status only);
     # empty string = the namespace's default service account.
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     image_pull_policy: str = "IfNotPresent"
@@ -55,6 +57,9 @@ class OperatorConfig:
     # Extra env for the trainer (tests point FINETUNE_KUBE_API_URL at the emulator).
     extra_env: tuple[tuple[str, str], ...] = ()
     status_interval_seconds: int | None = None
+    # Applied to GPU Jobs whose spec sets none (GPU node pools are usually labelled/tainted).
+    default_node_selector: tuple[tuple[str, str], ...] = ()
+    default_tolerations: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_env(cls, trainer_image: str | None = None) -> OperatorConfig:
@@ -76,4 +81,22 @@ class OperatorConfig:
             image_pull_secrets=secrets,
             extra_env=extra,
             status_interval_seconds=int(interval) if interval else None,
+            default_node_selector=tuple(
+                sorted(_json_env("FINETUNE_DEFAULT_NODE_SELECTOR", dict).items())
+            ),
+            default_tolerations=tuple(_json_env("FINETUNE_DEFAULT_TOLERATIONS", list)),
         )
+
+
+def _json_env(name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    """A JSON object/array from an environment variable (the Helm chart's toJson)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw or raw == "null":
+        return kind()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not valid JSON: {err}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -199,7 +199,13 @@ def build_job(
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False},
+        # The Pod Security "restricted" profile: the trainer image runs as uid 10001.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -210,10 +216,15 @@ def build_job(
         pod_spec["serviceAccountName"] = config.service_account
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in config.image_pull_secrets]
+    gpu = spec.resources.gpus > 0
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    elif gpu and config.default_node_selector:
+        pod_spec["nodeSelector"] = dict(config.default_node_selector)
     if spec.resources.tolerations:
         pod_spec["tolerations"] = [t.dump() for t in spec.resources.tolerations]
+    elif gpu and config.default_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in config.default_tolerations]
 
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,

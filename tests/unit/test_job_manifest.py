@@ -82,6 +82,14 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, str], OperatorConfig]] = {
         ),
     ),
     "suspended": ({**BASE, "suspend": True}, {}, OperatorConfig()),
+    "gpu-pool-defaults": (
+        BASE,
+        {},
+        OperatorConfig(
+            default_node_selector=(("cloud.example/pool", "gpu"),),
+            default_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists"},),
+        ),
+    ),
 }
 
 
@@ -169,3 +177,45 @@ def test_desired_suspend(suspend: bool, kueue: bool, current: bool | None, want:
         {"metadata": {"name": "x", "labels": labels}, "spec": {**BASE, "suspend": suspend}}
     )
     assert desired_suspend(ftj, current) is want
+
+
+def test_gpu_pool_defaults_apply_only_to_gpu_jobs_without_their_own() -> None:
+    config = OperatorConfig(
+        default_node_selector=(("pool", "gpu"),),
+        default_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists"},),
+    )
+
+    def pod(spec: dict[str, Any]) -> dict[str, Any]:
+        ftj = FineTuneJob.model_validate({"metadata": {"name": "d"}, "spec": spec})
+        return build_job(ftj, UID, config)["spec"]["template"]["spec"]
+
+    gpu = pod(BASE)
+    assert gpu["nodeSelector"] == {"pool": "gpu"}
+    assert gpu["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    cpu = pod({**BASE, "resources": {"gpus": 0}})
+    assert "nodeSelector" not in cpu and "tolerations" not in cpu
+    own = pod({**BASE, "resources": {"nodeSelector": {"mine": "yes"}, "tolerations": []}})
+    assert own["nodeSelector"] == {"mine": "yes"}
+    assert own["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+
+
+def test_defaults_parsed_from_the_charts_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_DEFAULT_NODE_SELECTOR", '{"pool": "gpu"}')
+    monkeypatch.setenv("FINETUNE_DEFAULT_TOLERATIONS", '[{"key": "k", "operator": "Exists"}]')
+    config = OperatorConfig.from_env()
+    assert config.default_node_selector == (("pool", "gpu"),)
+    assert config.default_tolerations == ({"key": "k", "operator": "Exists"},)
+    monkeypatch.setenv("FINETUNE_DEFAULT_TOLERATIONS", "{not json")
+    with pytest.raises(ValueError, match="FINETUNE_DEFAULT_TOLERATIONS is not valid JSON"):
+        OperatorConfig.from_env()
+
+
+def test_trainer_pod_meets_the_restricted_pod_security_profile() -> None:
+    for name in CASES:
+        container = render(name)["spec"]["template"]["spec"]["containers"][0]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
