@@ -161,9 +161,8 @@ class StdoutSink:
         if event.kind == "start":
             line = f"[start] {event.message}".rstrip()
         elif event.kind == "end":
+            # A failure's message is printed once, by whoever handles the error (CLI, image).
             line = f"[{state.phase.lower()}] {where} {_fmt(state.metrics)}".rstrip()
-            if event.message:
-                line += f"\n{event.message}"
         else:
             line = f"[{event.kind}] {where} {_fmt(event.metrics)}".rstrip()
         self._write(line)
