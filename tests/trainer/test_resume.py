@@ -99,3 +99,53 @@ def test_timed_checkpoints_save_on_the_clock_but_not_at_the_end() -> None:
         callback.on_step_end(args, state, control)
         saved.append(control.should_save)
     assert saved == [False, False, True, False, False]  # 12 s > 10 s; step 5 is the end
+
+
+def test_sigkilled_image_run_resumes_with_the_same_command(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The real thing: `python -m finetune_trainer` killed with SIGKILL mid-run, restarted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={"maxSteps": 600, "batchSize": 8, "evalSteps": 50, "loggingSteps": 50},
+        output={"path": str(out)},
+    )
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(job.dump()))
+    command = [sys.executable, "-m", "finetune_trainer", "--spec", str(spec)]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        FINETUNE_TERMINATION_LOG=str(tmp_path / "termination-log"),
+    )
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert first.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint finish writing, keep training
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    steps_done = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")]
+    assert steps_done and max(steps_done) < 600
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from checkpoint-" in second.stdout
+    assert "[succeeded] step 600/600" in second.stdout
+    history = json.loads((out / "log_history.json").read_text())
+    assert max(h["step"] for h in history) == 600
