@@ -106,3 +106,44 @@ def test_jsonl_without_eval_holds_out_a_fraction(
     run(job, spec_dir=tmp_path, output_dir=out)
     report = json.loads((out / "classification_report.json").read_text())
     assert report["macro avg"]["support"] == 20
+
+
+def test_early_stopping_stops_when_eval_does_not_improve(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_trainer.run import run
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters={
+            "learningRate": 1e-9,
+            "maxSteps": 40,
+            "evalSteps": 2,
+            "earlyStoppingPatience": 1,
+        },
+    )
+    run(job, spec_dir=tmp_path, output_dir=out)
+    state = json.loads((out / "metrics.json").read_text())
+    assert state["phase"] == "Succeeded"
+    assert state["progress"]["step"] < 40
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_precision_auto_is_fp32_on_cpu_and_fp16_needs_a_gpu() -> None:
+    import torch
+
+    from finetune_api.models import Precision
+    from finetune_trainer.errors import ModelError
+    from finetune_trainer.modeling import choose_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    assert choose_precision(Precision.auto).name == "fp32"
+    assert choose_precision(Precision.bf16).name == "bf16"
+    with pytest.raises(ModelError, match="fp16 needs a CUDA GPU"):
+        choose_precision(Precision.fp16)
