@@ -118,3 +118,25 @@ def test_lora_on_gpt2_classification_uses_gpt2_defaults(
     assert sorted(config["target_modules"]) == ["c_attn", "c_fc", "c_proj"]
     labels = predict(out, ["good great film", "bad awful plot"])
     assert set(labels) <= {"neg", "pos"} and len(labels) == 2
+
+
+def test_lora_masked_lm(bert_dir: Path, make_job: MakeJob, tmp_path: Path) -> None:
+    from conftest import DOMAIN
+
+    from finetune_trainer.predict import predict
+    from finetune_trainer.run import run
+
+    train = write_rows(tmp_path / "corpus.jsonl", [{"text": t} for t in DOMAIN * 20])
+    out = tmp_path / "out"
+    job = make_job(
+        task="masked-lm",
+        model_path=bert_dir,
+        train=train,
+        hyperparameters={"learningRate": 2e-2, "epochs": 3, "batchSize": 16},
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0},
+    )
+    m = run(job, spec_dir=tmp_path, output_dir=out)
+    assert m["perplexity"] < m["perplexityBefore"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    [filled] = predict(out, ["the court held that the [MASK] was void"])
+    assert filled.startswith("the court held that the")
