@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import evaluation, lora
+from finetune_trainer import evaluation
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.errors import TrainerUserError
 from finetune_trainer.modeling import (
@@ -166,6 +166,8 @@ def _run(
         # Before LoRA: the base Linears get fake quantisation, the adapters wrap them.
         qat_layers = qat.prepare_qat(model)
     if spec.lora is not None:
+        from finetune_trainer import lora  # peft (and the torchao it pulls in) only for LoRA
+
         model = lora.apply_lora(model, spec.lora, task)  # type: ignore[assignment]
 
     args = training_arguments(
