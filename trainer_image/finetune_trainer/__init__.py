@@ -5,3 +5,11 @@ lora (peft adapters), qat (torchao int8 QAT), training (TrainingArguments, colla
 resume), evaluation (metrics, plots, BLEU), report (reporter + sinks), run (entry
 points), predict (load a finished run), errors (UserError subclasses).
 """
+
+import logging as _logging
+
+# transformers and peft import torchao when it is installed; on import it logs a warning
+# per GPU-only kernel library it cannot load (on CPU: all of them) and torch logs one per
+# torchao enum it registers. Neither concerns the user; real errors still get through.
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
