@@ -1,26 +1,4 @@
-"""Reusable fixtures for operator tests over HTTP against kmock's KubernetesEmulator.
-
-    async def test_x(cluster, operator, kubelet):
-        ftj = await cluster.create(FTJ, make_ftj("demo", spec))
-        job = await cluster.wait_for_object(JOB, "team-a", "demo-train")
-        await kubelet.run_pod(job)                       # pod Running, Job active
-        await kubelet.succeed(job, metrics={"accuracy": 0.9})
-        await cluster.wait_for(lambda: cluster.status(FTJ, "team-a", "demo").get("phase") == "Succeeded")
-
-Fixtures:
-- `cluster`   a started emulator with every resource the operator needs declared, a kubeconfig
-              pointing at it (`cluster.kubeconfig`), HTTP helpers for writes (writes must go over
-              HTTP so watchers see them) and in-memory reads (`cluster.get_object`, `cluster.objects`).
-- `operator`  an `OperatorRunner` already started in-process (kopf + /metrics + /healthz) on free
-              ports; `await operator.restart()`, `await operator.stop()`, `await operator.metrics()`.
-              Use `operator_factory` for custom settings (namespaces, config).
-- `kubelet`   a `Kubelet` that plays kubelet + job controller: creates Pods for a Job and flips
-              Job/Pod statuses (running, succeeded, OOMKilled, image pull backoff, ...).
-              `await kubelet.run_process(job, env=..., cwd=...)` runs the Job's container command
-              as a local process, like a node would, and reports the result into Job/Pod status.
-- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body with uid/generation set
-  (the emulator keeps none of its own).
-"""
+"""Fixtures for operator tests over HTTP against kmock's emulator (usage: operator_harness.py)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from finetune_api.manifest import SpecError, UserError, parse
+from finetune_api.manifest import SpecError, UserError, load_manifest, parse
 from finetune_api.models import FineTuneJob
 
 DEFAULT_OUTPUT = "/output"
@@ -26,18 +26,8 @@ TERMINATION_LIMIT = 4096
 
 def load_job(spec_file: str | None) -> tuple[FineTuneJob, Path | None]:
     if spec_file:
-        path = Path(spec_file)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise SpecError(f"--spec {path}: cannot read the file ({err.strerror})") from None
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)  # JSON is YAML
-        except yaml.YAMLError as err:
-            raise SpecError(f"--spec {path}: not valid JSON or YAML: {err}") from None
-        return parse(FineTuneJob, doc, prefix=f"{path}: "), path.resolve().parent
+        path = Path(spec_file)  # JSON is YAML: the same reader as `finetune run`
+        return load_manifest(path, FineTuneJob), path.resolve().parent
     raw = os.environ.get("FINETUNE_JOB")
     if not raw:
         raise SpecError("no job: set env FINETUNE_JOB to the FineTuneJob JSON or pass --spec FILE")
