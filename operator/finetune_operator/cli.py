@@ -141,14 +141,17 @@ def operator(
         fail("--namespace and --all-namespaces exclude each other")
     from finetune_operator.main import run_operator
 
-    run_operator(
-        namespaces=namespace or [],
-        metrics_port=metrics_port,
-        health_port=health_port,
-        log_level=log_level,
-        trainer_image=trainer_image,
-        peering=peering,
-    )
+    try:
+        run_operator(
+            namespaces=namespace or [],
+            metrics_port=metrics_port,
+            health_port=health_port,
+            log_level=log_level,
+            trainer_image=trainer_image,
+            peering=peering,
+        )
+    except UserError as err:  # no credentials, a bad FINETUNE_* setting
+        fail(str(err))
 
 
 @app.command()

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api.manifest import UserError
 from finetune_api.models import GROUP, VERSION
 
 # Resources the operator works with: (group, version, plural).
@@ -88,6 +89,10 @@ class OperatorConfig:
         )
 
 
+class ConfigError(UserError, ValueError):
+    """A FINETUNE_* setting the operator cannot use."""
+
+
 def _json_env(name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
     """A JSON object/array from an environment variable (the Helm chart's toJson)."""
     raw = os.environ.get(name, "").strip()
@@ -96,7 +101,7 @@ def _json_env(name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{name} is not valid JSON: {err}") from None
+        raise ConfigError(f"{name} is not valid JSON: {err}") from None
     if not isinstance(value, kind):
-        raise ValueError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+        raise ConfigError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
     return value

@@ -25,6 +25,8 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from finetune_api.manifest import UserError
+
 USER_AGENT = "finetune-operator/0.1.0"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -65,12 +67,19 @@ async def configure(
     await close()
     if configuration is None:
         configuration = k8s_client.Configuration()
-        if kubeconfig is None and os.path.exists(SERVICE_ACCOUNT_TOKEN):
-            k8s_config.load_incluster_config(client_configuration=configuration)
-        else:
-            await k8s_config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration
-            )
+        try:
+            if kubeconfig is None and os.path.exists(SERVICE_ACCOUNT_TOKEN):
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            else:
+                await k8s_config.load_kube_config(
+                    config_file=kubeconfig, context=context, client_configuration=configuration
+                )
+        except (k8s_config.ConfigException, OSError) as err:
+            source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise UserError(
+                f"no usable Kubernetes credentials: not running in a cluster, and the "
+                f"kubeconfig {source} could not be used ({err})"
+            ) from None
     _configuration = configuration
     return configuration
 

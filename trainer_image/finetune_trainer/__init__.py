@@ -13,3 +13,8 @@ import logging as _logging
 # torchao enum it registers. Neither concerns the user; real errors still get through.
 for _name in ("torchao", "torch.utils._pytree"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)
+
+import warnings as _warnings
+
+# peft calls a transformers method that transformers 5 deprecates; not the user's concern.
+_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -1,0 +1,34 @@
+"""`finetune operator` refuses unusable settings with a message, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune_operator.cli import app
+
+pytestmark = pytest.mark.unit
+
+
+def test_namespace_choice_is_required() -> None:
+    result = CliRunner().invoke(app, ["operator"])
+    assert result.exit_code == 2
+    assert "--all-namespaces or at least one --namespace" in result.stderr
+
+
+def test_no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nope"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    result = CliRunner().invoke(app, ["operator", "-A", "--metrics-port", "0"])
+    assert result.exit_code == 2, result.output
+    assert "no usable Kubernetes credentials" in result.stderr
+    assert str(missing) in result.stderr
+
+
+def test_bad_gpu_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_DEFAULT_TOLERATIONS", '{"key": "not a list"}')
+    result = CliRunner().invoke(app, ["operator", "-n", "team-a"])
+    assert result.exit_code == 2
+    assert "FINETUNE_DEFAULT_TOLERATIONS must be a JSON list" in result.stderr
