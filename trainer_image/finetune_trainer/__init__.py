@@ -7,6 +7,7 @@ points), predict (load a finished run), errors (UserError subclasses).
 """
 
 import logging as _logging
+import warnings as _warnings
 
 # transformers and peft import torchao when it is installed; on import it logs a warning
 # per GPU-only kernel library it cannot load (on CPU: all of them) and torch logs one per
@@ -14,7 +15,6 @@ import logging as _logging
 for _name in ("torchao", "torch.utils._pytree"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)
 
-import warnings as _warnings
 
 # peft calls a transformers method that transformers 5 deprecates; not the user's concern.
 _warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
