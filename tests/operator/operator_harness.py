@@ -44,6 +44,8 @@ from typing import Any
 import aiohttp
 import kmock
 
+from finetune_operator import kube
+
 FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
 SWEEP = ("finetune.dev", "v1alpha1", "hyperparametersweeps")
 JOB = ("batch", "v1", "jobs")
@@ -118,14 +120,7 @@ def now_iso() -> str:
 
 
 def api_path(res: Resource, namespace: str | None = None, name: str | None = None) -> str:
-    group, version, plural = res
-    parts = ["/api", version] if not group else ["/apis", group, version]
-    if namespace:
-        parts += ["namespaces", namespace]
-    parts.append(plural)
-    if name:
-        parts.append(name)
-    return "/".join(parts)
+    return kube.path(*res, namespace=namespace, name=name)
 
 
 def make_ftj(

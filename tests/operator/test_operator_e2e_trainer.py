@@ -8,7 +8,6 @@ BERT and a toy dataset built here (nothing is downloaded).
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +15,9 @@ import pytest
 import yaml
 from operator_harness import FTJ, JOB, NAMESPACE, Cluster, Kubelet, make_ftj, sample
 
+from support.tiny_models import sentiment_rows, tiny_bert, write_rows
+
 pytestmark = [pytest.mark.operator, pytest.mark.slow]
-
-POSITIVE = ["good", "great", "excellent", "lovely", "superb", "fine"]
-NEGATIVE = ["bad", "awful", "terrible", "poor", "boring", "dull"]
-FILLER = ["the", "movie", "film", "plot", "was", "really", "and", "acting"]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def write_data(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    lines = ["text,label"]
-    for i in range(n):
-        positive = i % 2 == 0
-        words = rng.sample(FILLER, 3) + rng.sample(POSITIVE if positive else NEGATIVE, 2)
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)},{'pos' if positive else 'neg'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def build_tiny_bert(directory: Path) -> Path:
-    """A 2-layer, 32-wide random BERT with a WordLevel tokenizer, saved in HF format."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + sorted(set(POSITIVE + NEGATIVE + FILLER)))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(directory)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    BertForMaskedLM(config).save_pretrained(directory)
-    return directory
 
 
 async def test_yaml_to_trainer_to_status_and_metrics(
@@ -77,9 +25,9 @@ async def test_yaml_to_trainer_to_status_and_metrics(
 ) -> None:
     from finetune_operator.config import OperatorConfig
 
-    model = build_tiny_bert(tmp_path / "model")
-    train = write_data(tmp_path / "data" / "train.csv", 64, seed=1)
-    dev = write_data(tmp_path / "data" / "dev.csv", 16, seed=2)
+    model = tiny_bert(tmp_path / "model")
+    train = write_rows(tmp_path / "data" / "train.csv", sentiment_rows(64, seed=1))
+    dev = write_rows(tmp_path / "data" / "dev.csv", sentiment_rows(16, seed=2))
     manifest = yaml.safe_load(
         f"""
 apiVersion: finetune.dev/v1alpha1
