@@ -55,25 +55,30 @@ def serve_emulator(lean: int) -> None:
     Stock kmock keeps every request and, for each new request, runs its reaction filters
     over that whole log to find the request again: O(requests so far) per request, so a
     run's cost grows with the square of its request count. With lean=1 the filters only
-    see the requests still being served (which always include the new one); responses
-    and stored objects are unchanged, and the O(objects) work per request remains.
+    see the request being served, which is the one they look for (no reaction here
+    depends on other requests); responses and stored objects are unchanged, and the
+    O(objects) work per request remains.
     """
+    import contextvars
+
     import kmock
 
     sys.path.insert(0, str(ROOT / "tests" / "operator"))
     from operator_harness import RESOURCES
 
+    serving: contextvars.ContextVar[Any] = contextvars.ContextVar("serving")
+
     class LeanEmulator(kmock.KubernetesEmulator):
         async def _handle(self, request: Any) -> Any:
-            inflight = self.__dict__.setdefault("inflight", [])
-            inflight.append(request)
+            token = serving.set(request)  # aiohttp serves each request in its own task
             try:
                 return await super()._handle(request)
             finally:
-                inflight.remove(request)
+                serving.reset(token)
 
         def __iter__(self) -> Any:
-            return iter(list(self.__dict__.get("inflight", ())))
+            request = serving.get(None)
+            return iter(() if request is None else (request,))
 
     cls = LeanEmulator if lean else kmock.KubernetesEmulator
 
@@ -259,6 +264,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
             connector=connector, timeout=aiohttp.ClientTimeout(total=None)
         ) as session:
             await _wait_ready(session, ctl, health)
+            spy = _py_spy(emulator if os.environ.get("FINETUNE_BENCH_SPY_EMULATOR") else ctl, kind)
             cpu0 = cpu_seconds(ctl.pid)
             emu0 = cpu_seconds(emulator.pid)
             sent: dict[str, float] = {}
@@ -326,6 +332,9 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
             emu_cpu = cpu_seconds(emulator.pid) - emu0
             for w in watchers:
                 w.cancel()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             lat = sorted(job_at[k] - sent[k] for k in job_at if k in sent)
             last_job = max(job_at.values()) - t0 if job_at else float("nan")
             return {
@@ -354,6 +363,19 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
         ctl.wait()
         emulator.kill()
         emulator.wait()
+
+
+def _py_spy(proc: subprocess.Popen[Any], kind: str) -> subprocess.Popen[Any] | None:
+    """Optional sampling profile of an operator run: FINETUNE_BENCH_PYSPY=out.txt (raw
+    collapsed stacks; needs `pip install py-spy`); of the emulator instead with
+    FINETUNE_BENCH_SPY_EMULATOR=1. (cProfile, FINETUNE_BENCH_PROFILE, distorts async code.)"""
+    out = os.environ.get("FINETUNE_BENCH_PYSPY")
+    if not out or kind != "operator":
+        return None
+    cmd = ["py-spy", "record", "--pid", str(proc.pid), "-r", "400", "-f", "raw", "-o", out]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the burst
+    return spy
 
 
 def _free_port() -> int:
@@ -484,23 +506,44 @@ def reconcile_cost(count: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+NUMERIC = ("create_s", "wall_s", "last_job_s", "p50_ms", "p99_ms", "cpu_s", "emulator_cpu_s")
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (emulator, N, controller): the median of each figure over the repeats,
+    the max of peak RSS, and the spread of the run-by-run ratios to the floor."""
+    groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["emulator_window"], r["n"], r["controller"]), []).append(r)
+    rows = []
+    for (window, n, kind), group in groups.items():
+        row: dict[str, Any] = {"emulator_window": window, "n": n, "controller": kind}
+        row["repeats"] = len(group)
+        row["complete"] = all(r["complete"] for r in group)
+        for key in NUMERIC:
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = round(statistics.median(values), 2) if values else None
+        row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in group)
+        floors = [r["wall_s"] for r in groups.get((window, n, "null"), [])]
+        ratios = sorted(a["wall_s"] / b for a, b in zip(group, floors, strict=False) if b)
+        row["ratio"] = round(row["wall_s"] / statistics.median(floors), 2) if floors else None
+        row["ratio_range"] = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if ratios else ""
+        rows.append(row)
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| emulator | N | controller | wall s | ratio to floor | p50 ms | p99 ms | CPU s "
+        "| emulator | N | controller | runs | wall s | ratio to floor (range) | p50 ms | p99 ms | CPU s "
         "| peak RSS MB | emulator CPU s | complete |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
-    floors = {
-        (r["emulator_window"], r["n"]): r["wall_s"] for r in rows if r["controller"] == "null"
-    }
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        floor = floors.get((r["emulator_window"], r["n"]))
-        ratio = r["wall_s"] / floor if floor else float("nan")
         log = "lean" if r["emulator_window"] else "stock"
         lines.append(
-            f"| {log} | {r['n']} | {r['controller']} | {r['wall_s']} | {ratio:.2f} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['emulator_cpu_s']} "
-            f"| {r['complete']} |"
+            f"| {log} | {r['n']} | {r['controller']} | {r['repeats']} | {r['wall_s']} "
+            f"| {r['ratio']:.2f} ({r['ratio_range']}) | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {r['cpu_s']} | {r['peak_rss_mb']} | {r['emulator_cpu_s']} | {r['complete']} |"
         )
     return "\n".join(lines)
 
@@ -512,6 +555,9 @@ def main() -> None:
     parser.add_argument("--n", default="10,100,300", help="comma-separated N values")
     parser.add_argument("--reconcile-objects", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per configuration (medians are reported)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--emulator",
@@ -529,20 +575,25 @@ def main() -> None:
     rows = []
     for window in [1 if e == "lean" else 0 for e in args.emulator.split(",") if e]:
         for n in [int(x) for x in args.n.split(",") if x]:
-            for kind in ("null", "operator"):
-                row = asyncio.run(run_once(kind, n, args.timeout, window))
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+            for _ in range(args.repeat):  # interleaved, so drift hits both controllers alike
+                for kind in ("null", "operator"):
+                    row = asyncio.run(run_once(kind, n, args.timeout, window))
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     cost = reconcile_cost(args.reconcile_objects) if args.reconcile_objects else None
     print()
-    print(table(rows))
+    summary = summarise(rows)
+    print(table(summary))
     if cost:
         print(
             f"\nin-process reconcile: {cost['objects']} objects, {cost['total_s']} s, {cost['per_object_ms']} ms/object"
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"runs": rows, "reconcile": cost, "cpus": os.cpu_count()}, indent=2)
+            json.dumps(
+                {"summary": summary, "runs": rows, "reconcile": cost, "cpus": os.cpu_count()},
+                indent=2,
+            )
         )
 
 

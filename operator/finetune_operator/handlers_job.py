@@ -87,6 +87,10 @@ _recent: dict[Key, dict[str, Any]] = {}
 # window must not re-derive transitions (duplicate Events) from the stale copy.
 _written: dict[Key, tuple[str, dict[str, Any]]] = {}
 _retries: dict[Key, int] = {}
+# What the last reconcile left behind, per FineTuneJob, when it needed no follow-up: the
+# watch events of our own writes (the status patch, the Job just created) bring nothing
+# new, and a reconcile that would see exactly these inputs again is skipped.
+_settled: dict[Key, tuple[Any, ...]] = {}
 _tasks: set[asyncio.Task[None]] = set()  # delayed retries (kept referenced until done)
 
 
@@ -154,14 +158,6 @@ def _trainer_pod(body: kopf.Body, **_: Any) -> bool:
     return bool(jname and jname.endswith(JOB_SUFFIX))
 
 
-@kopf.index(*JOB_RESOURCE, labels=MANAGED)
-async def job_owners(
-    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[Key, str] | None:
-    owner = owner_ftj_name(dict(body))
-    return {(namespace or "", name): owner} if owner else None
-
-
 @kopf.index(*POD_RESOURCE, when=_trainer_pod)
 async def pods_by_job(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Key, Any] | None:
     jname = pod_job_name(body.metadata)
@@ -215,11 +211,8 @@ async def pod_event(
 ) -> None:
     indexes = _indexes(kwargs)
     ns = namespace or ""
-    owner = labels.get(LABEL_JOB)
-    if not owner:
-        jname = pod_job_name(body.metadata)
-        owners = kwargs["job_owners"].get((ns, jname or ""))
-        owner = next(iter(owners), None) if owners else None
+    # Our pods carry the owner's name; others of our Jobs are named `<owner>-train`.
+    owner = labels.get(LABEL_JOB) or (pod_job_name(body.metadata) or "").removesuffix(JOB_SUFFIX)
     key = (ns, owner or "")
     if owner and key in indexes[0]:
         await reconcile(key, indexes, _config(memo))
@@ -233,6 +226,7 @@ async def _forget(
     metrics.forget_job(namespace, name)
     _recent.pop(key, None)
     _written.pop(key, None)
+    _settled.pop(key, None)
     _locks.pop(key, None)
     _retries.pop(key, None)
     uid = body.get("metadata", {}).get("uid")
@@ -262,8 +256,14 @@ async def reconcile(key: Key, indexes: Indexes, config: OperatorConfig) -> None:
             ftjs = _store(indexes[0], key)
             if not ftjs:
                 return
+            ftj, jobs = ftjs[0], _store(indexes[1], key)
             pods = _store(indexes[2], (key[0], job_name(key[1])))
-            again = await _reconcile(ftjs[0], _store(indexes[1], key), pods, config)
+            if _settled.get(key) == _inputs(key, ftj, jobs, pods):
+                return
+            _settled.pop(key, None)
+            again = await _reconcile(ftj, jobs, pods, config)
+            if again is None:
+                _settled[key] = _inputs(key, ftj, jobs, pods)
         _retries.pop(key, None)
         if again is not None:
             _later(again, key, indexes, config)
@@ -277,6 +277,40 @@ async def reconcile(key: Key, indexes: Indexes, config: OperatorConfig) -> None:
         _later(delay, key, indexes, config)
     finally:
         metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(time.perf_counter() - started)
+
+
+def _inputs(
+    key: Key, ftj: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> tuple[Any, ...]:
+    """Everything `_reconcile` reads, with this process's own writes laid over the indexes."""
+    meta = ftj.get("metadata", {})
+    uid = str(meta.get("uid") or "")
+    job = next((j for j in jobs if owned_by(j, uid)), None)
+    if job is not None:
+        _recent.pop(key, None)  # the index has caught up with the Job we created
+    else:
+        job = _recent.get(key)
+    return (
+        uid,
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        meta.get("labels"),
+        ftj.get("spec"),
+        _latest_status(key, uid, dict(ftj.get("status") or {})),
+        None if job is None else _job_view(job),
+        pods,
+    )
+
+
+def _job_view(job: dict[str, Any]) -> tuple[Any, ...]:
+    meta = job.get("metadata", {})
+    return (
+        meta.get("uid"),
+        meta.get("resourceVersion"),
+        meta.get("annotations") or {},
+        bool(job.get("spec", {}).get("suspend")),
+        job.get("status") or {},
+    )
 
 
 def _later(delay: float, key: Key, indexes: Indexes, config: OperatorConfig) -> None:
@@ -332,6 +366,7 @@ async def _reconcile(
     if job is not None and not owned_by(job, uid):
         job = None
     derived: Derived | None = None
+    created = False
 
     finished = status.get("phase") in (Phase.succeeded.value, Phase.failed.value)
     if job is None and finished and status.get("jobName") and not new_generation:
@@ -346,6 +381,7 @@ async def _reconcile(
         try:
             job = await kube.create(*JOB_RESOURCE, manifest, namespace)
             _recent[key] = job
+            created = True
             events.append(
                 ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
             )
@@ -391,7 +427,7 @@ async def _reconcile(
             job = await kube.patch(*JOB_RESOURCE, jname, {"spec": {"suspend": want}}, namespace)
             _recent[key] = job
         annotations = job.get("metadata", {}).get("annotations") or {}
-        if new_generation and annotations.get(ANNOTATION_SPEC_HASH) not in (
+        if (new_generation and not created) and annotations.get(ANNOTATION_SPEC_HASH) not in (
             None,
             spec_hash(model.spec),
         ):
@@ -504,6 +540,7 @@ def reset_state() -> None:
     _locks.clear()
     _recent.clear()
     _written.clear()
+    _settled.clear()
     _retries.clear()
     for task in list(_tasks):
         if not task.done():

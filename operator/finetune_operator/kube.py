@@ -19,11 +19,11 @@ import os
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from finetune_api.manifest import UserError
 
@@ -31,7 +31,6 @@ USER_AGENT = "finetune-operator/0.1.0"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-_RESPONSE_TYPES = {200: "object", 201: "object", 202: "object"}
 
 
 class KubeError(Exception):
@@ -109,6 +108,12 @@ async def _api() -> k8s_client.ApiClient:
     return api
 
 
+async def connect() -> None:
+    """Open this loop's HTTP session now (loading TLS trust roots takes ~50 ms), not on the
+    first request of a burst."""
+    await _api()
+
+
 async def close() -> None:
     """Close the HTTP session of the current loop (call on shutdown)."""
     try:
@@ -149,32 +154,51 @@ async def request(
     content_type: str = "application/json",
     timeout: float | None = 30,
 ) -> dict[str, Any]:
-    """One API call; returns the decoded JSON object, raises KubeError/NotFound/Conflict."""
+    """One API call; returns the decoded JSON object, raises KubeError/NotFound/Conflict.
+
+    Sent straight through the ApiClient's aiohttp session with the configuration's host,
+    TLS, proxy and bearer token (refreshed by its hook): kubernetes_asyncio's generic
+    call_api re-walks every request body and header dict first, which cost a quarter of
+    the operator's CPU when a burst of FineTuneJobs arrives.
+    """
     api = await _api()
+    rest = api.rest_client
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    headers.update(api.default_headers)
+    auth = (await api.configuration.auth_settings()).get("BearerToken")
+    if auth:
+        headers[auth["key"]] = auth["value"]
+    url = f"{api.configuration.host}{url_path}"
+    if query:
+        url += "?" + urlencode(query)
+    extra: dict[str, Any] = {}
+    if rest.proxy:
+        extra["proxy"] = rest.proxy
+        extra["proxy_headers"] = rest.proxy_headers
+    if rest.server_hostname:
+        extra["server_hostname"] = rest.server_hostname
     try:
-        data = await api.call_api(
-            url_path,
+        async with rest.pool_manager.request(
             method,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            response_types_map=_RESPONSE_TYPES,
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _preload_content=True,
-            _request_timeout=timeout,
-        )
-    except ApiException as err:
-        raise _error(err) from None
+            url,
+            data=None if body is None else json.dumps(body),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            **extra,
+        ) as response:
+            payload = await response.read()
+            status, reason = response.status, response.reason or ""
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise KubeError(0, type(err).__name__, str(err) or "no response") from None
+    if status >= 400:
+        raise _error(status, reason, payload.decode("utf-8", "replace"))
+    data = json.loads(payload) if payload else {}
     return data if isinstance(data, dict) else {}
 
 
-def _error(err: ApiException) -> KubeError:
-    status = int(err.status or 0)
-    reason = str(err.reason or "")
-    message = str(err.body or "")
+def _error(status: int, reason: str, message: str) -> KubeError:
     try:
-        payload = json.loads(err.body) if err.body else {}
+        payload = json.loads(message) if message else {}
         if isinstance(payload, dict):
             reason = str(payload.get("reason") or reason)
             message = str(payload.get("message") or message)

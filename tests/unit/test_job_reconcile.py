@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -73,3 +74,68 @@ async def test_transient_errors_propagate_for_retry(
     with pytest.raises(kube.KubeError):
         await handlers_job._reconcile(FTJ, [], [], OperatorConfig())
     assert calls["status"] == []
+
+
+async def test_events_that_bring_nothing_new_are_skipped(
+    monkeypatch: pytest.MonkeyPatch, calls: dict[str, list[Any]]
+) -> None:
+    """Our own status patch and the Job we created come back as watch events: neither
+    makes an API call; a real change (the Job starts running) does."""
+    api: list[str] = []
+
+    async def create(group: str, version: str, plural: str, body: dict[str, Any], ns: str) -> Any:
+        api.append("create")
+        meta = {**body["metadata"], "uid": "job-1", "resourceVersion": "7"}
+        return {**body, "metadata": meta}
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"unexpected API call {args}")
+
+    runs: list[int] = []
+    real = handlers_job._reconcile
+
+    async def counted(*args: Any) -> Any:
+        runs.append(1)
+        return await real(*args)
+
+    monkeypatch.setattr(handlers_job, "_reconcile", counted)
+    monkeypatch.setattr(kube, "create", create)
+    monkeypatch.setattr(kube, "get", refuse)
+    monkeypatch.setattr(kube, "patch", refuse)
+    key = ("ns", "rej")
+    ftjs: dict[Any, list[dict[str, Any]]] = {key: [FTJ]}
+    jobs: dict[Any, list[dict[str, Any]]] = {}
+    pods: dict[Any, list[dict[str, Any]]] = {}
+    indexes: Any = (ftjs, jobs, pods)
+    config = OperatorConfig()
+
+    await handlers_job.reconcile(key, indexes, config)
+    await asyncio.sleep(0.01)  # Events are posted by a background task
+    assert api == ["create"]
+    assert [s["phase"] for s in calls["status"]] == ["Pending"]
+    assert calls["events"] == ["JobCreated"]
+
+    # The status patch comes back as MODIFIED; then the Job's ADDED event.
+    ftjs[key] = [{**FTJ, "status": calls["status"][0]}]
+    await handlers_job.reconcile(key, indexes, config)
+    created = handlers_job._recent[key]
+    jobs[key] = [created]
+    await handlers_job.reconcile(key, indexes, config)
+    await asyncio.sleep(0.01)
+    assert len(runs) == 1  # both skipped
+    assert api == ["create"]
+    assert len(calls["status"]) == 1
+    assert calls["events"] == ["JobCreated"]
+
+    # The Job starts: a new resourceVersion and status, so the reconcile runs and says so.
+    running = {
+        **created,
+        "metadata": {**created["metadata"], "resourceVersion": "8"},
+        "status": {"active": 1, "startTime": "2026-11-26T10:00:00Z"},
+    }
+    jobs[key] = [running]
+    await handlers_job.reconcile(key, indexes, config)
+    assert len(runs) == 2
+    assert len(calls["status"]) == 2
+    assert calls["status"][1]["startTime"] == "2026-11-26T10:00:00Z"
+    assert calls["status"][1]["message"] == "The trainer pod is starting."
