@@ -1,17 +1,23 @@
 """Operator scale benchmark against kmock's emulator (a benchmark, not a timed test).
 
-kmock's emulator costs O(objects) per request, so the operator's cost is shown next to a
-floor: the same client workload served by a *null controller* that only creates the Jobs.
+kmock's emulator costs O(objects) per request, so the operator's cost is shown next to two
+floors served by *null controllers* in their own process: "null" only creates the Jobs
+(the operator's own Job manifest, so the emulator stores and streams the same bytes);
+"null+status" also writes each FineTuneJob's status once, the least any controller that
+reports a status can do.
 
-    python benchmarks/operator_scale.py                  # N = 10, 100, 300 + in-process
-    python benchmarks/operator_scale.py --n 10 --reconcile-objects 1000   # quick look
+    python benchmarks/operator_scale.py                  # N = 10, 100, 300, 5 runs each
+    python benchmarks/operator_scale.py --n 300 --repeat 3 --reconcile-objects 100
 
-Each run starts a fresh emulator in its own process, then the controller (null, or
+Each run starts a fresh emulator in its own process, then the controller (a null one, or
 `finetune operator --namespace bench` as a real process), then creates N FineTuneJobs at
-once and watches Jobs and FineTuneJobs until every Job exists and (operator runs) every
-status is Pending or later. Reported: wall time, p50/p99 create-to-Job latency, the
-controller's CPU seconds and peak RSS (VmHWM). Then the operator's per-object reconcile
-cost in-process (spec parse + Job manifest + status derivation + status patch), no HTTP.
+once and watches Jobs and FineTuneJobs until every Job exists and (except for "null")
+every status is Pending or later. Reported per configuration, as medians over the runs
+(the three controllers interleaved, so machine drift hits them alike): wall time, its
+ratio to each floor (with the run-by-run range), p50/p99 create-to-Job latency, the
+controller's CPU seconds and peak RSS (VmHWM), and the emulator's CPU seconds. Then the
+operator's per-object reconcile cost in-process (spec parse + Job manifest + status
+derivation + status patch), no HTTP.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ SPEC: dict[str, Any] = {
     "hyperparameters": {"learningRate": 3e-5, "epochs": 1, "batchSize": 16},
     "resources": {"gpus": 1, "cpu": "4", "memory": "16Gi"},
 }
+# Floors first: "null" only creates the Jobs (the floor the targets refer to); "null+status"
+# also writes each status once, the least any controller that reports status can do.
+CONTROLLERS = ("null", "null+status", "operator")
 FTJ_PATH = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
 JOB_PATH = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
 
@@ -108,16 +117,46 @@ def start_emulator(window: int) -> tuple[subprocess.Popen[str], str]:
 # --------------------------------------------------------------------------- null controller
 
 
-def null_controller(url: str) -> None:
-    """Child process: watch FineTuneJobs and create a Job for each, nothing else."""
+def null_controller(url: str, write_status: bool) -> None:
+    """Child process: watch FineTuneJobs and create a Job for each (the operator's own Job
+    manifest, built once and renamed per object, so the emulator stores and streams the
+    same bytes), and with write_status also patch `status.phase: Pending`. Nothing else."""
+    sys.path[:0] = [str(ROOT / "crds"), str(ROOT / "operator")]
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.handlers_job import parse_job
+    from finetune_operator.jobs import build_job
+
+    template = build_job(
+        parse_job({"metadata": {"name": "tmpl", "namespace": NAMESPACE}, "spec": SPEC}),
+        "uid",
+        OperatorConfig(trainer_image="trainer:bench"),
+    )
+
+    def job_for(ftj: dict[str, Any]) -> dict[str, Any]:
+        name, uid = ftj["metadata"]["name"], ftj["metadata"]["uid"]
+        meta = template["metadata"]
+        ref = {**meta["ownerReferences"][0], "name": name, "uid": uid}
+        labels = {**meta["labels"], "finetune.dev/job": name}
+        new_meta = {**meta, "name": f"{name}-train", "labels": labels, "ownerReferences": [ref]}
+        return {**template, "metadata": new_meta}
 
     async def main() -> None:
         seen: set[str] = set()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def create(session: aiohttp.ClientSession, ftj: dict[str, Any]) -> None:
-            async with session.post(url + JOB_PATH, json=_null_job(ftj)) as r:
+        async def handle(session: aiohttp.ClientSession, ftj: dict[str, Any]) -> None:
+            async with session.post(url + JOB_PATH, json=job_for(ftj)) as r:
                 await r.read()
+            if write_status:
+                status = {
+                    "status": {"phase": "Pending", "jobName": f"{ftj['metadata']['name']}-train"}
+                }
+                async with session.patch(
+                    f"{url}{FTJ_PATH}/{ftj['metadata']['name']}/status",
+                    data=json.dumps(status),
+                    headers={"Content-Type": "application/merge-patch+json"},
+                ) as r:
+                    await r.read()
 
         watch = {"watch": "true"}
         async with (
@@ -134,33 +173,11 @@ def null_controller(url: str) -> None:
                 if event.get("type") != "ADDED" or not name or name in seen:
                     continue
                 seen.add(name)
-                task = asyncio.create_task(create(session, obj))
+                task = asyncio.create_task(handle(session, obj))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
     asyncio.run(main())
-
-
-def _null_job(ftj: dict[str, Any]) -> dict[str, Any]:
-    meta = ftj["metadata"]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": f"{meta['name']}-train",
-            "namespace": NAMESPACE,
-            "labels": {"finetune.dev/job": meta["name"]},
-            "ownerReferences": [
-                {
-                    "apiVersion": "finetune.dev/v1alpha1",
-                    "kind": "FineTuneJob",
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                }
-            ],
-        },
-        "spec": {"template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}}},
-    }
 
 
 # --------------------------------------------------------------------------- one run
@@ -223,9 +240,18 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
     )
     health = None
     ctl: subprocess.Popen[Any]
-    if kind == "null":
+    if kind in CONTROLLERS[:2]:
         ctl = subprocess.Popen(
-            [sys.executable, __file__, "--null-controller", url], stdout=subprocess.PIPE, text=True
+            [
+                sys.executable,
+                __file__,
+                "--null-controller",
+                url,
+                "--with-status",
+                str(int(kind != "null")),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
     else:
         port, hport = _free_port(), _free_port()
@@ -271,7 +297,7 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
             job_at: dict[str, float] = {}
             status_at: dict[str, float] = {}
             done = asyncio.Event()
-            need_status = kind == "operator"
+            need_status = kind != "null"
 
             def check() -> None:
                 if len(job_at) >= n and (not need_status or len(status_at) >= n):
@@ -524,25 +550,31 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [r[key] for r in group if r[key] is not None]
             row[key] = round(statistics.median(values), 2) if values else None
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in group)
-        floors = [r["wall_s"] for r in groups.get((window, n, "null"), [])]
-        ratios = sorted(a["wall_s"] / b for a, b in zip(group, floors, strict=False) if b)
-        row["ratio"] = round(row["wall_s"] / statistics.median(floors), 2) if floors else None
-        row["ratio_range"] = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if ratios else ""
+        for floor_kind, field in (("null", "ratio"), ("null+status", "ratio_status")):
+            floors = [r["wall_s"] for r in groups.get((window, n, floor_kind), [])]
+            ratios = sorted(a["wall_s"] / b for a, b in zip(group, floors, strict=False) if b)
+            row[field] = round(row["wall_s"] / statistics.median(floors), 2) if floors else None
+            row[field + "_range"] = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if ratios else ""
         rows.append(row)
     return rows
 
 
+def _ratio(row: dict[str, Any], field: str) -> str:
+    return "" if row[field] is None else f"{row[field]:.2f} ({row[field + '_range']})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| emulator | N | controller | runs | wall s | ratio to floor (range) | p50 ms | p99 ms | CPU s "
+        "| emulator | N | controller | runs | wall s | ratio to null (range) "
+        "| ratio to null+status (range) | p50 ms | p99 ms | CPU s "
         "| peak RSS MB | emulator CPU s | complete |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         log = "lean" if r["emulator_window"] else "stock"
         lines.append(
             f"| {log} | {r['n']} | {r['controller']} | {r['repeats']} | {r['wall_s']} "
-            f"| {r['ratio']:.2f} ({r['ratio_range']}) | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {_ratio(r, 'ratio')} | {_ratio(r, 'ratio_status')} | {r['p50_ms']} | {r['p99_ms']} "
             f"| {r['cpu_s']} | {r['peak_rss_mb']} | {r['emulator_cpu_s']} | {r['complete']} |"
         )
     return "\n".join(lines)
@@ -556,7 +588,7 @@ def main() -> None:
     parser.add_argument("--reconcile-objects", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per configuration (medians are reported)"
+        "--repeat", type=int, default=5, help="runs per configuration (medians are reported)"
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
@@ -566,17 +598,18 @@ def main() -> None:
     )
     parser.add_argument("--serve-emulator", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--null-controller", help=argparse.SUPPRESS)
+    parser.add_argument("--with-status", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_emulator is not None:
         return serve_emulator(args.serve_emulator)
     if args.null_controller:
-        return null_controller(args.null_controller)
+        return null_controller(args.null_controller, bool(args.with_status))
 
     rows = []
     for window in [1 if e == "lean" else 0 for e in args.emulator.split(",") if e]:
         for n in [int(x) for x in args.n.split(",") if x]:
             for _ in range(args.repeat):  # interleaved, so drift hits both controllers alike
-                for kind in ("null", "operator"):
+                for kind in CONTROLLERS:
                     row = asyncio.run(run_once(kind, n, args.timeout, window))
                     print(json.dumps(row), flush=True)
                     rows.append(row)

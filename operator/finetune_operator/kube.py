@@ -181,7 +181,7 @@ async def request(
         async with rest.pool_manager.request(
             method,
             url,
-            data=None if body is None else json.dumps(body),
+            data=None if body is None else json.dumps(body, separators=(",", ":")).encode(),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
             **extra,

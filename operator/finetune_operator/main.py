@@ -7,6 +7,7 @@ async `serve(...)` with a stop flag to run it in-process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -151,6 +152,12 @@ def run_operator(
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
     logging.getLogger().setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Everything imported so far lives for the whole process: move it out of the collector's
+    # sight, and collect young objects less often. A burst of watch events allocates many
+    # short-lived dicts; with the defaults the collector took a sixth of the operator's CPU.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     asyncio.run(
         serve(
             namespaces=namespaces,

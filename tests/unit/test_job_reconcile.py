@@ -110,7 +110,7 @@ async def test_events_that_bring_nothing_new_are_skipped(
     config = OperatorConfig()
 
     await handlers_job.reconcile(key, indexes, config)
-    await asyncio.sleep(0.01)  # Events are posted by a background task
+    await asyncio.sleep(2 * handlers_job.EVENT_QUIET_S)  # Events: posted once reconciles pause
     assert api == ["create"]
     assert [s["phase"] for s in calls["status"]] == ["Pending"]
     assert calls["events"] == ["JobCreated"]
@@ -121,7 +121,7 @@ async def test_events_that_bring_nothing_new_are_skipped(
     created = handlers_job._recent[key]
     jobs[key] = [created]
     await handlers_job.reconcile(key, indexes, config)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(2 * handlers_job.EVENT_QUIET_S)
     assert len(runs) == 1  # both skipped
     assert api == ["create"]
     assert len(calls["status"]) == 1
@@ -139,3 +139,36 @@ async def test_events_that_bring_nothing_new_are_skipped(
     assert len(calls["status"]) == 2
     assert calls["status"][1]["startTime"] == "2026-11-26T10:00:00Z"
     assert calls["status"][1]["message"] == "The trainer pod is starting."
+
+
+async def test_events_wait_for_a_pause_in_reconciles_but_not_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a burst, Jobs and statuses go first: Events are posted once reconciles pause,
+    and at the latest EVENT_MAX_DELAY_S after they were queued."""
+    loop = asyncio.get_running_loop()
+    posted: dict[str, float] = {}
+
+    async def create_event(involved: Any, reason: str, message: str, **kw: Any) -> None:
+        posted[reason] = loop.time()
+
+    monkeypatch.setattr(kube, "create_event", create_event)
+    monkeypatch.setattr(handlers_job, "EVENT_MAX_DELAY_S", 0.6)
+    handlers_job.reset_state()
+
+    async def busy(seconds: float) -> None:  # reconciles starting every 10 ms
+        end = loop.time() + seconds
+        while loop.time() < end:
+            handlers_job._last_reconcile = loop.time()
+            await asyncio.sleep(0.01)
+
+    start = loop.time()
+    handlers_job._post_event(FTJ, "Short", "m", "Normal")
+    await busy(0.3)
+    await asyncio.sleep(0.2)
+    assert 0.3 <= posted["Short"] - start < 0.55  # after the pause, before the deadline
+
+    start = loop.time()
+    handlers_job._post_event(FTJ, "Long", "m", "Normal")
+    await busy(1.0)
+    assert 0.6 <= posted["Long"] - start < 0.95  # at the deadline, before the pause
