@@ -117,20 +117,21 @@ def start_emulator(window: int) -> tuple[subprocess.Popen[str], str]:
 # --------------------------------------------------------------------------- null controller
 
 
-def null_controller(url: str, write_status: bool) -> None:
-    """Child process: watch FineTuneJobs and create a Job for each (the operator's own Job
-    manifest, built once and renamed per object, so the emulator stores and streams the
-    same bytes), and with write_status also patch `status.phase: Pending`. Nothing else."""
-    sys.path[:0] = [str(ROOT / "crds"), str(ROOT / "operator")]
+def job_template() -> dict[str, Any]:
+    """The Job the operator makes for SPEC (built once, in the benchmark process)."""
     from finetune_operator.config import OperatorConfig
     from finetune_operator.handlers_job import parse_job
     from finetune_operator.jobs import build_job
 
-    template = build_job(
-        parse_job({"metadata": {"name": "tmpl", "namespace": NAMESPACE}, "spec": SPEC}),
-        "uid",
-        OperatorConfig(trainer_image="trainer:bench"),
-    )
+    ftj = {"metadata": {"name": "tmpl", "namespace": NAMESPACE}, "spec": SPEC}
+    return build_job(parse_job(ftj), "uid", OperatorConfig(trainer_image="trainer:bench"))
+
+
+def null_controller(url: str, template_file: str, write_status: bool) -> None:
+    """Child process: watch FineTuneJobs and create a Job for each (the operator's own Job
+    manifest, renamed per object, so the emulator stores and streams the same bytes), and
+    with write_status also patch `status.phase: Pending`. Nothing else."""
+    template = json.loads(Path(template_file).read_text())
 
     def job_for(ftj: dict[str, Any]) -> dict[str, Any]:
         name, uid = ftj["metadata"]["name"], ftj["metadata"]["uid"]
@@ -239,6 +240,8 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
         )
     )
     health = None
+    template = tmp / "job.json"
+    template.write_text(json.dumps(job_template()))
     ctl: subprocess.Popen[Any]
     if kind in CONTROLLERS[:2]:
         ctl = subprocess.Popen(
@@ -247,6 +250,8 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
                 __file__,
                 "--null-controller",
                 url,
+                "--job-template",
+                str(template),
                 "--with-status",
                 str(int(kind != "null")),
             ],
@@ -599,11 +604,12 @@ def main() -> None:
     parser.add_argument("--serve-emulator", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--null-controller", help=argparse.SUPPRESS)
     parser.add_argument("--with-status", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--job-template", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_emulator is not None:
         return serve_emulator(args.serve_emulator)
     if args.null_controller:
-        return null_controller(args.null_controller, bool(args.with_status))
+        return null_controller(args.null_controller, args.job_template, bool(args.with_status))
 
     rows = []
     for window in [1 if e == "lean" else 0 for e in args.emulator.split(",") if e]:
