@@ -2,6 +2,8 @@
 
     python benchmarks/sweep_efficiency.py --data /path/to/sst2 [--trials 30 --seeds 0 1 2 3 4]
 
+(10 seeds, 0-9, by default: ~10 minutes.)
+
 Both arms run through the project's own sweep code (`finetune_operator.sweep_local.run_sweep`:
 the same suggest / prune / budget logic as `finetune sweep` and the operator); only the
 trial executor is a fast proxy, so several seeds fit in ~10 minutes on 2 shared CPU cores:
@@ -411,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-samples", type=int, default=4000)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     ap.add_argument("--out", type=Path, default=Path("runs/sweep_efficiency"))
     ap.add_argument(
         "--pruner",
