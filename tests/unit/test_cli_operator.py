@@ -32,3 +32,18 @@ def test_bad_gpu_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["operator", "-n", "team-a"])
     assert result.exit_code == 2
     assert "FINETUNE_DEFAULT_TOLERATIONS must be a JSON list" in result.stderr
+
+
+def test_no_diff_base_is_safe_only_without_change_handlers() -> None:
+    """`NoDiffBase` drops kopf's per-event diff base, which only change handlers
+    (on.create/update/delete/resume) read: adding one must also restore the default."""
+    import kopf
+
+    from finetune_operator.main import NoDiffBase, configure_settings
+
+    registry = kopf.get_default_registry()
+    assert registry._watching.get_all_handlers()  # the operator's handlers are registered
+    assert registry._changing.get_all_handlers() == []
+    settings = kopf.OperatorSettings()
+    configure_settings(settings, peering=None, namespaces=["ns"])
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
