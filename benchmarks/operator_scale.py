@@ -262,10 +262,10 @@ async def run_once(kind: str, n: int, timeout: float, window: int) -> dict[str, 
         port, hport = _free_port(), _free_port()
         health = f"http://127.0.0.1:{hport}/healthz"
         profile = os.environ.get("FINETUNE_BENCH_PROFILE")  # cProfile output path, optional
-        code = "from finetune_operator.cli import main; main()"
+        code = "from finetune_cli.app import main; main()"
         if profile:
             code = (
-                "import cProfile; from finetune_operator.cli import main; p = cProfile.Profile()\n"
+                "import cProfile; from finetune_cli.app import main; p = cProfile.Profile()\n"
                 f"try:\n    p.runcall(main)\nfinally:\n    p.dump_stats({profile!r})"
             )
         prefix = ["-c", code]

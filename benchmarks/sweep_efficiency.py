@@ -4,7 +4,7 @@
 
 (10 seeds, 0-9, by default: ~10 minutes.)
 
-Both arms run through the project's own sweep code (`finetune_operator.sweep_local.run_sweep`:
+Both arms run through the project's own sweep code (`finetune_cli.sweep_local.run_sweep`:
 the same suggest / prune / budget logic as `finetune sweep` and the operator); only the
 trial executor is a fast proxy, so several seeds fit in ~10 minutes on 2 shared CPU cores:
 
@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from finetune_api.models import HyperparameterSweep
-from finetune_operator.sweep_local import (
+from finetune_cli.sweep_local import (
     SweepResult,
     TrialOutcome,
     TrialReporter,

@@ -415,7 +415,7 @@ class OperatorProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
-                "from finetune_operator.cli import main; main()",
+                "from finetune_cli.app import main; main()",
                 *args,
                 env=env,
                 stdout=log,

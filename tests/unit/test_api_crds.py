@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from finetune_api import crd
-from finetune_operator.cli import app
+from finetune_cli.app import app
 from support import crdcheck
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from finetune_operator.cli import app
+from finetune_cli.app import app
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from finetune_api.models import FineTuneJob, HyperparameterSweep
-from finetune_operator.sweep_local import (
+from finetune_cli.sweep_local import (
     BEST_PARAMS,
     HISTORY_PNG,
     TRIALS_CSV,

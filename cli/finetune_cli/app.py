@@ -107,7 +107,7 @@ def sweep(
 
     try:
         spec = load_manifest(file, HyperparameterSweep, overrides)
-        from finetune_operator.sweep_local import run_sweep
+        from finetune_cli.sweep_local import run_sweep
 
         run_sweep(spec, spec_dir=file.resolve().parent, output=output, workers=workers)
     except UserError as err:

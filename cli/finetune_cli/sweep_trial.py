@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_api.models import FineTuneJob
-from finetune_operator.sweep_local import TrialOutcome, TrialReporter
+from finetune_cli.sweep_records import TrialOutcome, TrialReporter
 
 
 class _ObjectiveSink:
