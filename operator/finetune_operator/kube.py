@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -194,6 +195,36 @@ async def request(
         raise _error(status, reason, payload.decode("utf-8", "replace"))
     data = json.loads(payload) if payload else {}
     return data if isinstance(data, dict) else {}
+
+
+async def stream(
+    url_path: str, *, query: list[tuple[str, str]] | None = None
+) -> AsyncIterator[bytes]:
+    """GET a streaming endpoint (a `?watch=true` list, a followed pod log): yields the body
+    line by line as it arrives, until the server ends it. Raises KubeError like `request`."""
+    api = await _api()
+    rest = api.rest_client
+    headers = {"Accept": "*/*"}
+    headers.update(api.default_headers)
+    auth = (await api.configuration.auth_settings()).get("BearerToken")
+    if auth:
+        headers[auth["key"]] = auth["value"]
+    url = f"{api.configuration.host}{url_path}" + ("?" + urlencode(query) if query else "")
+    extra: dict[str, Any] = {}
+    if rest.proxy:
+        extra["proxy"], extra["proxy_headers"] = rest.proxy, rest.proxy_headers
+    if rest.server_hostname:
+        extra["server_hostname"] = rest.server_hostname
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    try:
+        async with rest.pool_manager.get(url, headers=headers, timeout=timeout, **extra) as resp:
+            if resp.status >= 400:
+                payload = await resp.read()
+                raise _error(resp.status, resp.reason or "", payload.decode("utf-8", "replace"))
+            async for line in resp.content:
+                yield line
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise KubeError(0, type(err).__name__, str(err) or "no response") from None
 
 
 def _error(status: int, reason: str, message: str) -> KubeError:
