@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, to
 from finetune_trainer.errors import TrainerUserError
 from finetune_trainer.modeling import (
     ModelRef,
+    PrecisionChoice,
     choose_precision,
     effective_max_length,
     load_model,
@@ -117,6 +119,39 @@ def run(
         raise
 
 
+@dataclass
+class RunState:
+    """What the stages of one run pass along: `_load` -> `_build_trainer` -> `_train`
+    -> `_evaluate` -> `_save`. Each stage reads the fields before it and fills its own;
+    hooks (extra metrics, artifacts) go into `final` and `artifacts`."""
+
+    spec: FineTuneJobSpec
+    output_dir: Path
+    reporter: Reporter
+    progress_bar: bool
+    precision: PrecisionChoice
+    ref: ModelRef
+    tokenizer: PreTrainedTokenizerBase
+    raw: RawData
+    model: Any
+    max_length: int
+    target: str | None  # causal LM target column (BLEU), else None
+    train_ds: Any
+    eval_ds: Any
+    qat_layers: list[str] = field(default_factory=list)
+    # _build_trainer
+    trainer: Trainer = field(init=False)
+    metrics_fn: evaluation.ClassificationMetrics | None = None
+    resume: str | None = None
+    # _train, _evaluate, _save
+    final: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def task(self) -> Task:
+        return self.spec.task
+
+
 def _run(
     spec: FineTuneJobSpec,
     name: str,
@@ -126,12 +161,33 @@ def _run(
     callbacks: list[TrainerCallback],
     progress_bar: bool,
 ) -> dict[str, float]:
+    _quiet_libraries(progress_bar)
+    state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
+    state.trainer = _build_trainer(state, callbacks)
+    _train(state)
+    _evaluate(state)
+    _save(state)
+    reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts)
+    return dict(reporter.state.metrics)
+
+
+def _quiet_libraries(progress_bar: bool) -> None:
     import datasets
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars; the Trainer keeps its own
     if not progress_bar:
         datasets.disable_progress_bars()
+
+
+def _load(
+    spec: FineTuneJobSpec,
+    spec_dir: Path | None,
+    output_dir: Path,
+    reporter: Reporter,
+    progress_bar: bool,
+) -> RunState:
+    """Model, tokenizer and data, tokenised once; QAT and LoRA applied to the model."""
     hp = spec.hyperparameters
     task = spec.task
     set_seed(hp.seed)
@@ -142,115 +198,146 @@ def _run(
     model = load_model(ref, task, tokenizer, raw.label_map)
     max_length = effective_max_length(model, hp.max_length)
     target = spec.dataset.target_column if task is Task.causal_lm else None
-    train_ds = tokenize(
-        raw.train,
-        tokenizer,
-        task=task,
-        text_column=spec.dataset.text_column,
-        max_length=max_length,
-        target_column=target,
+    train_ds, eval_ds = (
+        tokenize(
+            split,
+            tokenizer,
+            task=task,
+            text_column=spec.dataset.text_column,
+            max_length=max_length,
+            target_column=target,
+        )
+        for split in (raw.train, raw.eval)
     )
-    eval_ds = tokenize(
-        raw.eval,
-        tokenizer,
-        task=task,
-        text_column=spec.dataset.text_column,
-        max_length=max_length,
-        target_column=target,
-    )
+    state = RunState(
+        spec, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw, model,
+        max_length, target, train_ds, eval_ds,
+    )  # fmt: skip
+    _adapt_model(state)
+    return state
 
-    qat_layers: list[str] = []
+
+def _adapt_model(state: RunState) -> None:
+    """QAT, then LoRA, on the loaded model."""
+    spec = state.spec
     if spec.quantization is not None:
         from finetune_trainer import qat  # torchao loads only when QAT is asked for
 
         # Before LoRA: the base Linears get fake quantisation, the adapters wrap them.
-        qat_layers = qat.prepare_qat(model)
+        state.qat_layers = qat.prepare_qat(state.model)
     if spec.lora is not None:
         from finetune_trainer import lora  # peft (and the torchao it pulls in) only for LoRA
 
-        model = lora.apply_lora(model, spec.lora, task)  # type: ignore[assignment]
+        state.model = lora.apply_lora(state.model, spec.lora, spec.task)
 
+
+def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer:
+    """The transformers Trainer with this project's callbacks; sets metrics_fn."""
+    spec, hp = state.spec, state.spec.hyperparameters
     args = training_arguments(
         spec,
-        output_dir=output_dir / CHECKPOINTS,
-        precision=precision,
-        progress_bar=progress_bar,
+        output_dir=state.output_dir / CHECKPOINTS,
+        precision=state.precision,
+        progress_bar=state.progress_bar,
     )
-    metrics_fn = evaluation.ClassificationMetrics() if task is Task.classification else None
+    if state.task is Task.classification:
+        state.metrics_fn = evaluation.ClassificationMetrics()
     trainer = Trainer(
-        model=model,
+        model=state.model,
         args=args,
         data_collator=collator(
-            task, tokenizer, mask_probability=spec.mlm.mask_probability, seed=hp.seed
+            state.task, state.tokenizer, mask_probability=spec.mlm.mask_probability, seed=hp.seed
         ),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        compute_metrics=metrics_fn,
+        train_dataset=state.train_ds,
+        eval_dataset=state.eval_ds,
+        processing_class=state.tokenizer,
+        compute_metrics=state.metrics_fn,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if progress_bar:
+    if state.progress_bar:
         trainer.add_callback(QuietProgressCallback)
-    trainer.add_callback(ReporterCallback(reporter))
+    trainer.add_callback(ReporterCallback(state.reporter))
     if hp.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
     if hp.eval_steps is None:
         trainer.add_callback(TimedCheckpoints(checkpoint_interval()))
     for callback in callbacks:
         trainer.add_callback(callback)
+    return trainer
 
-    resume = resume_checkpoint(output_dir, spec)
-    steps = total_steps(spec, len(train_ds))
-    reporter.start(
-        steps,
-        message=(
-            f"{task.value} {ref.location}{' + LoRA' if spec.lora else ''}"
-            f"{' + QAT int8' if spec.quantization else ''}: {len(train_ds)} train / "
-            f"{len(eval_ds)} eval rows, {steps} steps, precision {precision.name}"
-            + (f", resuming from {Path(resume).name}" if resume else "")
-        ),
+
+def _train(state: RunState) -> None:
+    """Report the start, train (resuming where a checkpoint exists), collect eval metrics."""
+    spec, trainer = state.spec, state.trainer
+    state.resume = resume_checkpoint(state.output_dir, spec)
+    steps = total_steps(spec, len(state.train_ds))
+    state.reporter.start(steps, message=_start_message(state, steps))
+    if state.task is not Task.classification:
+        state.final["perplexityBefore"] = _perplexity_before(
+            trainer, state.output_dir, state.resume
+        )
+    train_result = trainer.train(resume_from_checkpoint=state.resume)
+    state.final.update(status_metrics(train_result.metrics))
+    state.final.update(
+        _final_eval(trainer, spec.hyperparameters.early_stopping_patience is not None)
+    )
+    if state.task is not Task.classification and "evalLoss" in state.final:
+        state.final["perplexity"] = evaluation.perplexity(state.final["evalLoss"])
+
+
+def _start_message(state: RunState, steps: int) -> str:
+    spec = state.spec
+    return (
+        f"{state.task.value} {state.ref.location}{' + LoRA' if spec.lora else ''}"
+        f"{' + QAT int8' if spec.quantization else ''}: {len(state.train_ds)} train / "
+        f"{len(state.eval_ds)} eval rows, {steps} steps, precision {state.precision.name}"
+        + (f", resuming from {Path(state.resume).name}" if state.resume else "")
     )
 
-    final: dict[str, float] = {}
-    if task is not Task.classification:
-        final["perplexityBefore"] = _perplexity_before(trainer, output_dir, resume)
 
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    final.update(status_metrics(train_result.metrics))
-    final.update(_final_eval(trainer, hp.early_stopping_patience is not None))
-    if task is not Task.classification and "evalLoss" in final:
-        final["perplexity"] = evaluation.perplexity(final["evalLoss"])
-
-    artifacts: dict[str, str] = {}
-    if task is Task.classification:
-        assert raw.label_map is not None and metrics_fn is not None
-        if spec.quantization is not None:
+def _evaluate(state: RunState) -> None:
+    """Classification report (QAT: fp32 vs int8 first), or BLEU for causal LM with targets."""
+    if state.task is Task.classification:
+        assert state.raw.label_map is not None and state.metrics_fn is not None
+        if state.spec.quantization is not None:
             qat_metrics, predicted, labels = _finish_qat(
-                trainer, tokenizer, eval_ds, qat_layers, output_dir, artifacts
+                state.trainer,
+                state.tokenizer,
+                state.eval_ds,
+                state.qat_layers,
+                state.output_dir,
+                state.artifacts,
             )
-            final |= qat_metrics
+            state.final |= qat_metrics
         else:
-            predicted, labels = _predictions(trainer, metrics_fn, eval_ds)
-        artifacts |= {
-            k: str(v)
-            for k, v in evaluation.write_classification_report(
-                labels, predicted, raw.label_map.labels, output_dir
-            ).items()
-        }
-    if task is Task.causal_lm and target is not None:
-        final["bleu"] = _bleu(trainer.model, tokenizer, raw, spec, max_length, output_dir)
+            predicted, labels = _predictions(state.trainer, state.metrics_fn, state.eval_ds)
+        report = evaluation.write_classification_report(
+            labels, predicted, state.raw.label_map.labels, state.output_dir
+        )
+        state.artifacts |= {k: str(v) for k, v in report.items()}
+    if state.task is Task.causal_lm and state.target is not None:
+        state.final["bleu"] = _bleu(
+            state.trainer.model,
+            state.tokenizer,
+            state.raw,
+            state.spec,
+            state.max_length,
+            state.output_dir,
+        )
 
+
+def _save(state: RunState) -> None:
+    """Model (QAT saved its int8 model in _evaluate), run.json, log history, loss curve."""
+    spec, trainer, output_dir = state.spec, state.trainer, state.output_dir
     if spec.quantization is None:
-        artifacts |= _save_model(trainer, tokenizer, spec, output_dir)
-    _write_run_info(spec, ref, raw.label_map, max_length, output_dir)
+        state.artifacts |= _save_model(trainer, state.tokenizer, spec, output_dir)
+    _write_run_info(spec, state.ref, state.raw.label_map, state.max_length, output_dir)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if evaluation.plot_loss(trainer.state.log_history, output_dir / "loss.png"):
-        artifacts["lossCurve"] = str(output_dir / "loss.png")
-    artifacts["metrics"] = str(output_dir / METRICS_FILE)
+        state.artifacts["lossCurve"] = str(output_dir / "loss.png")
+    state.artifacts["metrics"] = str(output_dir / METRICS_FILE)
     shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
-    reporter.end(phase="Succeeded", metrics=final, artifacts=artifacts)
-    return dict(reporter.state.metrics)
 
 
 def _perplexity_before(trainer: Trainer, output_dir: Path, resume: str | None) -> float:
