@@ -107,7 +107,11 @@ class ModelSource(ApiModel):
         None, min_length=1, description="Hugging Face hub id, e.g. bert-base-uncased."
     )
     path: str | None = Field(
-        None, min_length=1, description="A local or mounted (PVC) model directory."
+        None,
+        min_length=1,
+        max_length=1024,
+        description="A local or mounted (PVC) model directory. With resources.nodes > 1 it "
+        "must lie under a spec.volumes mountPath (or /cache/huggingface with spec.cache).",
     )
     revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit).")
 
@@ -230,8 +234,27 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = None
 
 
+MAX_NODES = 64  # pods of one multi-node run; beyond this, use a dedicated launcher (JobSet)
+
+
 class Resources(ApiModel):
-    gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu requested by the trainer pod.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu requested by each trainer pod (one worker process per GPU).",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Trainer pods (torchrun nodes); gpus is per pod, so the world size is "
+        "nodes x max(gpus, 1). With nodes > 1 every pod must read the same model: "
+        "model.path must lie under a mountPath of spec.volumes (a PVC, ReadOnlyMany or "
+        "ReadWriteMany) or under /cache/huggingface with spec.cache set, and a hub "
+        "model.name needs spec.cache (enforced by the apiserver; `finetune run` starts "
+        "the nodes as processes on one machine, where every path is reachable).",
+    )
     cpu: Quantity = Field("4", description="CPU request (and limit).")
     memory: Quantity = Field("16Gi", description="Memory request (and limit).")
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -252,8 +275,51 @@ class SecretEnv(ApiModel):
 
 class Volume(ApiModel):
     claim_name: str = Field(pattern=DNS_LABEL, description="PersistentVolumeClaim name.")
-    mount_path: str = Field(pattern=r"^/", description="Where it is mounted in the trainer pod.")
+    mount_path: str = Field(
+        pattern=r"^/", max_length=256, description="Where it is mounted in the trainer pod."
+    )
     read_only: bool = True
+
+
+class Distributed(ApiModel):
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp = a full model replica per worker, gradients all-reduced; fsdp = "
+        "parameters, gradients and optimizer state sharded across workers (models that do "
+        "not fit one GPU), through the HF Trainer's accelerate integration. Applies when "
+        "the world size (resources.nodes x gpus) is above 1.",
+    )
+
+
+class Cache(ApiModel):
+    pvc: str = Field(
+        pattern=DNS_LABEL,
+        description="PersistentVolumeClaim mounted as the Hugging Face cache (HF_HOME, "
+        "/cache/huggingface) on every trainer pod, so nodes and trials download a model "
+        "once. With resources.nodes > 1 it must be ReadWriteMany (or ReadOnlyMany with "
+        "readOnly), since pods on several nodes mount it at once.",
+    )
+    read_only: bool = Field(
+        False,
+        description="Mount the cache read-only: it must already hold the model (and hub "
+        "datasets); the trainer then runs offline (HF_HUB_OFFLINE=1).",
+    )
+
+
+HF_CACHE_MOUNT = "/cache/huggingface"  # where spec.cache is mounted (HF_HOME)
+# CEL: with nodes > 1 every pod must reach the model (rule text in Resources.nodes).
+MULTI_NODE_RULE = (
+    "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes <= 1 || "
+    "(has(self.model.name) ? has(self.cache) : "
+    f"(has(self.cache) && self.model.path.startsWith('{HF_CACHE_MOUNT}/')) || "
+    "(has(self.volumes) && self.volumes.exists(v, self.model.path == v.mountPath || "
+    "self.model.path.startsWith(v.mountPath.endsWith('/') ? v.mountPath : v.mountPath + '/'))))"
+)
+MULTI_NODE_MESSAGE = (
+    "with resources.nodes > 1 every pod must reach the model: put model.path under a "
+    "spec.volumes mountPath (a shared PVC) or under /cache/huggingface with spec.cache, "
+    "or use model.name with spec.cache"
+)
 
 
 class FineTuneJobSpec(ApiModel):
@@ -263,6 +329,7 @@ class FineTuneJobSpec(ApiModel):
                 "!has(self.quantization) || self.task == 'classification'",
                 "quantization (qat) is supported for task classification",
             ),
+            (MULTI_NODE_RULE, MULTI_NODE_MESSAGE),
         )
     )
 
@@ -279,7 +346,18 @@ class FineTuneJobSpec(ApiModel):
         default_factory=list, description="Secrets injected as env vars, e.g. HF_TOKEN."
     )
     volumes: list[Volume] = Field(
-        default_factory=list, description="PVCs mounted into the trainer pod (data, models)."
+        default_factory=list,
+        max_length=32,
+        description="PVCs mounted into the trainer pod (data, models).",
+    )
+    distributed: Distributed = Field(
+        default_factory=Distributed,
+        description="How several workers (resources.nodes x gpus) share the training.",
+    )
+    cache: Cache | None = Field(
+        None,
+        description="A PVC used as the Hugging Face cache on every trainer pod; absent = a "
+        "per-pod emptyDir (each pod downloads the model).",
     )
     image: str | None = Field(None, description="Trainer image; default from the operator.")
     backoff_limit: int = Field(2, ge=0, le=100)
@@ -319,6 +397,11 @@ class Artifacts(ApiModel):
     confusion_matrix: str | None = None
 
 
+class Workers(ApiModel):
+    ready: int = Field(0, ge=0, description="Trainer pods running and ready.")
+    total: int = Field(1, ge=1, description="Trainer pods of the run (spec.resources.nodes).")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -332,6 +415,9 @@ class FineTuneJobStatus(ApiModel):
         default_factory=list, description="Per-evaluation metrics (bounded), feeds pruners."
     )
     artifacts: Artifacts | None = None
+    workers: Workers | None = Field(
+        None, description="Multi-node runs: how many trainer pods are ready, of how many."
+    )
     message: str | None = None
 
 
@@ -409,6 +495,8 @@ def tunable_paths(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "") ->
         "backoffLimit",
         "activeDeadlineSeconds",
         "quantization",
+        "distributed",
+        "cache",
     }
     paths: list[str] = []
     for name, field in model.model_fields.items():

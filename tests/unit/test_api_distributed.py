@@ -1,0 +1,113 @@
+"""The multi-node API: resources.nodes, distributed.strategy, cache, and the CEL rule that
+every node must reach the model (checked as the apiserver would, with crdcheck)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from finetune_api.models import FineTuneJobSpec, FineTuneJobStatus
+from support import crdcheck
+
+pytestmark = pytest.mark.unit
+
+
+def manifest(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "task": "classification",
+        "model": {"path": "/models/minilm"},
+        "dataset": {"train": {"path": "/data/train.tsv"}},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "dist"},
+        "spec": copy.deepcopy(base),
+    }
+
+
+def test_defaults_single_node_ddp_no_cache() -> None:
+    spec = FineTuneJobSpec.model_validate(manifest()["spec"])
+    assert spec.resources.nodes == 1
+    assert spec.distributed.strategy == "ddp"
+    assert spec.cache is None
+
+
+@pytest.mark.parametrize("nodes", [0, 65])
+def test_nodes_bounds(nodes: int) -> None:
+    doc = manifest(resources={"nodes": nodes})
+    assert any("nodes" in e for e in crdcheck.validate(doc))
+    with pytest.raises(ValidationError, match="nodes"):
+        FineTuneJobSpec.model_validate(doc["spec"])
+
+
+def test_unknown_strategy_is_refused() -> None:
+    doc = manifest(distributed={"strategy": "deepspeed"})
+    assert any("strategy" in e for e in crdcheck.validate(doc))
+
+
+SHARED = [{"claimName": "models", "mountPath": "/models"}]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "ok"),
+    [
+        ("one node, local path", {}, True),
+        ("two nodes, path not on a volume", {"resources": {"nodes": 2}}, False),
+        ("two nodes, path on a PVC", {"resources": {"nodes": 2}, "volumes": SHARED}, True),
+        (
+            "two nodes, prefix is not a parent folder",
+            {
+                "resources": {"nodes": 2},
+                "volumes": [{"claimName": "m", "mountPath": "/mod"}],
+            },
+            False,
+        ),
+        (
+            "two nodes, hub name without cache",
+            {"resources": {"nodes": 2}, "model": {"name": "bert-base-uncased"}},
+            False,
+        ),
+        (
+            "two nodes, hub name with cache",
+            {
+                "resources": {"nodes": 2},
+                "model": {"name": "bert-base-uncased"},
+                "cache": {"pvc": "hf-cache"},
+            },
+            True,
+        ),
+        (
+            "two nodes, path inside the cache",
+            {
+                "resources": {"nodes": 2},
+                "model": {"path": "/cache/huggingface/minilm"},
+                "cache": {"pvc": "hf-cache", "readOnly": True},
+            },
+            True,
+        ),
+    ],
+)
+def test_multi_node_model_must_be_reachable_from_every_node(
+    case: str, spec: dict[str, Any], ok: bool
+) -> None:
+    errors = crdcheck.validate(manifest(**spec))
+    if ok:
+        assert errors == [], case
+    else:
+        assert any("every pod must reach the model" in e for e in errors), (case, errors)
+
+
+def test_the_reachability_rule_is_cluster_only() -> None:
+    """`finetune run` runs every node on one machine: a local path is fine there."""
+    spec = FineTuneJobSpec.model_validate(manifest(resources={"nodes": 2})["spec"])
+    assert spec.resources.nodes == 2
+
+
+def test_status_workers_round_trip() -> None:
+    status = FineTuneJobStatus.model_validate({"workers": {"ready": 1, "total": 2}})
+    assert status.dump()["workers"] == {"ready": 1, "total": 2}
