@@ -42,6 +42,8 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
 DEFAULT_SERVICE_ACCOUNT = "finetune-trainer"
 DEFAULT_OUTPUT_PATH = "/output"
 TERMINATION_LOG = "/dev/termination-log"
+DEFAULT_TMP_SIZE_LIMIT = "4Gi"
+DEFAULT_CACHE_SIZE_LIMIT = "50Gi"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class OperatorConfig:
     # Applied to GPU Jobs whose spec sets none (GPU node pools are usually labelled/tainted).
     default_node_selector: tuple[tuple[str, str], ...] = ()
     default_tolerations: tuple[dict[str, Any], ...] = ()
+    # sizeLimit of the trainer's emptyDir scratch mounts (/tmp and the HF cache).
+    tmp_size_limit: str = DEFAULT_TMP_SIZE_LIMIT
+    cache_size_limit: str = DEFAULT_CACHE_SIZE_LIMIT
 
     @classmethod
     def from_env(cls, trainer_image: str | None = None) -> OperatorConfig:
@@ -86,6 +91,9 @@ class OperatorConfig:
                 sorted(_json_env("FINETUNE_DEFAULT_NODE_SELECTOR", dict).items())
             ),
             default_tolerations=tuple(_json_env("FINETUNE_DEFAULT_TOLERATIONS", list)),
+            tmp_size_limit=env.get("FINETUNE_TRAINER_TMP_SIZE_LIMIT") or DEFAULT_TMP_SIZE_LIMIT,
+            cache_size_limit=env.get("FINETUNE_TRAINER_CACHE_SIZE_LIMIT")
+            or DEFAULT_CACHE_SIZE_LIMIT,
         )
 
 

@@ -27,6 +27,12 @@ from finetune_operator.config import (
     TERMINATION_LOG,
     OperatorConfig,
 )
+from finetune_operator.hardening import (
+    container_security_context,
+    pod_security_context,
+    scratch_env,
+    scratch_volumes,
+)
 
 MAX_NAME = 63
 JOB_SUFFIX = "-train"
@@ -120,6 +126,7 @@ def _env(ftj: FineTuneJob, uid: str, config: OperatorConfig) -> list[dict[str, A
         {"name": "FINETUNE_STATUS_SINK", "value": "kubernetes"},
         {"name": "FINETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        *scratch_env(),
     ]
     if config.status_interval_seconds is not None:
         env.append(
@@ -189,6 +196,9 @@ def build_job(
     name = ftj.metadata.name
     labels = job_labels(ftj)
     volumes, mounts = _volumes(spec)
+    scratch, scratch_mounts = scratch_volumes(spec, config)
+    volumes += scratch
+    mounts += scratch_mounts
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or config.trainer_image,
@@ -199,16 +209,11 @@ def build_job(
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        # The Pod Security "restricted" profile: the trainer image runs as uid 10001.
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": volumes,
     }

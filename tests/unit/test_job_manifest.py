@@ -212,10 +212,51 @@ def test_defaults_parsed_from_the_charts_env(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_trainer_pod_meets_the_restricted_pod_security_profile() -> None:
     for name in CASES:
-        container = render(name)["spec"]["template"]["spec"]["containers"][0]
-        assert container["securityContext"] == {
+        pod = render(name)["spec"]["template"]["spec"]
+        # fsGroup makes a freshly provisioned (root-owned) output PVC writable for uid 10001.
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        assert pod["containers"][0]["securityContext"] == {
             "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         }
+
+
+def test_read_only_root_has_bounded_scratch_mounts_for_every_writer() -> None:
+    for name in CASES:
+        spec = CASES[name][0]
+        pod = render(name)["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+        assert len(mounts) == len(c["volumeMounts"]), "two volumes on one path"
+        assert mounts["/tmp"]["emptyDir"] == {"sizeLimit": "4Gi"}
+        assert mounts["/cache/huggingface"]["emptyDir"] == {"sizeLimit": "50Gi"}
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        # Every path the trainer or a library writes to lies in a mount.
+        writable = [*mounts]
+        for var in ("HOME", "TMPDIR", "MPLCONFIGDIR", "HF_HOME"):
+            assert any(env[var].startswith(path) for path in writable), var
+        output = spec.get("output", {}).get("path", "/output")
+        assert output in mounts
+
+
+def test_scratch_size_limits_come_from_the_operator_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FINETUNE_TRAINER_TMP_SIZE_LIMIT", "1Gi")
+    monkeypatch.setenv("FINETUNE_TRAINER_CACHE_SIZE_LIMIT", "200Gi")
+    ftj = FineTuneJob.model_validate({"metadata": {"name": "d"}, "spec": BASE})
+    pod = build_job(ftj, UID, OperatorConfig.from_env())["spec"]["template"]["spec"]
+    sizes = {v["name"]: v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v}
+    assert sizes["tmp"] == "1Gi" and sizes["hf-cache"] == "200Gi"
