@@ -215,6 +215,66 @@ class Mlm(ApiModel):
     mask_probability: float = Field(0.15, gt=0, lt=1)
 
 
+class Distillation(ApiModel):
+    """Knowledge distillation (Hinton et al.): spec.model is the student."""
+
+    teacher: ModelSource = Field(
+        description="A fine-tuned classifier with the same labels: a model directory, a "
+        "finished run's directory (its run.json is read), or a hub id."
+    )
+    temperature: float = Field(
+        2.0, gt=0, le=100, description="Softens both distributions in the soft-target loss."
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of the soft-target (KL * T^2) loss; 1 - alpha weighs the "
+        "cross-entropy on the labels.",
+    )
+
+
+class Pruning(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.schedule) || self.method != 'heads' || self.schedule == 'one-shot'",
+                "pruning.method heads is one-shot (after training): use schedule one-shot",
+            ),
+        )
+    )
+
+    sparsity: float = Field(
+        0.5,
+        ge=0,
+        le=0.95,
+        description="magnitude: share of the transformer blocks' weights set to zero; "
+        "heads: share of the attention heads removed.",
+    )
+    method: Literal["magnitude", "heads"] = Field(
+        "magnitude",
+        description="magnitude = global unstructured L1 pruning of the blocks' Linear "
+        "weights; heads = attention heads removed (a smaller model on disk).",
+    )
+    schedule: Literal["one-shot", "gradual"] | None = Field(
+        None,
+        description="one-shot = prune once after training; gradual = raise sparsity on a "
+        "cubic schedule during training. Default: gradual for magnitude, one-shot for heads.",
+    )
+
+    @model_validator(mode="after")
+    def _heads_one_shot(self) -> Pruning:
+        if self.method == "heads" and self.schedule == "gradual":
+            raise ValueError(
+                "pruning.method heads is one-shot (after training): use schedule one-shot"
+            )
+        return self
+
+    @property
+    def effective_schedule(self) -> str:
+        return self.schedule or ("gradual" if self.method == "magnitude" else "one-shot")
+
+
 class Output(ApiModel):
     path: str | None = Field(
         None, description="Artifact directory; default /output in a pod, ./runs/NAME locally."
@@ -322,6 +382,25 @@ MULTI_NODE_MESSAGE = (
 )
 
 
+# (CEL rule, message) pairs; FineTuneJobSpec._optimisation_rules checks the same.
+OPTIMISATION_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "!has(self.distillation) || self.task == 'classification'",
+        "distillation is supported for task classification",
+    ),
+    (
+        "!has(self.pruning) || !has(self.quantization)",
+        "pruning with quantization (qat) is not supported: prune in one job, then run "
+        "qat on its pruned model (model.path) in a second",
+    ),
+    (
+        "!has(self.pruning) || !has(self.lora)",
+        "pruning with lora is not supported: merging the adapter's dense update would "
+        "undo the sparsity; prune a full fine-tune, or a LoRA run's merged model",
+    ),
+)
+
+
 class FineTuneJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
@@ -330,6 +409,7 @@ class FineTuneJobSpec(ApiModel):
                 "quantization (qat) is supported for task classification",
             ),
             (MULTI_NODE_RULE, MULTI_NODE_MESSAGE),
+            *OPTIMISATION_RULES,
         )
     )
 
@@ -340,6 +420,10 @@ class FineTuneJobSpec(ApiModel):
     lora: Lora | None = Field(None, description="PEFT LoRA adapters; absent = full fine-tuning.")
     quantization: Quantization | None = Field(None, description="Quantization-aware training.")
     mlm: Mlm = Field(default_factory=Mlm, description="masked-lm task settings.")
+    distillation: Distillation | None = Field(
+        None, description="Train spec.model as a student of a teacher (classification)."
+    )
+    pruning: Pruning | None = Field(None, description="Prune the model (any task).")
     output: Output = Field(default_factory=Output)
     resources: Resources = Field(default_factory=Resources)
     secrets: list[SecretEnv] = Field(
@@ -368,6 +452,19 @@ class FineTuneJobSpec(ApiModel):
     def _qat_task(self) -> FineTuneJobSpec:
         if self.quantization is not None and self.task is not Task.classification:
             raise ValueError("quantization (qat) is supported for task classification")
+        return self
+
+    @model_validator(mode="after")
+    def _optimisation_rules(self) -> FineTuneJobSpec:
+        """The OPTIMISATION_RULES, in the same order."""
+        broken = (
+            self.distillation is not None and self.task is not Task.classification,
+            self.pruning is not None and self.quantization is not None,
+            self.pruning is not None and self.lora is not None,
+        )
+        for (_, message), bad in zip(OPTIMISATION_RULES, broken, strict=True):
+            if bad:
+                raise ValueError(message)
         return self
 
 
@@ -505,6 +602,8 @@ def tunable_paths(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "") ->
             continue
         ann = field.annotation
         sub = _model_of(ann)
+        if alias == "teacher":
+            continue
         if sub is not None:
             paths += tunable_paths(sub, f"{prefix}{alias}.")
         elif alias not in {"targetModules"}:
