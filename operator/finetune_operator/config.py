@@ -66,6 +66,10 @@ class OperatorConfig:
     # sizeLimit of the trainer's emptyDir scratch mounts (/tmp and the HF cache).
     tmp_size_limit: str = DEFAULT_TMP_SIZE_LIMIT
     cache_size_limit: str = DEFAULT_CACHE_SIZE_LIMIT
+    # A PVC used as the HF cache of every trainer pod whose spec sets no `cache` (chart
+    # value trainer.cache); ReadWriteMany when several pods or nodes share it.
+    cache_pvc: str = ""
+    cache_read_only: bool = False
 
     @classmethod
     def from_env(cls, trainer_image: str | None = None) -> OperatorConfig:
@@ -94,6 +98,8 @@ class OperatorConfig:
             tmp_size_limit=env.get("FINETUNE_TRAINER_TMP_SIZE_LIMIT") or DEFAULT_TMP_SIZE_LIMIT,
             cache_size_limit=env.get("FINETUNE_TRAINER_CACHE_SIZE_LIMIT")
             or DEFAULT_CACHE_SIZE_LIMIT,
+            cache_pvc=env.get("FINETUNE_TRAINER_CACHE_PVC", ""),
+            cache_read_only=env.get("FINETUNE_TRAINER_CACHE_READ_ONLY", "").lower() == "true",
         )
 
 

@@ -60,13 +60,28 @@ def container_security_context() -> dict[str, Any]:
 
 
 def cache_volume(spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
-    """The volume mounted at HF_HOME: today a bounded emptyDir.
+    """The volume mounted at HF_HOME: a PVC (`spec.cache`, else the chart's `trainer.cache`),
+    else a bounded emptyDir.
 
-    The one place that decides where the Hugging Face cache lives: a PVC given for the
-    cache (`spec.cache`, planned with multi-node training) is returned from here instead.
+    The one place that decides where the Hugging Face cache lives: a shared PVC lets
+    several pods (nodes of one run, trials of a sweep, later runs) reuse downloads.
     """
-    del spec  # the seam for spec.cache
+    claim, read_only = cache_claim(spec, config)
+    if claim:
+        pvc: dict[str, Any] = {"claimName": claim}
+        if read_only:
+            pvc["readOnly"] = True
+        return {"name": CACHE_VOLUME, "persistentVolumeClaim": pvc}
     return {"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": config.cache_size_limit}}
+
+
+def cache_claim(spec: FineTuneJobSpec, config: OperatorConfig) -> tuple[str | None, bool]:
+    """(PVC, read-only) of the HF cache: `spec.cache`, else the chart's default, else none."""
+    if spec.cache is not None:
+        return spec.cache.pvc, spec.cache.read_only
+    if config.cache_pvc:
+        return config.cache_pvc, config.cache_read_only
+    return None, False
 
 
 def scratch_volumes(
@@ -77,13 +92,23 @@ def scratch_volumes(
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": config.tmp_size_limit}},
         cache_volume(spec, config),
     ]
-    mounts = [
-        {"name": TMP_VOLUME, "mountPath": TMP_PATH},
-        {"name": CACHE_VOLUME, "mountPath": HF_CACHE_PATH},
-    ]
+    cache_mount: dict[str, Any] = {"name": CACHE_VOLUME, "mountPath": HF_CACHE_PATH}
+    if cache_claim(spec, config)[1]:
+        cache_mount["readOnly"] = True
+    mounts = [{"name": TMP_VOLUME, "mountPath": TMP_PATH}, cache_mount]
     return volumes, mounts
 
 
-def scratch_env() -> list[dict[str, Any]]:
-    """HOME, TMPDIR, MPLCONFIGDIR and HF_HOME pointed into the scratch mounts."""
-    return [{"name": k, "value": v} for k, v in SCRATCH_ENV]
+def scratch_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """HOME, TMPDIR, MPLCONFIGDIR and HF_HOME pointed into the scratch mounts.
+
+    A read-only cache takes no downloads and no Arrow files of the datasets library: the
+    trainer then runs offline and builds datasets under /tmp.
+    """
+    env = [{"name": k, "value": v} for k, v in SCRATCH_ENV]
+    if cache_claim(spec, config)[1]:
+        env += [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_DATASETS_CACHE", "value": f"{TMP_PATH}/hf-datasets"},
+        ]
+    return env

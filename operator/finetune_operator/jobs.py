@@ -27,6 +27,7 @@ from finetune_operator.config import (
     TERMINATION_LOG,
     OperatorConfig,
 )
+from finetune_operator.gang import shape_job
 from finetune_operator.hardening import (
     container_security_context,
     pod_security_context,
@@ -126,7 +127,7 @@ def _env(ftj: FineTuneJob, uid: str, config: OperatorConfig) -> list[dict[str, A
         {"name": "FINETUNE_STATUS_SINK", "value": "kubernetes"},
         {"name": "FINETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
-        *scratch_env(),
+        *scratch_env(ftj.spec, config),
     ]
     if config.status_interval_seconds is not None:
         env.append(
@@ -252,7 +253,8 @@ def build_job(
     }
     if ftj.metadata.namespace:
         metadata["namespace"] = ftj.metadata.namespace
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    return shape_job(job, ftj)  # torchrun: several GPUs, or an Indexed Job over nodes
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
