@@ -400,6 +400,10 @@ OPTIMISATION_RULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+FSDP_MESSAGE = (
+    "distributed.strategy fsdp is for full fine-tuning: use ddp with lora or quantization"
+)
+
 
 class FineTuneJobSpec(ApiModel):
     model_config = ConfigDict(
@@ -409,6 +413,11 @@ class FineTuneJobSpec(ApiModel):
                 "quantization (qat) is supported for task classification",
             ),
             (MULTI_NODE_RULE, MULTI_NODE_MESSAGE),
+            (
+                "!has(self.distributed) || self.distributed.strategy != 'fsdp' || "
+                "(!has(self.lora) && !has(self.quantization))",
+                FSDP_MESSAGE,
+            ),
             *OPTIMISATION_RULES,
         )
     )
@@ -452,6 +461,8 @@ class FineTuneJobSpec(ApiModel):
     def _qat_task(self) -> FineTuneJobSpec:
         if self.quantization is not None and self.task is not Task.classification:
             raise ValueError("quantization (qat) is supported for task classification")
+        if self.distributed.strategy == "fsdp" and (self.lora or self.quantization):
+            raise ValueError(FSDP_MESSAGE)
         return self
 
     @model_validator(mode="after")

@@ -111,3 +111,13 @@ def test_the_reachability_rule_is_cluster_only() -> None:
 def test_status_workers_round_trip() -> None:
     status = FineTuneJobStatus.model_validate({"workers": {"ready": 1, "total": 2}})
     assert status.dump()["workers"] == {"ready": 1, "total": 2}
+
+
+@pytest.mark.parametrize("extra", [{"lora": {"rank": 4}}, {"quantization": {"mode": "qat"}}])
+def test_fsdp_is_for_full_fine_tuning(extra: dict[str, Any]) -> None:
+    doc = manifest(distributed={"strategy": "fsdp"}, **extra)
+    assert any("fsdp is for full fine-tuning" in e for e in crdcheck.validate(doc))
+    with pytest.raises(ValidationError, match="fsdp is for full fine-tuning"):
+        FineTuneJobSpec.model_validate(doc["spec"])
+    doc = manifest(distributed={"strategy": "ddp"}, **extra)
+    assert crdcheck.validate(doc) == []
