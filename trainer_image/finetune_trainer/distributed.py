@@ -1,0 +1,73 @@
+"""The trainer under torchrun: who this process is, and what it may do alone.
+
+torchrun (`python -m torch.distributed.run`, in a pod or from `finetune run` with
+`resources.nodes > 1`) starts one process per worker and sets RANK, WORLD_SIZE and
+LOCAL_RANK. The HF Trainer (through accelerate) then joins the process group (gloo on
+CPU, nccl on GPU), shards the training batches, all-reduces gradients (DDP) or shards
+the model (FSDP), and gathers evaluation predictions so every rank computes the same
+metrics. What is left to this project: only the main process (rank 0) reports
+progress and status, writes metrics.json, plots and the run's files, and every rank
+takes part in the collective steps (evaluate, save_model under FSDP).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from finetune_api.models import FineTuneJobSpec
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the workers (1 process: rank 0 of 1)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """From torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); defaults to one process."""
+    env = os.environ
+    return World(
+        rank=int(env.get("RANK", "0")),
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        size=int(env.get("WORLD_SIZE", "1")),
+    )
+
+
+def backend() -> str:
+    """nccl between GPUs, gloo on CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def training_kwargs(spec: FineTuneJobSpec, size: int) -> dict[str, Any]:
+    """TrainingArguments for several workers: the backend, and FSDP when asked for.
+
+    fsdp maps to transformers 5's `fsdp=True` + `fsdp_config` (FSDP2 through accelerate:
+    each transformer block wrapped, full state dict gathered on save).
+    """
+    if size <= 1:
+        return {}
+    kwargs: dict[str, Any] = {"ddp_backend": backend()}
+    if spec.distributed.strategy == "fsdp":
+        kwargs["fsdp"] = True
+        kwargs["fsdp_config"] = {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "reshard_after_forward": True,
+            "state_dict_type": "FULL_STATE_DICT",
+        }
+    return kwargs
