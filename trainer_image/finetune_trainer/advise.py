@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer.data import LENGTH_COLUMN, load_raw, tokenize
+from finetune_trainer.data import LENGTH_COLUMN, RawData, load_raw, tokenize
 from finetune_trainer.errors import ModelError
 from finetune_trainer.modeling import effective_max_length, load_tokenizer, resolve_model
 from finetune_trainer.training import total_steps
@@ -308,6 +308,9 @@ def eval_margin(eval_rows: int, accuracy: float = 0.5) -> float:
     return 1.96 * math.sqrt(p * (1 - p) / max(1, eval_rows))
 
 
+Sentences = tuple[list[str], list[str]]  # (recommendations, warnings)
+
+
 def recommend(
     spec: FineTuneJobSpec,
     *,
@@ -321,13 +324,25 @@ def recommend(
     has_mask_token: bool,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(recommendations, warnings): plain sentences with the numbers behind them."""
+    parts = [
+        _size_advice(spec, data, lengths, classes),
+        _baseline_advice(baseline),
+        _length_advice(lengths),
+        _domain_advice(domain, spec.task, has_mask_token),
+        _steps_and_eval_advice(spec, data, steps_per_epoch, steps, classes, baseline),
+    ]
+    recs = [line for part in parts for line in part[0]]
+    warns = [line for part in parts for line in part[1]]
+    return tuple(recs), tuple(warns)
+
+
+def _size_advice(
+    spec: FineTuneJobSpec, data: DataSize, lengths: LengthStats, classes: ClassStats | None
+) -> Sentences:
+    """How to train, by data size."""
     recs: list[str] = []
-    warns: list[str] = []
     task = spec.task
     hp = spec.hyperparameters
-    lora = spec.lora is not None
-
-    # How to train, by data size.
     if classes is not None:
         per_class = classes.min_per_class
         if per_class < FEW_PER_CLASS:
@@ -366,7 +381,13 @@ def recommend(
         else:
             recs.append(f"Large corpus ({tokens:,} tokens): full {kind}; one epoch is plenty.")
 
-    # The baseline to beat.
+    return recs, []
+
+
+def _baseline_advice(baseline: Baseline | None) -> Sentences:
+    """The baseline to beat."""
+    recs: list[str] = []
+    warns: list[str] = []
     if baseline is not None:
         recs.append(
             f"Fine-tuning must beat the TF-IDF baseline: accuracy {baseline.accuracy:.3f}, "
@@ -378,7 +399,13 @@ def recommend(
                 "is nearly linearly separable; fine-tuning may add little for its cost."
             )
 
-    # Sequence length.
+    return recs, warns
+
+
+def _length_advice(lengths: LengthStats) -> Sentences:
+    """Sequence length against maxLength and the model's limit."""
+    recs: list[str] = []
+    warns: list[str] = []
     if lengths.truncated_share > TRUNCATION_WARN:
         recs.append(
             f"maxLength {lengths.max_length} truncates {lengths.truncated_share:.1%} of the "
@@ -397,7 +424,13 @@ def recommend(
             "tokens: long inputs are always cut; consider a long-context model or chunking."
         )
 
-    # Domain similarity.
+    return recs, warns
+
+
+def _domain_advice(domain: DomainStats, task: Task, has_mask_token: bool) -> Sentences:
+    """Domain similarity (the tokenizer proxy)."""
+    recs: list[str] = []
+    warns: list[str] = []
     if domain.unfamiliar:
         why = (
             f"fertility {domain.fertility:.2f} tokens/word vs {domain.reference_fertility:.2f} "
@@ -427,7 +460,22 @@ def recommend(
                 "(byte-level BPE or multilingual)."
             )
 
-    # Steps and evaluation.
+    return recs, warns
+
+
+def _steps_and_eval_advice(
+    spec: FineTuneJobSpec,
+    data: DataSize,
+    steps_per_epoch: int,
+    steps: int,
+    classes: ClassStats | None,
+    baseline: Baseline | None,
+) -> Sentences:
+    """Optimizer steps, LoRA on large data, and what the eval set can tell."""
+    recs: list[str] = []
+    warns: list[str] = []
+    hp = spec.hyperparameters
+    lora = spec.lora is not None
     if steps < MIN_STEPS:
         warns.append(
             f"Only {steps} optimizer steps in total ({steps_per_epoch} per epoch at batchSize "
@@ -458,7 +506,7 @@ def recommend(
                 + ", ".join(classes.missing_in_eval[:10])
                 + "; their scores cannot be measured."
             )
-    return tuple(recs), tuple(warns)
+    return recs, warns
 
 
 def _epochs_note(epochs: float, low: float, high: float) -> str:
@@ -471,15 +519,25 @@ def _epochs_note(epochs: float, low: float, high: float) -> str:
 # I/O: load through the trainer's own code, then compute
 
 
-def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
-    """Load the spec's data and tokenizer (as `finetune run` would) and measure; no training."""
+@dataclass
+class _Loaded:
+    """What `advise` reads through the trainer's own code."""
+
+    location: str
+    tokenizer: PreTrainedTokenizerBase
+    raw: RawData
+    train_ds: Any  # the tokenized train split (datasets.Dataset), untruncated
+    max_length: int
+    model_limit: int | None
+
+
+def _load(spec: FineTuneJobSpec, spec_dir: Path | None) -> _Loaded:
+    """Tokenizer, model config (never the weights) and data, as `finetune run` loads them."""
     import datasets
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    spec = job.spec
-    hp = spec.hyperparameters
-    task = spec.task
+    hp, task = spec.hyperparameters, spec.task
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
@@ -507,20 +565,42 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-    lengths = length_stats(
-        list(train_ds[LENGTH_COLUMN]),
-        max_length,
-        model_limit if model_limit < UNLIMITED_LENGTH else None,
-    )
+    limit = model_limit if model_limit < UNLIMITED_LENGTH else None
+    return _Loaded(ref.location, tokenizer, raw, train_ds, max_length, limit)
+
+
+def _domain_sample(texts: list[str], seed: int) -> list[str]:
+    if len(texts) <= DOMAIN_SAMPLE:
+        return texts
+    rng = np.random.default_rng(seed)
+    return [texts[i] for i in rng.choice(len(texts), DOMAIN_SAMPLE, False)]
+
+
+def _classes_and_baseline(
+    raw: RawData, train_texts: list[str], eval_texts: list[str]
+) -> tuple[ClassStats | None, Baseline | None]:
+    """Class counts and the TF-IDF baseline (classification only)."""
+    if raw.label_map is None:
+        return None, None
+    train_labels = [int(y) for y in raw.train.data["labels"]]
+    eval_labels = [int(y) for y in raw.eval.data["labels"]]
+    classes = class_stats(train_labels, eval_labels, raw.label_map.labels)
+    n = min(len(train_texts), BASELINE_MAX_TRAIN)
+    baseline = tfidf_baseline(train_texts[:n], train_labels[:n], eval_texts, eval_labels)
+    return classes, baseline
+
+
+def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
+    """Load the spec's data and tokenizer (as `finetune run` would) and measure; no training."""
+    spec = job.spec
+    hp = spec.hyperparameters
+    loaded = _load(spec, spec_dir)
+    raw, train_ds = loaded.raw, loaded.train_ds
+    lengths = length_stats(list(train_ds[LENGTH_COLUMN]), loaded.max_length, loaded.model_limit)
     text_column = spec.dataset.text_column
     train_texts = [str(t) for t in raw.train.data[text_column]]
     eval_texts = [str(t) for t in raw.eval.data[text_column]]
-    sample = train_texts
-    if len(sample) > DOMAIN_SAMPLE:
-        rng = np.random.default_rng(hp.seed)
-        sample = [train_texts[i] for i in rng.choice(len(train_texts), DOMAIN_SAMPLE, False)]
-    domain = domain_stats(tokenizer, sample)
-
+    domain = domain_stats(loaded.tokenizer, _domain_sample(train_texts, hp.seed))
     data = DataSize(
         train_rows=len(raw.train.data),
         eval_rows=len(raw.eval.data),
@@ -528,14 +608,7 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
         if spec.dataset.eval is not None
         else f"held out {spec.dataset.eval_fraction:g} of train",
     )
-    classes = baseline = None
-    if raw.label_map is not None:
-        train_labels = [int(y) for y in raw.train.data["labels"]]
-        eval_labels = [int(y) for y in raw.eval.data["labels"]]
-        classes = class_stats(train_labels, eval_labels, raw.label_map.labels)
-        n = min(len(train_texts), BASELINE_MAX_TRAIN)
-        baseline = tfidf_baseline(train_texts[:n], train_labels[:n], eval_texts, eval_labels)
-
+    classes, baseline = _classes_and_baseline(raw, train_texts, eval_texts)
     one_epoch = spec.model_copy(
         update={"hyperparameters": hp.model_copy(update={"epochs": 1, "max_steps": -1})}
     )
@@ -550,12 +623,12 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
         steps=steps,
         classes=classes,
         baseline=baseline,
-        has_mask_token=tokenizer.mask_token is not None,
+        has_mask_token=loaded.tokenizer.mask_token is not None,
     )
     return Advice(
         name=job.metadata.name,
-        task=task,
-        model=ref.location,
+        task=spec.task,
+        model=loaded.location,
         data=data,
         lengths=lengths,
         domain=domain,
