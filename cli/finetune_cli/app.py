@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from finetune_api.manifest import UserError
+from finetune_cli import cluster_commands
 
 app = typer.Typer(
     name="finetune",
@@ -50,6 +51,11 @@ def run(
 
     try:
         job = load_manifest(file, FineTuneJob, overrides)
+        if job.spec.resources.nodes > 1:  # worker processes under torchrun, as in a pod
+            from finetune_cli.launch import run_workers
+
+            run_workers(job, spec_dir=file.resolve().parent, output=output)
+            return
         from finetune_trainer.run import run_local
 
         run_local(job, spec_dir=file.resolve().parent, output=output)
@@ -168,6 +174,9 @@ def crds(
             typer.echo(f"wrote {path}")
     else:
         sys.stdout.write(crd.render_all())
+
+
+cluster_commands.register(app)  # get, watch, describe, logs
 
 
 def main() -> None:  # pragma: no cover - console entry
