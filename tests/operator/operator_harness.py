@@ -20,8 +20,12 @@ Fixtures:
               Job/Pod statuses (running, succeeded, OOMKilled, image pull backoff, ...).
               `await kubelet.run_process(job, env=..., cwd=...)` runs the Job's container command
               as a local process, like a node would, and reports the result into Job/Pod status.
-- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body with uid/generation set
-  (the emulator keeps none of its own).
+- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body to create.
+
+The emulator is `support.apiserver.ApiServerEmulator`: kmock's emulator with kube-apiserver's
+write semantics for FineTuneJobs and sweeps (schema, CEL, pruning, defaults, status
+subresource, generation, resourceVersion conflicts). `cluster.emulator.pruned` lists every
+field a write lost to pruning; the `cluster` fixture fails a test that leaves any.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import aiohttp
 import kmock
 
 from finetune_operator import kube
+from support.apiserver import ApiServerEmulator
 
 FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
 SWEEP = ("finetune.dev", "v1alpha1", "hyperparametersweeps")
@@ -129,19 +134,14 @@ def make_ftj(
     *,
     namespace: str = NAMESPACE,
     labels: dict[str, str] | None = None,
-    generation: int = 1,
 ) -> dict[str, Any]:
-    """A FineTuneJob body with the metadata a real apiserver would have filled in."""
+    """A FineTuneJob body; the emulator assigns uid, resourceVersion and generation itself."""
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "generation": generation,
-            "resourceVersion": "1",
-            "creationTimestamp": now_iso(),
             "labels": labels or {},
         },
         "spec": spec,
@@ -292,7 +292,7 @@ def write_kubeconfig(path: Path, url: str) -> Path:
 @contextlib.asynccontextmanager
 async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
     """An emulator on 127.0.0.1 with the operator's resources declared."""
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+    async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         url = str(server.url).rstrip("/")
@@ -326,11 +326,10 @@ class OperatorRunner:
     error: BaseException | None = None
 
     async def start(self) -> None:
-        from finetune_operator import handlers_job, main, metrics
+        from finetune_operator import main, metrics
         from finetune_operator.config import OperatorConfig
 
-        handlers_job.reset_state()  # a fresh process would have nothing in memory either
-        metrics.clear_jobs()
+        metrics.clear()  # a fresh process has no series (its ReconcileState is new anyway)
         stop, ready = threading.Event(), threading.Event()
         self.stop_flag, self.error = stop, None
         config = self.config or OperatorConfig(trainer_image="finetune-trainer:test")
@@ -466,6 +465,27 @@ def sample(text: str, metric_name: str, /, **labels: str) -> float | None:
 
 
 # --------------------------------------------------------------------------- kubelet
+
+
+def local_empty_dirs(job: dict[str, Any], root: Path) -> dict[str, Path]:
+    """The kubelet's part for a local run: each emptyDir mount (but /dev/shm) of the Job's
+    container becomes a fresh folder under root. Returns {mountPath: folder}."""
+    pod = job["spec"]["template"]["spec"]
+    empty = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+    mounts: dict[str, Path] = {}
+    for mount in pod["containers"][0].get("volumeMounts") or []:
+        if mount["name"] in empty and mount["mountPath"] != "/dev/shm":
+            mounts[mount["mountPath"]] = root / mount["name"]
+            mounts[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
+    return mounts
+
+
+def in_local_mount(value: str, mounts: dict[str, Path]) -> str:
+    """An env value that is a path inside a mount, moved to the mount's local folder."""
+    for path, folder in mounts.items():
+        if value == path or value.startswith(path.rstrip("/") + "/"):
+            return str(folder / value[len(path) :].lstrip("/"))
+    return value
 
 
 @dataclass
@@ -637,9 +657,10 @@ class Kubelet:
         )
         term_log = (cwd or Path.cwd()) / f"termination-{job['metadata']['name']}.log"
         proc_env = dict(os.environ)
+        mounts = local_empty_dirs(job, (cwd or Path.cwd()) / f"volumes-{job['metadata']['name']}")
         for item in container.get("env") or []:
             if "value" in item:
-                proc_env[item["name"]] = item["value"]
+                proc_env[item["name"]] = in_local_mount(item["value"], mounts)
         proc_env["FINETUNE_TERMINATION_LOG"] = str(term_log)
         proc_env["FINETUNE_KUBE_API_URL"] = self.cluster.url
         proc_env.update(env or {})
