@@ -20,12 +20,8 @@ Fixtures:
               Job/Pod statuses (running, succeeded, OOMKilled, image pull backoff, ...).
               `await kubelet.run_process(job, env=..., cwd=...)` runs the Job's container command
               as a local process, like a node would, and reports the result into Job/Pod status.
-- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body to create.
-
-The emulator is `support.apiserver.ApiServerEmulator`: kmock's emulator with kube-apiserver's
-write semantics for FineTuneJobs and sweeps (schema, CEL, pruning, defaults, status
-subresource, generation, resourceVersion conflicts). `cluster.emulator.pruned` lists every
-field a write lost to pruning; the `cluster` fixture fails a test that leaves any.
+- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body with uid/generation set
+  (the emulator keeps none of its own).
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ import aiohttp
 import kmock
 
 from finetune_operator import kube
-from support.apiserver import ApiServerEmulator
 
 FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
 SWEEP = ("finetune.dev", "v1alpha1", "hyperparametersweeps")
@@ -134,14 +129,19 @@ def make_ftj(
     *,
     namespace: str = NAMESPACE,
     labels: dict[str, str] | None = None,
+    generation: int = 1,
 ) -> dict[str, Any]:
-    """A FineTuneJob body; the emulator assigns uid, resourceVersion and generation itself."""
+    """A FineTuneJob body with the metadata a real apiserver would have filled in."""
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {
             "name": name,
             "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": generation,
+            "resourceVersion": "1",
+            "creationTimestamp": now_iso(),
             "labels": labels or {},
         },
         "spec": spec,
@@ -292,7 +292,7 @@ def write_kubeconfig(path: Path, url: str) -> Path:
 @contextlib.asynccontextmanager
 async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
     """An emulator on 127.0.0.1 with the operator's resources declared."""
-    async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         url = str(server.url).rstrip("/")
@@ -326,10 +326,11 @@ class OperatorRunner:
     error: BaseException | None = None
 
     async def start(self) -> None:
-        from finetune_operator import main, metrics
+        from finetune_operator import handlers_job, main, metrics
         from finetune_operator.config import OperatorConfig
 
-        metrics.clear()  # a fresh process has no series (its ReconcileState is new anyway)
+        handlers_job.reset_state()  # a fresh process would have nothing in memory either
+        metrics.clear_jobs()
         stop, ready = threading.Event(), threading.Event()
         self.stop_flag, self.error = stop, None
         config = self.config or OperatorConfig(trainer_image="finetune-trainer:test")
