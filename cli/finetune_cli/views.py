@@ -158,11 +158,12 @@ def sweep_counts(sweep: Obj) -> tuple[int, int]:
     return done, int((sweep.get("spec") or {}).get("maxTrials") or 0)
 
 
-def sweep_best(sweep: Obj) -> str:
+def sweep_best(sweep: Obj, *, with_name: bool = True) -> str:
     best = status(sweep).get("bestTrial") or {}
     if not isinstance(best.get("value"), int | float):
         return ""
-    return f"{sweep_metric(sweep)} {float(best['value']):.4f} ({best.get('name', '')})"
+    text = f"{sweep_metric(sweep)} {float(best['value']):.4f}"
+    return f"{text} ({best.get('name', '')})" if with_name else f"{text} (best)"
 
 
 def sweep_eta(sweep: Obj, now: datetime | None = None) -> str:
@@ -206,7 +207,8 @@ def get_table(
     for sweep in sorted(sweeps, key=_name_key):
         done, total = sweep_counts(sweep)
         cells = ["Sweep", phase_text(phase_of(sweep)), bar(done, total, f"{done}/{total} trials")]
-        row(sweep, meta(sweep)["name"], [*cells, sweep_best(sweep), sweep_eta(sweep, now)])
+        best = sweep_best(sweep, with_name=False)
+        row(sweep, meta(sweep)["name"], [*cells, best, sweep_eta(sweep, now)])
         key = (meta(sweep).get("namespace"), meta(sweep).get("name"))
         trials = sorted((j for j in jobs if owner(j) == key), key=trial_number)
         for i, trial in enumerate(trials):
@@ -353,8 +355,9 @@ def explain(ftj: Obj, details: Details) -> list[str]:
     for pod in details.pods[-1:]:
         reasons += _pod_problems(pod, ftj)
     out: list[str] = []
-    for reason in reasons:
-        if reason and not any(reason in seen or seen in reason for seen in out):
+    for reason in reasons:  # the status message first; later lines only if they add a reason
+        key = reason.split(":", 1)[0]
+        if reason and not any(reason in seen or seen in reason or key in seen for seen in out):
             out.append(reason)
     return out
 
