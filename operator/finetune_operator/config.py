@@ -12,13 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.manifest import UserError
-from finetune_api.models import GROUP, VERSION
-
-# Resources the operator works with: (group, version, plural).
-FTJ_RESOURCE = (GROUP, VERSION, "finetunejobs")
-JOB_RESOURCE = ("batch", "v1", "jobs")
-POD_RESOURCE = ("", "v1", "pods")
-EVENT_RESOURCE = ("", "v1", "events")
 
 # Labels and annotations the operator writes (a contract for dashboards and Kueue).
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from finetune_operator import handlers_job, handlers_sweep, kube
 from finetune_operator.config import OperatorConfig
 from finetune_operator.metrics import REGISTRY
+from finetune_operator.state import ReconcileState
 
 __all__ = ["handlers_job", "handlers_sweep", "run_operator", "serve"]
 
@@ -109,8 +110,8 @@ async def serve(
     cfg = config or OperatorConfig.from_env(trainer_image)
     if kubeconfig:  # kopf's login handler and kube.py then read the same file
         os.environ["KUBECONFIG"] = kubeconfig
-    await kube.configure(kubeconfig=kubeconfig)
-    await kube.connect()
+    client = await kube.connect(await kube.load_configuration(kubeconfig=kubeconfig))
+    state = ReconcileState.create(cfg, client)
     runner = await start_metrics_server(metrics_port, host)
     settings = kopf.OperatorSettings()
     configure_settings(settings, peering=peering, namespaces=namespaces)
@@ -130,13 +131,14 @@ async def serve(
             clusterwide=not namespaces,
             namespaces=namespaces or (),
             liveness_endpoint=f"http://{host}:{health_port}/healthz" if health_port else None,
-            memo=kopf.Memo(config=cfg),
+            memo=kopf.Memo(config=cfg, state=state),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )
     finally:
+        state.cancel()
         await runner.cleanup()
-        await kube.close()
+        await client.close()
 
 
 def run_operator(

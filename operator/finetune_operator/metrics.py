@@ -7,8 +7,12 @@ uses against what the operator really registers.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from finetune_api.models import TrialCounts
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -64,59 +68,85 @@ def metric_names() -> set[str]:
     return names
 
 
-# --------------------------------------------------------------------------- job gauges
-
-# Which finetune_job_metric label sets exist per (namespace, name), so a deleted
-# job's series can be removed. Rebuilt from the cluster's statuses after a restart.
-_JOB_METRIC_KEYS: dict[tuple[str, str], set[str]] = {}
+# --------------------------------------------------------------------------- publishing
 
 
-def publish_job(
-    namespace: str,
-    name: str,
-    phase: str | None,
-    metrics: dict[str, object] | None = None,
-    progress: dict[str, object] | None = None,
-) -> None:
-    """Set a FineTuneJob's gauges from its status (phase one-hot, metrics, progress)."""
-    if phase in PHASES:
+@dataclass
+class Publisher:
+    """Sets the gauges from statuses and removes a deleted object's series.
+
+    It remembers which label sets it created (finetune_job_metric keys per job, the
+    objective metric per sweep) so they can be removed; one per operator, created at
+    start-up, rebuilt from the cluster's statuses after a restart.
+    """
+
+    job_metric_keys: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    sweep_metric: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def publish_job(
+        self,
+        namespace: str,
+        name: str,
+        phase: str | None,
+        metrics: Mapping[str, object] | None = None,
+        progress: Mapping[str, object] | None = None,
+    ) -> None:
+        """Set a FineTuneJob's gauges from its status (phase one-hot, metrics, progress)."""
+        if phase in PHASES:
+            for p in PHASES:
+                JOB_PHASE.labels(namespace, name, p).set(1.0 if p == phase else 0.0)
+        values = {
+            k: float(v)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        key = (namespace, name)
+        for metric in self.job_metric_keys.get(key, set()) - values.keys():
+            _remove(JOB_METRIC, namespace, name, metric)
+        for metric, value in values.items():
+            JOB_METRIC.labels(namespace, name, metric).set(value)
+        self.job_metric_keys[key] = set(values)
+        if progress:
+            step, total = progress.get("step"), progress.get("totalSteps")
+            if isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
+                JOB_PROGRESS.labels(namespace, name).set(min(1.0, float(step) / float(total)))
+
+    def forget_job(self, namespace: str, name: str) -> None:
+        """Remove every series of a deleted FineTuneJob."""
         for p in PHASES:
-            JOB_PHASE.labels(namespace, name, p).set(1.0 if p == phase else 0.0)
-    values = {
-        k: float(v)
-        for k, v in (metrics or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    key = (namespace, name)
-    old = _JOB_METRIC_KEYS.get(key, set())
-    for metric in old - values.keys():
-        _remove(JOB_METRIC, namespace, name, metric)
-    for metric, value in values.items():
-        JOB_METRIC.labels(namespace, name, metric).set(value)
-    _JOB_METRIC_KEYS[key] = set(values)
-    if progress:
-        step, total = progress.get("step"), progress.get("totalSteps")
-        if isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
-            JOB_PROGRESS.labels(namespace, name).set(min(1.0, float(step) / float(total)))
+            _remove(JOB_PHASE, namespace, name, p)
+        for metric in self.job_metric_keys.pop((namespace, name), set()):
+            _remove(JOB_METRIC, namespace, name, metric)
+        _remove(JOB_PROGRESS, namespace, name)
+
+    def publish_sweep(
+        self, namespace: str, name: str, metric: str, best: float | None, counts: TrialCounts
+    ) -> None:
+        """finetune_sweep_best_value and finetune_sweep_trials{state} for one sweep."""
+        old = self.sweep_metric.get((namespace, name))
+        if old is not None and old != metric:
+            _remove(SWEEP_BEST, namespace, name, old)
+        self.sweep_metric[(namespace, name)] = metric
+        if best is not None:
+            SWEEP_BEST.labels(namespace, name, metric).set(best)
+        for state in SWEEP_STATES:
+            SWEEP_TRIALS.labels(namespace, name, state).set(float(getattr(counts, state)))
+
+    def forget_sweep(self, namespace: str, name: str) -> None:
+        metric = self.sweep_metric.pop((namespace, name), None)
+        if metric is not None:
+            _remove(SWEEP_BEST, namespace, name, metric)
+        for state in SWEEP_STATES:
+            _remove(SWEEP_TRIALS, namespace, name, state)
 
 
-def forget_job(namespace: str, name: str) -> None:
-    """Remove every series of a deleted FineTuneJob."""
-    for p in PHASES:
-        _remove(JOB_PHASE, namespace, name, p)
-    for metric in _JOB_METRIC_KEYS.pop((namespace, name), set()):
-        _remove(JOB_METRIC, namespace, name, metric)
-    _remove(JOB_PROGRESS, namespace, name)
-
-
-def clear_jobs() -> None:
-    """Drop all job series (tests simulate a restarted process with this)."""
-    JOB_PHASE.clear()
-    JOB_METRIC.clear()
-    JOB_PROGRESS.clear()
-    _JOB_METRIC_KEYS.clear()
+def clear() -> None:
+    """Drop every series (tests simulate a restarted process with this)."""
+    for gauge in (JOB_PHASE, JOB_METRIC, JOB_PROGRESS, SWEEP_BEST, SWEEP_TRIALS):
+        gauge.clear()
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:
+    """Remove one series (absent already: nothing to do)."""
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)

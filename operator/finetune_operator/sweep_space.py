@@ -18,6 +18,7 @@ from finetune_api.models import (
     FineTuneJobSpec,
     HyperparameterSweep,
 )
+from finetune_operator.runtime import owner_reference
 
 LABEL_SWEEP = "finetune.dev/sweep"
 LABEL_TRIAL = "finetune.dev/trial"
@@ -125,14 +126,7 @@ def trial_manifest(
         metadata["namespace"] = sweep.metadata.namespace
     if owner_uid:
         metadata["ownerReferences"] = [
-            {
-                "apiVersion": API_VERSION,
-                "kind": "HyperparameterSweep",
-                "name": sweep_name,
-                "uid": owner_uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
+            owner_reference("HyperparameterSweep", sweep_name, owner_uid)
         ]
     return {
         "apiVersion": API_VERSION,

@@ -689,3 +689,22 @@ def sweep_status(
         best_trial=best,
         message=plan.message,
     )
+
+
+def status_patch(
+    previous: Mapping[str, Any], status: HyperparameterSweepStatus
+) -> list[dict[str, Any]]:
+    """The merge patches that take the stored status to `status` (none when equal).
+
+    bestTrial is replaced, not merged: a merge patch would keep params of the previous
+    best that the new one lacks, so a changed bestTrial is first set to null.
+    """
+    desired = status.dump()
+    if not desired.get("bestTrial") and previous.get("bestTrial"):
+        desired["bestTrial"] = None
+    changed = {k: v for k, v in desired.items() if previous.get(k) != v}
+    if not changed:
+        return []
+    if "bestTrial" in changed and previous.get("bestTrial") and desired.get("bestTrial"):
+        return [{"bestTrial": None}, changed]
+    return [changed]

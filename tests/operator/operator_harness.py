@@ -326,11 +326,10 @@ class OperatorRunner:
     error: BaseException | None = None
 
     async def start(self) -> None:
-        from finetune_operator import handlers_job, main, metrics
+        from finetune_operator import main, metrics
         from finetune_operator.config import OperatorConfig
 
-        handlers_job.reset_state()  # a fresh process would have nothing in memory either
-        metrics.clear_jobs()
+        metrics.clear()  # a fresh process has no series (its ReconcileState is new anyway)
         stop, ready = threading.Event(), threading.Event()
         self.stop_flag, self.error = stop, None
         config = self.config or OperatorConfig(trainer_image="finetune-trainer:test")

@@ -1,14 +1,18 @@
-"""handlers_job._reconcile with kube.py replaced: API rejections and retries, no HTTP."""
+"""handlers_job._reconcile with the kube client replaced: API rejections, retries, skipped
+reconciles and the Event queue, no HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import kopf
 import pytest
 
-from finetune_operator import handlers_job, kube
+from finetune_operator import events, handlers_job, kube
 from finetune_operator.config import OperatorConfig
+from finetune_operator.handlers_job import Indexes
+from finetune_operator.state import ReconcileState
 
 pytestmark = pytest.mark.unit
 
@@ -24,21 +28,43 @@ FTJ: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
-    seen: dict[str, list[Any]] = {"status": [], "events": []}
+class FakeKube:
+    """Records status patches and Events; every other call fails unless a test sets it."""
 
-    async def patch_status(*args: Any) -> dict[str, Any]:
-        seen["status"].append(args[4])
+    def __init__(self) -> None:
+        self.calls: dict[str, list[Any]] = {"status": [], "events": []}
+
+    async def patch_status(self, *args: Any) -> dict[str, Any]:
+        self.calls["status"].append(args[4])
         return {}
 
-    async def create_event(involved: Any, reason: str, message: str, **kw: Any) -> None:
-        seen["events"].append(reason)
+    async def create_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.calls["events"].append(event["reason"])
+        return event
 
-    monkeypatch.setattr(kube, "patch_status", patch_status)
-    monkeypatch.setattr(kube, "create_event", create_event)
-    handlers_job.reset_state()
-    return seen
+    async def create(self, *args: Any) -> Any:
+        raise AssertionError(f"unexpected create {args}")
+
+    async def get(self, *args: Any) -> Any:
+        raise AssertionError(f"unexpected get {args}")
+
+    async def patch(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"unexpected patch {args}")
+
+
+@pytest.fixture
+def fake() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def state(fake: FakeKube) -> ReconcileState:
+    return ReconcileState.create(OperatorConfig(), fake)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def calls(fake: FakeKube) -> dict[str, list[Any]]:
+    return fake.calls
 
 
 @pytest.mark.parametrize(
@@ -47,6 +73,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 )
 async def test_rejected_job_is_reported(
     monkeypatch: pytest.MonkeyPatch,
+    state: ReconcileState,
+    fake: FakeKube,
     calls: dict[str, list[Any]],
     code: int,
     phase: str,
@@ -55,29 +83,69 @@ async def test_rejected_job_is_reported(
     async def create(*args: Any) -> dict[str, Any]:
         raise kube.KubeError(code, "Invalid", 'Job.batch "rej-train" is invalid: metadata.labels')
 
-    monkeypatch.setattr(kube, "create", create)
-    again = await handlers_job._reconcile(FTJ, [], [], OperatorConfig())
-    assert again == requeue
+    monkeypatch.setattr(fake, "create", create)
+    if requeue is None:
+        await handlers_job._reconcile(state, FTJ, [], [])
+    else:  # looked at again later although nothing changes
+        with pytest.raises(kopf.TemporaryError) as again:
+            await handlers_job._reconcile(state, FTJ, [], [])
+        assert again.value.delay == requeue
     (status,) = calls["status"]
     assert status["phase"] == phase
     assert "rejected the trainer Job rej-train" in status["message"]
     assert status["conditions"][0]["reason"] == "JobRejected"
 
 
+@pytest.mark.parametrize("code", [0, 429, 500, 503])
 async def test_transient_errors_propagate_for_retry(
-    monkeypatch: pytest.MonkeyPatch, calls: dict[str, list[Any]]
+    monkeypatch: pytest.MonkeyPatch,
+    state: ReconcileState,
+    fake: FakeKube,
+    calls: dict[str, list[Any]],
+    code: int,
 ) -> None:
     async def create(*args: Any) -> dict[str, Any]:
-        raise kube.KubeError(503, "ServiceUnavailable", "etcd timeout")
+        raise kube.KubeError(code, "ServiceUnavailable", "etcd timeout")
 
-    monkeypatch.setattr(kube, "create", create)
+    monkeypatch.setattr(fake, "create", create)
     with pytest.raises(kube.KubeError):
-        await handlers_job._reconcile(FTJ, [], [], OperatorConfig())
+        await handlers_job._reconcile(state, FTJ, [], [])
     assert calls["status"] == []
 
 
+async def test_a_failed_status_write_is_not_remembered(
+    monkeypatch: pytest.MonkeyPatch, state: ReconcileState, fake: FakeKube
+) -> None:
+    """Issue 10: a status PATCH that fails must not count as written, or the retry
+    would lay the unsent status over the cluster's and patch nothing."""
+    sent: list[dict[str, Any]] = []
+
+    async def create(group: str, version: str, plural: str, body: dict[str, Any], ns: str) -> Any:
+        return {**body, "metadata": {**body["metadata"], "uid": "job-1"}}
+
+    async def flaky_patch_status(*args: Any) -> dict[str, Any]:
+        sent.append(args[4])
+        if len(sent) == 1:
+            raise kube.KubeError(429, "TooManyRequests", "slow down")
+        return {}
+
+    monkeypatch.setattr(fake, "create", create)
+    monkeypatch.setattr(fake, "patch_status", flaky_patch_status)
+    with pytest.raises(kube.KubeError):
+        await handlers_job._reconcile(state, FTJ, [], [])
+    assert ("ns", "rej") not in state.jobs.written
+    await handlers_job._reconcile(state, FTJ, [], [])  # the retry
+    assert len(sent) == 2
+    assert sent[1] == sent[0]  # the whole status again, not an empty patch
+    assert sent[1]["phase"] == "Pending" and sent[1]["jobName"] == "rej-train"
+    assert state.jobs.written[("ns", "rej")][1]["observedGeneration"] == 1
+
+
 async def test_events_that_bring_nothing_new_are_skipped(
-    monkeypatch: pytest.MonkeyPatch, calls: dict[str, list[Any]]
+    monkeypatch: pytest.MonkeyPatch,
+    state: ReconcileState,
+    fake: FakeKube,
+    calls: dict[str, list[Any]],
 ) -> None:
     """Our own status patch and the Job we created come back as watch events: neither
     makes an API call; a real change (the Job starts running) does."""
@@ -88,9 +156,6 @@ async def test_events_that_bring_nothing_new_are_skipped(
         meta = {**body["metadata"], "uid": "job-1", "resourceVersion": "7"}
         return {**body, "metadata": meta}
 
-    async def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"unexpected API call {args}")
-
     runs: list[int] = []
     real = handlers_job._reconcile
 
@@ -99,29 +164,26 @@ async def test_events_that_bring_nothing_new_are_skipped(
         return await real(*args)
 
     monkeypatch.setattr(handlers_job, "_reconcile", counted)
-    monkeypatch.setattr(kube, "create", create)
-    monkeypatch.setattr(kube, "get", refuse)
-    monkeypatch.setattr(kube, "patch", refuse)
+    monkeypatch.setattr(fake, "create", create)
     key = ("ns", "rej")
     ftjs: dict[Any, list[dict[str, Any]]] = {key: [FTJ]}
     jobs: dict[Any, list[dict[str, Any]]] = {}
     pods: dict[Any, list[dict[str, Any]]] = {}
-    indexes: Any = (ftjs, jobs, pods)
-    config = OperatorConfig()
+    indexes = Indexes(ftjs, jobs, pods)
 
-    await handlers_job.reconcile(key, indexes, config)
-    await asyncio.sleep(2 * handlers_job.EVENT_QUIET_S)  # Events: posted once reconciles pause
+    await handlers_job.reconcile(state, key, indexes)
+    await asyncio.sleep(2 * events.QUIET_S)  # Events: posted once reconciles pause
     assert api == ["create"]
     assert [s["phase"] for s in calls["status"]] == ["Pending"]
     assert calls["events"] == ["JobCreated"]
 
     # The status patch comes back as MODIFIED; then the Job's ADDED event.
     ftjs[key] = [{**FTJ, "status": calls["status"][0]}]
-    await handlers_job.reconcile(key, indexes, config)
-    created = handlers_job._recent[key]
+    await handlers_job.reconcile(state, key, indexes)
+    created = state.jobs.created_jobs[key]
     jobs[key] = [created]
-    await handlers_job.reconcile(key, indexes, config)
-    await asyncio.sleep(2 * handlers_job.EVENT_QUIET_S)
+    await handlers_job.reconcile(state, key, indexes)
+    await asyncio.sleep(2 * events.QUIET_S)
     assert len(runs) == 1  # both skipped
     assert api == ["create"]
     assert len(calls["status"]) == 1
@@ -134,41 +196,38 @@ async def test_events_that_bring_nothing_new_are_skipped(
         "status": {"active": 1, "startTime": "2026-11-26T10:00:00Z"},
     }
     jobs[key] = [running]
-    await handlers_job.reconcile(key, indexes, config)
+    await handlers_job.reconcile(state, key, indexes)
     assert len(runs) == 2
     assert len(calls["status"]) == 2
     assert calls["status"][1]["startTime"] == "2026-11-26T10:00:00Z"
     assert calls["status"][1]["message"] == "The trainer pod is starting."
 
 
-async def test_events_wait_for_a_pause_in_reconciles_but_not_forever(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_events_wait_for_a_pause_in_reconciles_but_not_forever() -> None:
     """Under a burst, Jobs and statuses go first: Events are posted once reconciles pause,
     and at the latest EVENT_MAX_DELAY_S after they were queued."""
     loop = asyncio.get_running_loop()
     posted: dict[str, float] = {}
 
-    async def create_event(involved: Any, reason: str, message: str, **kw: Any) -> None:
-        posted[reason] = loop.time()
+    class Recorder:
+        async def create_event(self, event: dict[str, Any]) -> None:
+            posted[event["reason"]] = loop.time()
 
-    monkeypatch.setattr(kube, "create_event", create_event)
-    monkeypatch.setattr(handlers_job, "EVENT_MAX_DELAY_S", 0.6)
-    handlers_job.reset_state()
+    poster = events.EventPoster(Recorder(), max_delay_s=0.6)  # type: ignore[arg-type]
 
     async def busy(seconds: float) -> None:  # reconciles starting every 10 ms
         end = loop.time() + seconds
         while loop.time() < end:
-            handlers_job._last_reconcile = loop.time()
+            poster.busy()
             await asyncio.sleep(0.01)
 
     start = loop.time()
-    handlers_job._post_event(FTJ, "Short", "m", "Normal")
+    poster.post(FTJ, "Short", "m", "Normal")
     await busy(0.3)
     await asyncio.sleep(0.2)
     assert 0.3 <= posted["Short"] - start < 0.55  # after the pause, before the deadline
 
     start = loop.time()
-    handlers_job._post_event(FTJ, "Long", "m", "Normal")
+    poster.post(FTJ, "Long", "m", "Normal")
     await busy(1.0)
     assert 0.6 <= posted["Long"] - start < 0.95  # at the deadline, before the pause

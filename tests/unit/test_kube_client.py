@@ -22,7 +22,7 @@ def _status(code: int, reason: str, message: str) -> web.Response:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[list[dict[str, Any]]]:
+async def server() -> AsyncIterator[tuple[kube.Kube, list[dict[str, Any]]]]:
     seen: list[dict[str, Any]] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -59,20 +59,23 @@ async def server() -> AsyncIterator[list[dict[str, Any]]]:
     cfg = k8s_client.Configuration(host=f"http://127.0.0.1:{port}")
     cfg.api_key = {"BearerToken": "sekret"}
     cfg.api_key_prefix = {"BearerToken": "Bearer"}
-    await kube.configure(configuration=cfg)
-    await kube.connect()
+    client = await kube.connect(cfg)
     try:
-        yield seen
+        yield client, seen
     finally:
-        await kube.close()
+        await client.close()
         await runner.cleanup()
 
 
-async def test_requests_carry_token_query_and_json(server: list[dict[str, Any]]) -> None:
-    got = await kube.patch("batch", "v1", "jobs", "j1", {"spec": {"suspend": True}}, "ns")
+Server = tuple[kube.Kube, list[dict[str, Any]]]
+
+
+async def test_requests_carry_token_query_and_json(server: Server) -> None:
+    client, seen = server
+    got = await client.patch("batch", "v1", "jobs", "j1", {"spec": {"suspend": True}}, "ns")
     assert got["echo"] == {"spec": {"suspend": True}}
-    await kube.delete("batch", "v1", "jobs", "j2", "ns", propagation="Foreground")
-    patch, delete = server
+    await client.delete("batch", "v1", "jobs", "j2", "ns", propagation="Foreground")
+    patch, delete = seen
     assert patch["method"] == "PATCH"
     assert patch["path"] == "/apis/batch/v1/namespaces/ns/jobs/j1"
     assert patch["auth"] == "Bearer sekret"
@@ -81,15 +84,16 @@ async def test_requests_carry_token_query_and_json(server: list[dict[str, Any]])
     assert delete["body"]["propagationPolicy"] == "Foreground"
 
 
-async def test_errors_map_to_typed_exceptions(server: list[dict[str, Any]]) -> None:
+async def test_errors_map_to_typed_exceptions(server: Server) -> None:
+    client, _ = server
     with pytest.raises(kube.NotFound):
-        await kube.get("batch", "v1", "jobs", "missing", "ns")
-    assert await kube.delete("batch", "v1", "jobs", "missing", "ns") is None
+        await client.get("batch", "v1", "jobs", "missing", "ns")
+    assert await client.delete("batch", "v1", "jobs", "missing", "ns") is None
     with pytest.raises(kube.Conflict) as conflict:
-        await kube.create("batch", "v1", "jobs", {"metadata": {"name": "taken"}}, "ns")
+        await client.create("batch", "v1", "jobs", {"metadata": {"name": "taken"}}, "ns")
     assert conflict.value.reason == "AlreadyExists"
     with pytest.raises(kube.KubeError) as broken:
-        await kube.get("batch", "v1", "jobs", "broken", "ns")
+        await client.get("batch", "v1", "jobs", "broken", "ns")
     assert broken.value.status == 500
     assert "upstream exploded" in broken.value.message
 
@@ -98,10 +102,10 @@ async def test_no_response_is_a_kube_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens here
-    await kube.configure(configuration=k8s_client.Configuration(host=f"http://127.0.0.1:{port}"))
+    client = await kube.connect(k8s_client.Configuration(host=f"http://127.0.0.1:{port}"))
     try:
         with pytest.raises(kube.KubeError) as err:
-            await kube.get("", "v1", "pods", "p", "ns")
+            await client.get("", "v1", "pods", "p", "ns")
         assert err.value.status == 0
     finally:
-        await kube.close()
+        await client.close()

@@ -1,0 +1,79 @@
+"""ReconcileState: everything the operator keeps in memory, created once at start-up.
+
+Every field is a cache or a work queue, never the truth: the operator rebuilds all of it
+from the cluster's lists on start, so a restart loses nothing. main.serve() creates one
+and hands it to the handlers through kopf's memo (`memo.state`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_operator.config import OperatorConfig
+from finetune_operator.events import EventPoster
+from finetune_operator.kube import Kube
+from finetune_operator.metrics import Publisher
+from finetune_operator.runtime import Key, Requeue
+
+
+@dataclass
+class JobMemory:
+    """What the FineTuneJob handler remembers between reconciles, per FineTuneJob."""
+
+    # The latest body of every FineTuneJob, shaped like a kopf index ({key: [body]}) and
+    # kept by the FineTuneJob event handler itself (kopf lists every FineTuneJob on start
+    # and hands each to it), at a fraction of a kopf index's per-event cost.
+    bodies: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
+    # Jobs this process created or patched that the Job index may not have seen yet
+    # (after a restart the 409 -> adopt path covers the same case).
+    created_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # (uid, status) the cluster is KNOWN to hold: recorded only after our status PATCH
+    # succeeded. The index lags behind our own patches until their watch events arrive,
+    # and a reconcile in that window must not re-derive transitions from the stale copy.
+    written: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # The inputs of the last reconcile that needed no follow-up: a reconcile that would
+    # see exactly these again (our own writes coming back as watch events) is skipped.
+    settled: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        for cache in (self.bodies, self.created_jobs, self.written, self.settled):
+            cache.pop(key, None)
+
+
+@dataclass
+class ReconcileState:
+    """The operator's in-memory state, passed to every handler."""
+
+    config: OperatorConfig
+    kube: Kube
+    events: EventPoster
+    publisher: Publisher = field(default_factory=Publisher)
+    jobs: JobMemory = field(default_factory=JobMemory)
+    job_requeue: Requeue = field(
+        default_factory=lambda: Requeue("FineTuneJob", logging.getLogger("finetune_operator.jobs"))
+    )
+    sweep_requeue: Requeue = field(
+        default_factory=lambda: Requeue(
+            "HyperparameterSweep", logging.getLogger("finetune_operator.sweeps")
+        )
+    )
+
+    @classmethod
+    def create(cls, config: OperatorConfig, client: Kube) -> ReconcileState:
+        return cls(config=config, kube=client, events=EventPoster(client))
+
+    def cancel(self) -> None:
+        """Cancel pending retries and Event posters (shutdown)."""
+        self.job_requeue.cancel()
+        self.sweep_requeue.cancel()
+        self.events.cancel()
+
+
+def from_memo(memo: Any) -> ReconcileState:
+    """The ReconcileState main.serve() put into kopf's memo."""
+    state = getattr(memo, "state", None)
+    if not isinstance(state, ReconcileState):
+        raise RuntimeError("the operator was started without a ReconcileState in kopf's memo")
+    return state
