@@ -34,6 +34,7 @@ from finetune_operator.hardening import (
     scratch_env,
     scratch_volumes,
 )
+from finetune_operator.runtime import owner_reference
 
 MAX_NAME = 63
 JOB_SUFFIX = "-train"
@@ -55,17 +56,6 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
     data.pop("suspend", None)
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def owner_reference(name: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FineTuneJob",
-        "name": name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def job_labels(ftj: FineTuneJob) -> dict[str, str]:
@@ -249,18 +239,12 @@ def build_job(
         "name": job_name(name),
         "labels": labels,
         "annotations": {ANNOTATION_SPEC_HASH: spec_hash(spec)},
-        "ownerReferences": [owner_reference(name, uid)],
+        "ownerReferences": [owner_reference("FineTuneJob", name, uid)],
     }
     if ftj.metadata.namespace:
         metadata["namespace"] = ftj.metadata.namespace
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
     return shape_job(job, ftj)  # torchrun: several GPUs, or an Indexed Job over nodes
-
-
-def owned_by(obj: dict[str, Any], uid: str) -> bool:
-    """Whether a Kubernetes object carries an owner reference to uid."""
-    refs = obj.get("metadata", {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid for ref in refs)
 
 
 def owner_ftj_name(obj: dict[str, Any]) -> str | None:
