@@ -27,7 +27,16 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="Override a manifest field, e.g. --set spec.hyperparameters.epochs=1 (repeatable).",
+        help="Override a manifest field, e.g. --set spec.hyperparameters.epochs=1 or "
+        "--set spec.model.path=DIR (replaces model.name) (repeatable).",
+    ),
+]
+SweepSetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a manifest field, e.g. --set spec.maxTrials=4 or, for every trial, "
+        "--set spec.template.hyperparameters.epochs=1 (repeatable).",
     ),
 ]
 
@@ -35,6 +44,14 @@ SetOption = Annotated[
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def unexpected(err: Exception) -> NoReturn:
+    """A failure nobody foresaw: one `error:` line (traceback with FINETUNE_DEBUG=1), exit 1."""
+    from finetune_trainer.failure import report_unexpected
+
+    report_unexpected(err)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -61,6 +78,8 @@ def run(
         run_local(job, spec_dir=file.resolve().parent, output=output)
     except UserError as err:
         fail(str(err))
+    except Exception as err:
+        unexpected(err)
 
 
 @app.command()
@@ -101,7 +120,7 @@ def predict(
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="A HyperparameterSweep manifest (YAML).")],
-    overrides: SetOption = None,
+    overrides: SweepSetOption = None,
     output: Annotated[
         Path | None, typer.Option(help="Where trials and results go (default ./runs/NAME).")
     ] = None,

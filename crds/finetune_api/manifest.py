@@ -14,7 +14,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from finetune_api.models import FineTuneJob, HyperparameterSweep
+from finetune_api.models import (
+    FineTuneJob,
+    FineTuneJobSpec,
+    HyperparameterSweep,
+    HyperparameterSweepSpec,
+)
 
 M = TypeVar("M", bound=BaseModel)
 KINDS: dict[str, type[BaseModel]] = {
@@ -74,8 +79,26 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
     return docs
 
 
+# One-of sources: setting one member with --set drops the others from that mapping, so
+# `--set spec.model.path=DIR` on a manifest naming model.name means "use DIR instead".
+# Keyed by the mapping's own name (model, distillation.teacher, dataset.train/eval).
+ONE_OF: dict[str, dict[str, tuple[str, ...]]] = {
+    "model": {"name": ("path",), "path": ("name",)},
+    "teacher": {"name": ("path",), "path": ("name",)},
+    "train": {"path": ("hub", "config", "split"), "hub": ("path",)},
+    "eval": {"path": ("hub", "config", "split"), "hub": ("path",)},
+}
+
+
+def _drop_alternatives(node: dict[str, Any], parent: str, key: str) -> None:
+    for other in ONE_OF.get(parent, {}).get(key, ()):
+        node.pop(other, None)
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--set a.b.c=value` overrides (value parsed as YAML) to a manifest."""
+    """Apply `--set a.b.c=value` overrides (value parsed as YAML) to a manifest.
+
+    Setting one source of a model or data source replaces the other (see ONE_OF)."""
     out = copy.deepcopy(doc)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -89,6 +112,8 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise SpecError(f"--set {item!r}: {part} is not a mapping")
             node = child
         node[parts[-1]] = yaml.safe_load(raw)
+        if len(parts) > 1:
+            _drop_alternatives(node, parts[-2], parts[-1])
     return out
 
 
@@ -106,5 +131,22 @@ def load_manifest(path: str | Path, kind: type[M], overrides: list[str] | None =
     docs = [d for d in load_documents(path) if d.get("kind") == kind.__name__]
     if len(docs) != 1:
         raise SpecError(f"{path}: expected exactly one {kind.__name__} document, found {len(docs)}")
+    _check_sweep_overrides(kind, overrides or [])
     doc = apply_overrides(docs[0], overrides or [])
     return parse(kind, doc, prefix=f"{path}: ")
+
+
+def _check_sweep_overrides(kind: type[BaseModel], overrides: list[str]) -> None:
+    """On a sweep, `--set spec.hyperparameters.x=...` means the template: say so."""
+    if kind is not HyperparameterSweep:
+        return
+    own = {f.alias or n for n, f in HyperparameterSweepSpec.model_fields.items()}
+    job = {f.alias or n for n, f in FineTuneJobSpec.model_fields.items()}
+    for item in overrides:
+        parts = item.partition("=")[0].split(".")
+        if len(parts) > 1 and parts[0] == "spec" and parts[1] not in own and parts[1] in job:
+            rest = ".".join(parts[1:])
+            raise SpecError(
+                f"--set {item!r}: a HyperparameterSweep has no spec.{parts[1]}; the trials' "
+                f"FineTuneJob spec is spec.template, e.g. --set spec.template.{rest}=..."
+            )
