@@ -31,6 +31,7 @@ from transformers import (
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
 from finetune_trainer import evaluation
+from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.errors import TrainerUserError
 from finetune_trainer.modeling import (
@@ -242,7 +243,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     )
     if state.task is Task.classification:
         state.metrics_fn = evaluation.ClassificationMetrics()
-    trainer = Trainer(
+    trainer = FastTrainer(  # pre-padded, length-bucketed training batches (batching.py)
         model=state.model,
         args=args,
         data_collator=collator(
