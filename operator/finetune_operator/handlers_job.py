@@ -379,15 +379,17 @@ async def _ensure_job(
     namespace, name = seen.key
     jname = job_name(name)
     manifest = build_job(model, seen.uid, state.config)
+    created = ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
     try:
+        state.jobs.create_sent[seen.key] = seen.uid
         seen.job = await state.kube.create(*JOB_RESOURCE, manifest, namespace)
-        seen.events.append(
-            ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
-        )
+        seen.events.append(created)
     except kube.Conflict:
         existing = await state.kube.get(*JOB_RESOURCE, jname, namespace)
         if owned_by(existing, seen.uid):
             seen.job = existing  # adopt: created earlier, by us or a previous operator process
+            if state.jobs.create_sent.get(seen.key) == seen.uid:
+                seen.events.append(created)  # our earlier POST landed; its reply was lost
         elif owner_ftj_name(existing) == name:
             # Left by a deleted FineTuneJob of the same name; GC will take it, help it along.
             await state.kube.delete(*JOB_RESOURCE, jname, namespace, propagation="Foreground")
@@ -401,6 +403,7 @@ async def _ensure_job(
             return Derived(Phase.pending, "JobNameConflict", message), None
     except kube.KubeError as err:
         return _rejected(err, jname)
+    state.jobs.create_sent.pop(seen.key, None)
     state.jobs.created_jobs[seen.key] = seen.job
     return None
 
@@ -474,8 +477,9 @@ def _image(job: dict[str, Any]) -> str:
 async def _write_status(
     state: ReconcileState, seen: Observed, derived: Derived, jname: str | None
 ) -> None:
-    """Queue the Events of what this reconcile did, patch the status (only what changed)
-    and remember it as written once the PATCH succeeded; then milestone Events and gauges."""
+    """Queue the Events of what this reconcile did and of the phase change, patch the
+    status (only what changed), remember it as written once the PATCH succeeded, and
+    publish the gauges."""
     namespace, name = seen.key
     meta, status = seen.meta, seen.status
     involved = {"apiVersion": seen.ftj.get("apiVersion"), "kind": seen.ftj.get("kind")}
@@ -487,11 +491,17 @@ async def _write_status(
     for name_ in ("metrics", "artifacts"):
         if patch.get(name_):
             merged[name_] = {**(status.get(name_) or {}), **patch[name_]}
+    # Milestones are queued before the PATCH and once per transition: after a PATCH whose
+    # reply was lost, the retry may already see the new status (no transition left to
+    # announce) or still the old one (the same transition again).
+    transition = (seen.uid, str(status.get("phase")), derived.phase.value, derived.reason)
+    if state.jobs.announced.get(seen.key) != transition:
+        for m in milestones(status, derived, merged.get("metrics") or {}):
+            state.events.post(involved, m.reason, m.message, m.type)
+        state.jobs.announced[seen.key] = transition
     if patch:
         await state.kube.patch_status(*FTJ_RESOURCE, name, patch, namespace)
     state.jobs.written[seen.key] = (seen.uid, merged)  # the cluster holds it now
-    for m in milestones(status, derived, merged.get("metrics") or {}):
-        state.events.post(involved, m.reason, m.message, m.type)
     state.publisher.publish_job(
         namespace, name, merged.get("phase"), merged.get("metrics"), merged.get("progress")
     )

@@ -65,9 +65,9 @@ def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    """Whether obj carries an owner reference to uid (an empty uid owns nothing)."""
+    """Whether obj carries an owner reference to uid."""
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return bool(uid) and any(ref.get("uid") == uid for ref in refs)
+    return any(ref.get("uid") == uid for ref in refs)
 
 
 @dataclass

@@ -36,9 +36,23 @@ class JobMemory:
     # The inputs of the last reconcile that needed no follow-up: a reconcile that would
     # see exactly these again (our own writes coming back as watch events) is skipped.
     settled: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
+    # uid of the FineTuneJob whose Job POST was sent without a reply yet: a 409 on the
+    # retry finds our own Job, and its JobCreated Event is still due.
+    create_sent: dict[Key, str] = field(default_factory=dict)
+    # The last transition (uid, from-phase, to-phase, reason) whose milestone Events were
+    # queued (the Event queue retries them until posted).
+    announced: dict[Key, tuple[str, str, str, str]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
-        for cache in (self.bodies, self.created_jobs, self.written, self.settled):
+        caches: tuple[dict[Key, Any], ...] = (
+            self.bodies,
+            self.created_jobs,
+            self.written,
+            self.settled,
+            self.create_sent,
+            self.announced,
+        )
+        for cache in caches:
             cache.pop(key, None)
 
 
