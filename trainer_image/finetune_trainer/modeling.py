@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from finetune_api.models import ModelSource, Precision, Task
+from finetune_trainer import heads
 from finetune_trainer.data import LabelMap, resolve
 from finetune_trainer.errors import ModelError
 
@@ -95,6 +96,11 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
 ) -> PreTrainedModel:
+    if ref.is_path and heads.is_pruned(Path(ref.location)):
+        raise ModelError(
+            f"model.path {ref.location}: its attention heads were pruned; `finetune predict` "
+            "loads it, but it cannot be the starting model of a new job"
+        )
     kwargs: dict[str, Any] = ref.kwargs()
     if task is Task.classification:
         assert label_map is not None

@@ -1,5 +1,6 @@
 """Load a finished run and predict: labels (classification), generations (causal LM),
-filled-in masks (masked LM). Works for full, LoRA-adapter and int8 runs."""
+filled-in masks (masked LM). Works for full, LoRA-adapter, int8, distilled and pruned
+runs (a head-pruned model is rebuilt with its smaller shapes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from finetune_trainer import heads
 from finetune_trainer.errors import RunDirError
 from finetune_trainer.evaluation import generate
 from finetune_trainer.modeling import AUTO_CLASSES
@@ -63,6 +65,9 @@ def load_run(
                 f"{run_dir}: cannot load the LoRA adapter's base model {info['baseModel']}: {err}"
             ) from None
         model = PeftModel.from_pretrained(base, run_dir / info["model"])
+        tokenizer_dir = run_dir / info["model"]
+    elif heads.is_pruned(run_dir / info["model"]):  # attention heads removed: smaller shapes
+        model = heads.load_pruned(run_dir / info["model"], auto.from_config)
         tokenizer_dir = run_dir / info["model"]
     else:
         model = auto.from_pretrained(run_dir / info["model"])

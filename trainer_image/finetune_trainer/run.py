@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,7 @@ def _run(
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
     state.trainer = _build_trainer(state, callbacks)
     _train(state)
+    _prune(state)
     _evaluate(state)
     _save(state)
     reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts)
@@ -214,6 +215,7 @@ def _load(
         spec, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw, model,
         max_length, target, train_ds, eval_ds,
     )  # fmt: skip
+    _compression_setup(state, spec_dir)
     _adapt_model(state)
     return state
 
@@ -232,6 +234,48 @@ def _adapt_model(state: RunState) -> None:
         state.model = lora.apply_lora(state.model, spec.lora, spec.task)
 
 
+def _compression_setup(state: RunState, spec_dir: Path | None) -> None:
+    """Distillation: the teacher's logits join the training set, its metrics the run's
+    (distill.py). Pruning: the model is checked before any training (pruning.py)."""
+    spec = state.spec
+    if spec.pruning is not None:
+        from finetune_trainer import pruning
+
+        pruning.check(state.model, spec.pruning)
+    if spec.distillation is not None:
+        from finetune_trainer import distill
+
+        state.train_ds, teacher_metrics = distill.attach_teacher_logits(
+            spec.distillation,
+            spec_dir,
+            student=state.model,
+            student_tokenizer=state.tokenizer,
+            raw=state.raw,
+            train_ds=state.train_ds,
+            eval_ds=state.eval_ds,
+            text_column=spec.dataset.text_column,
+            max_length=state.max_length,
+        )
+        state.final |= teacher_metrics
+
+
+def _trainer_class(state: RunState, base: type[Trainer]) -> Callable[..., Trainer]:
+    """`base`, with the distillation loss when spec.distillation is set."""
+    if state.spec.distillation is None:
+        return base
+    from finetune_trainer import distill
+
+    return distill.trainer_class(base, state.spec.distillation)
+
+
+def _prune(state: RunState) -> None:
+    """One-shot pruning (or a gradual schedule's top-up), then a fresh evaluation."""
+    if state.spec.pruning is not None:
+        from finetune_trainer import pruning
+
+        state.final |= pruning.finish(state.trainer, state.spec.pruning, state.final)
+
+
 def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer:
     """The transformers Trainer with this project's callbacks; sets metrics_fn."""
     spec, hp = state.spec, state.spec.hyperparameters
@@ -243,7 +287,8 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     )
     if state.task is Task.classification:
         state.metrics_fn = evaluation.ClassificationMetrics()
-    trainer = FastTrainer(  # pre-padded, length-bucketed training batches (batching.py)
+    # FastTrainer: pre-padded, length-bucketed training batches (batching.py)
+    trainer = _trainer_class(state, FastTrainer)(
         model=state.model,
         args=args,
         data_collator=collator(
@@ -263,6 +308,10 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
     if hp.eval_steps is None:
         trainer.add_callback(TimedCheckpoints(checkpoint_interval()))
+    if spec.pruning is not None and spec.pruning.effective_schedule == "gradual":
+        from finetune_trainer import pruning
+
+        trainer.add_callback(pruning.GradualPruning(state.model, spec.pruning.sparsity))
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
