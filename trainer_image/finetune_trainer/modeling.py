@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from finetune_api.models import ModelSource, Precision, Task
-from finetune_trainer import heads
+from finetune_trainer import heads, weights
 from finetune_trainer.data import LabelMap, resolve
 from finetune_trainer.errors import ModelError
 
@@ -96,6 +96,17 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
 ) -> PreTrainedModel:
+    return load_model_noted(ref, task, tokenizer, label_map)[0]
+
+
+def load_model_noted(
+    ref: ModelRef,
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    label_map: LabelMap | None = None,
+) -> tuple[PreTrainedModel, str]:
+    """The model, and one line on weights initialised anew (weights.py), e.g. "new
+    classification head: 2 labels", instead of transformers' LOAD REPORT table."""
     if ref.is_path and heads.is_pruned(Path(ref.location)):
         raise ModelError(
             f"model.path {ref.location}: its attention heads were pruned; `finetune predict` "
@@ -112,14 +123,18 @@ def load_model(
             "ignore_mismatched_sizes": True,
         }
     try:
-        model = AUTO_CLASSES[task].from_pretrained(ref.location, **kwargs)
+        with weights.quiet_load_report():
+            model, info = AUTO_CLASSES[task].from_pretrained(
+                ref.location, output_loading_info=True, **kwargs
+            )
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(
             f"model {ref.location}: cannot load it for task {task.value}: {err}"
         ) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+    labels = len(label_map) if label_map is not None else None
+    return model, weights.new_weights_note(model, info, task, labels)
 
 
 def effective_max_length(model: PreTrainedModel, max_length: int) -> int:

@@ -1,0 +1,57 @@
+"""One line about newly initialised weights instead of transformers' LOAD REPORT table.
+
+transformers 5.x logs a multi-line "LOAD REPORT" table (as a warning) whenever a
+checkpoint lacks weights the model needs, which for fine-tuning is the normal case of a
+new task head. `quiet_load_report` silences that table around `from_pretrained`, and
+`new_weights_note` says the same in words from the loading info: "new classification
+head: 2 labels", plus a warning when weights of the base model itself start random.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from finetune_api.models import Task
+
+# The logger transformers' modeling_utils passes to log_state_dict_report.
+LOAD_REPORT_LOGGER = "transformers.modeling_utils"
+SHOWN_KEYS = 3
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """Raise the loading logger to ERROR for the duration (errors still surface)."""
+    logger = logging.getLogger(LOAD_REPORT_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def new_weights_note(model: Any, info: dict[str, Any], task: Task, num_labels: int | None) -> str:
+    """What `from_pretrained(..., output_loading_info=True)` initialised anew, in one line
+    ("" when every weight came from the checkpoint)."""
+    new = set(info.get("missing_keys") or ())
+    new |= {key[0] for key in info.get("mismatched_keys") or ()}
+    if not new:
+        return ""
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    base = sorted(k for k in new if prefix and k.startswith(prefix + "."))
+    head = new - set(base)
+    parts = []
+    if head and task is Task.classification:
+        parts.append(f"new classification head: {num_labels} labels")
+    elif head:
+        parts.append(f"new {task.value} head ({len(head)} tensors)")
+    if base:
+        shown = ", ".join(base[:SHOWN_KEYS]) + (", ..." if len(base) > SHOWN_KEYS else "")
+        parts.append(
+            f"warning: {len(base)} weights of the base model are not in the checkpoint and "
+            f"start random ({shown})"
+        )
+    return "; ".join(parts)
