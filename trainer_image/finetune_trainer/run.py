@@ -39,7 +39,7 @@ from finetune_trainer.modeling import (
     PrecisionChoice,
     choose_precision,
     effective_max_length,
-    load_model,
+    load_model_noted,
     load_tokenizer,
     resolve_model,
 )
@@ -140,6 +140,7 @@ class RunState:
     train_ds: Any
     eval_ds: Any
     qat_layers: list[str] = field(default_factory=list)
+    load_note: str = ""  # weights initialised anew (modeling.load_model_noted)
     # _build_trainer
     trainer: Trainer = field(init=False)
     metrics_fn: evaluation.ClassificationMetrics | None = None
@@ -197,7 +198,7 @@ def _load(
     ref = resolve_model(spec.model, spec_dir)
     tokenizer = load_tokenizer(ref, task)
     raw = load_raw(spec.dataset, task, spec_dir, hp.seed)
-    model = load_model(ref, task, tokenizer, raw.label_map)
+    model, load_note = load_model_noted(ref, task, tokenizer, raw.label_map)
     max_length = effective_max_length(model, hp.max_length)
     target = spec.dataset.target_column if task is Task.causal_lm else None
     train_ds, eval_ds = (
@@ -215,6 +216,7 @@ def _load(
         spec, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw, model,
         max_length, target, train_ds, eval_ds,
     )  # fmt: skip
+    state.load_note = load_note
     _compression_setup(state, spec_dir)
     _adapt_model(state)
     return state
@@ -340,7 +342,8 @@ def _start_message(state: RunState, steps: int) -> str:
     spec = state.spec
     return (
         f"{state.task.value} {state.ref.location}{' + LoRA' if spec.lora else ''}"
-        f"{' + QAT int8' if spec.quantization else ''}: {len(state.train_ds)} train / "
+        f"{' + QAT int8' if spec.quantization else ''}"
+        f"{f' ({state.load_note})' if state.load_note else ''}: {len(state.train_ds)} train / "
         f"{len(state.eval_ds)} eval rows, {steps} steps, precision {state.precision.name}"
         + (f", resuming from {Path(state.resume).name}" if state.resume else "")
     )
