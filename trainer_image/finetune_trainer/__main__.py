@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_trainer", description=__doc__)
     parser.add_argument("--spec", help="FineTuneJob manifest file (JSON or YAML)")
     parser.add_argument("--output", help="artifact directory (overrides spec.output.path)")
+    parser.add_argument("--spec-dir", help="resolve relative paths in the spec against this folder")
     args = parser.parse_args(argv)
     try:
         job, spec_dir = load_job(args.spec)
+        spec_dir = Path(args.spec_dir).resolve() if args.spec_dir else spec_dir
         from finetune_trainer.report import KubernetesSink, Sink, StdoutSink
         from finetune_trainer.run import METRICS_FILE, run
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: no Kubernetes status sink: {err}", file=sys.stderr)
         output = Path(args.output or job.spec.output.path or DEFAULT_OUTPUT)
         metrics = run(job, spec_dir=spec_dir, output_dir=output, sinks=sinks)
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # under torchrun, the main process reports the run (and its pod's result)
         state = json.loads((output / METRICS_FILE).read_text())
         write_termination(
             {
@@ -103,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         write_termination({"phase": "Failed", "metrics": {}, "artifacts": {}, "message": str(err)})
         return 2
-    except Exception as err:
-        traceback.print_exc()
-        message = f"{type(err).__name__}: {err}"
+    except Exception as err:  # one `error:` line, never a traceback (failure.py)
+        from finetune_trainer.failure import report_unexpected
+
+        message = report_unexpected(err)
         write_termination({"phase": "Failed", "metrics": {}, "artifacts": {}, "message": message})
         return 1
 

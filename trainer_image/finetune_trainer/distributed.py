@@ -12,6 +12,7 @@ takes part in the collective steps (evaluate, save_model under FSDP).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from finetune_api.models import FineTuneJobSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,23 @@ def training_kwargs(spec: FineTuneJobSpec, size: int) -> dict[str, Any]:
     """TrainingArguments for several workers: the backend, and FSDP when asked for.
 
     fsdp maps to transformers 5's `fsdp=True` + `fsdp_config` (FSDP2 through accelerate:
-    each transformer block wrapped, full state dict gathered on save).
+    each transformer block wrapped, full state dict gathered on save); accelerate runs
+    FSDP on GPUs only, so CPU workers fall back to DDP with a warning.
     """
     if size <= 1:
         return {}
-    kwargs: dict[str, Any] = {"ddp_backend": backend()}
-    if spec.distributed.strategy == "fsdp":
+    # Each rank's loss is its own batch mean and DDP averages the gradients. transformers'
+    # token averaging across devices would multiply the loss by the world size for every
+    # model whose loss ignores num_items_in_batch (sequence classification, BERT's MLM).
+    kwargs: dict[str, Any] = {"ddp_backend": backend(), "average_tokens_across_devices": False}
+    if not torch.cuda.is_available():
+        # accelerate makes a CPU process group (MULTI_CPU, gloo) only when asked for the
+        # CPU; without it each process would train alone, unsynchronised.
+        kwargs["use_cpu"] = True
+    if spec.distributed.strategy == "fsdp" and not torch.cuda.is_available():
+        # accelerate shards with FSDP on accelerators only; on CPU it would quietly run DDP.
+        log.warning("distributed.strategy fsdp needs GPUs; these CPU workers run DDP")
+    elif spec.distributed.strategy == "fsdp":
         kwargs["fsdp"] = True
         kwargs["fsdp_config"] = {
             "version": 2,

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import evaluation
+from finetune_trainer import distributed, evaluation
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.errors import TrainerUserError
@@ -103,7 +103,9 @@ def run(
 ) -> dict[str, float]:
     """Train, evaluate and save one FineTuneJob; returns the status metrics (camelCase)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter([MetricsFileSink(output_dir / METRICS_FILE), *sinks])
+    # Under torchrun only the main process reports and writes metrics.json (distributed.py).
+    main = distributed.world().is_main
+    reporter = Reporter([MetricsFileSink(output_dir / METRICS_FILE), *sinks] if main else [])
     try:
         return _run(
             job.spec,
@@ -141,6 +143,7 @@ class RunState:
     eval_ds: Any
     qat_layers: list[str] = field(default_factory=list)
     load_note: str = ""  # weights initialised anew (modeling.load_model_noted)
+    world: distributed.World = field(default_factory=distributed.world)
     # _build_trainer
     trainer: Trainer = field(init=False)
     metrics_fn: evaluation.ClassificationMetrics | None = None
@@ -308,7 +311,8 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     trainer.add_callback(ReporterCallback(state.reporter))
     if hp.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
-    if hp.eval_steps is None:
+    if hp.eval_steps is None and not state.world.distributed:
+        # Time-based saves would differ between ranks; several workers save per epoch only.
         trainer.add_callback(TimedCheckpoints(checkpoint_interval()))
     if spec.pruning is not None and spec.pruning.effective_schedule == "gradual":
         from finetune_trainer import pruning
@@ -322,8 +326,10 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
 def _train(state: RunState) -> None:
     """Report the start, train (resuming where a checkpoint exists), collect eval metrics."""
     spec, trainer = state.spec, state.trainer
-    state.resume = resume_checkpoint(state.output_dir, spec)
-    steps = total_steps(spec, len(state.train_ds))
+    with trainer.args.main_process_first(local=False, desc="checkpoints"):
+        state.resume = resume_checkpoint(state.output_dir, spec)  # rank 0 cleans up first
+    steps = total_steps(spec, len(state.train_ds), state.world.size)
+    state.final["worldSize"] = float(state.world.size)
     state.reporter.start(steps, message=_start_message(state, steps))
     if state.task is not Task.classification:
         state.final["perplexityBefore"] = _perplexity_before(
@@ -345,12 +351,16 @@ def _start_message(state: RunState, steps: int) -> str:
         f"{' + QAT int8' if spec.quantization else ''}"
         f"{f' ({state.load_note})' if state.load_note else ''}: {len(state.train_ds)} train / "
         f"{len(state.eval_ds)} eval rows, {steps} steps, precision {state.precision.name}"
+        + (f", {state.world.size} workers" if state.world.distributed else "")
         + (f", resuming from {Path(state.resume).name}" if state.resume else "")
     )
 
 
 def _evaluate(state: RunState) -> None:
     """Classification report (QAT: fp32 vs int8 first), or BLEU for causal LM with targets."""
+    if not state.world.is_main:
+        _evaluate_as_worker(state)
+        return
     if state.task is Task.classification:
         assert state.raw.label_map is not None and state.metrics_fn is not None
         if state.spec.quantization is not None:
@@ -380,8 +390,20 @@ def _evaluate(state: RunState) -> None:
         )
 
 
+def _evaluate_as_worker(state: RunState) -> None:
+    """A worker takes part in the collective evaluation the main process may run."""
+    if state.task is Task.classification and state.spec.quantization is None:
+        assert state.metrics_fn is not None
+        _predictions(state.trainer, state.metrics_fn, state.eval_ds)
+
+
 def _save(state: RunState) -> None:
     """Model (QAT saved its int8 model in _evaluate), run.json, log history, loss curve."""
+    if not state.world.is_main:
+        if state.spec.quantization is None and state.spec.lora is None:
+            # Collective under FSDP (gathers the full state dict); writes nothing here.
+            state.trainer.save_model(str(state.output_dir / "model"))
+        return
     spec, trainer, output_dir = state.spec, state.trainer, state.output_dir
     if spec.quantization is None:
         state.artifacts |= _save_model(trainer, state.tokenizer, spec, output_dir)
@@ -400,7 +422,8 @@ def _perplexity_before(trainer: Trainer, output_dir: Path, resume: str | None) -
         return float(json.loads(path.read_text())["perplexityBefore"])
     loss = trainer.evaluate(metric_key_prefix="before")["before_loss"]
     value = evaluation.perplexity(float(loss))
-    path.write_text(json.dumps({"perplexityBefore": value}))
+    if trainer.is_world_process_zero():
+        path.write_text(json.dumps({"perplexityBefore": value}))
     return value
 
 

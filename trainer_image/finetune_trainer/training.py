@@ -27,7 +27,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from finetune_api.models import FineTuneJobSpec, Task
-from finetune_trainer import speedups
+from finetune_trainer import distributed, speedups
 from finetune_trainer.data import LENGTH_COLUMN
 from finetune_trainer.modeling import PrecisionChoice
 
@@ -45,14 +45,17 @@ NOT_TRAINING = {
     "backoffLimit",
     "activeDeadlineSeconds",
     "suspend",
+    "cache",
 }
 
 
-def total_steps(spec: FineTuneJobSpec, train_rows: int) -> int:
+def total_steps(spec: FineTuneJobSpec, train_rows: int, world_size: int = 1) -> int:
+    """Optimizer steps; each step takes batchSize rows on each of world_size workers."""
     hp = spec.hyperparameters
     if hp.max_steps > 0:
         return hp.max_steps
-    per_epoch = max(1, math.ceil(train_rows / hp.batch_size) // hp.gradient_accumulation_steps)
+    batches = math.ceil(train_rows / (hp.batch_size * world_size))
+    per_epoch = max(1, batches // hp.gradient_accumulation_steps)
     return max(1, math.ceil(per_epoch * hp.epochs))
 
 
@@ -110,6 +113,7 @@ def training_arguments(
         **speedups.loader_arguments(),
         **eval_kwargs,
         **save_kwargs,
+        **distributed.training_kwargs(spec, distributed.world().size),  # gloo/nccl, FSDP
     )
 
 
