@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finetune_api.models import Dataset as DatasetSpec
 from finetune_api.models import DataSource, Task
+from finetune_trainer import data_files
 from finetune_trainer.errors import DataError
 
 # File extension -> (datasets builder, extra builder kwargs).
@@ -105,9 +106,11 @@ def load_table(source: DataSource, spec_dir: Path | None, role: str) -> Table:
         )
     builder, kwargs = FORMATS[suffix]
     try:
-        data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        with data_files.quiet_builders():
+            data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # the builders raise many types; all mean "cannot read"
-        raise DataError(f"{where}: cannot read it as {suffix[1:]}: {_last_line(err)}") from None
+        reason = data_files.explain(path) or f"cannot read it as {suffix[1:]}: {_last_line(err)}"
+        raise DataError(f"{where}: {reason}") from None
     assert isinstance(data, datasets.Dataset)
     return Table(data, where)
 
