@@ -41,7 +41,7 @@ def test_parser_error_has_no_raw_log_line_first(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     train = tmp_path / "train.csv"
-    train.write_text('text,label\n"good",1\n"unterminated,0\nx,1,2,3,4\n')
+    train.write_text("text,label\ngood,1\nx,1,2,3,4\n")  # pandas ParserError on line 3
     msg = _load_error(train)
     assert msg.startswith(f"dataset.train file {train}: cannot read it as csv:")
     captured = capfd.readouterr()
