@@ -152,3 +152,11 @@ def test_predict_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 
     with pytest.raises(RunDirError, match="not the artifact directory of a finished run"):
         predict(tmp_path, ["hello"])
+
+
+def test_predict_on_a_missing_directory(tmp_path: Path) -> None:
+    from finetune_trainer.errors import RunDirError
+    from finetune_trainer.predict import predict
+
+    with pytest.raises(RunDirError, match=r"runs/nope: no such directory"):
+        predict(tmp_path / "runs" / "nope", ["hello"])

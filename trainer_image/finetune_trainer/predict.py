@@ -29,6 +29,9 @@ def load_run(
 
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_INFO
+    if not run_dir.is_dir():
+        what = "is a file, not a run directory" if run_dir.exists() else "no such directory"
+        raise RunDirError(f"{run_dir}: {what} (give the artifact directory of a finished run)")
     if not info_path.is_file():
         raise RunDirError(f"{run_dir}: no {RUN_INFO}; not the artifact directory of a finished run")
     info = json.loads(info_path.read_text())
