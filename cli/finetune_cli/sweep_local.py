@@ -135,6 +135,12 @@ def run_sweep(
     (after writing the outputs) when the sweep ends Failed."""
     if workers < 1:
         raise UserError("--workers must be at least 1")
+    if sweep.spec.template.resources.nodes > 1:  # trials here are single processes
+        raise UserError(
+            f"spec.template.resources.nodes is {sweep.spec.template.resources.nodes}: the local "
+            "sweep runs each trial as one process, which would change the global batch; "
+            "add --set spec.template.resources.nodes=1 (on a cluster, trials run multi-node)"
+        )
     con = console or Console(highlight=False, soft_wrap=True)
     name = sweep.metadata.name
     out = (output or Path("runs") / name).resolve()
