@@ -70,6 +70,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "defaultNodeSelector": {"nvidia.com/gpu.present": "true"},
         },
     },
+    "namespaced-networkpolicy": {
+        "watchNamespaces": ["team-a"],
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+            ],
+            "apiServer": {"cidrs": ["10.96.0.1/32", "172.18.0.2/32"], "ports": [6443]},
+        },
+    },
 }
 
 
@@ -369,6 +380,74 @@ def test_no_crds_in_templates(rendered: tuple[str, dict, list[dict]]) -> None:
     assert not kinds(docs, "CustomResourceDefinition")
 
 
+# --------------------------------------------------------------------------- network policy
+
+
+def the_policy(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (policy,) = kinds(docs, "NetworkPolicy")
+    return policy
+
+
+def port_set(rule: dict[str, Any]) -> set[tuple[int, str]]:
+    return {(p["port"], p["protocol"]) for p in rule["ports"]}
+
+
+def test_network_policy_is_opt_in(rendered: tuple[str, dict, list[dict]]) -> None:
+    _, values, docs = rendered
+    enabled = values.get("networkPolicy", {}).get("enabled", False)
+    assert len(kinds(docs, "NetworkPolicy")) == (1 if enabled else 0)
+
+
+def test_network_policy_admits_metrics_and_allows_dns_and_api_server_only(
+    rendered: tuple[str, dict, list[dict]],
+) -> None:
+    _, values, docs = rendered
+    if not values.get("networkPolicy", {}).get("enabled", False):
+        return
+    policy = the_policy(docs)
+    deployment = the_deployment(docs)
+    spec = policy["spec"]
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    # It selects exactly the operator's pods.
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert spec["podSelector"] == deployment["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # Ingress: the metrics port only (probes come from the kubelet, always allowed).
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (ingress,) = spec["ingress"]
+    assert port_set(ingress) == {(ports["metrics"], "TCP")}
+    assert ingress["from"] == values["networkPolicy"]["metricsFrom"]
+    # Egress: DNS to kube-dns, and the API server's ports at its addresses.
+    dns, api = spec["egress"]
+    assert port_set(dns) == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    api_values = values["networkPolicy"]["apiServer"]
+    assert port_set(api) == {(p, "TCP") for p in api_values["ports"]}
+    assert api["to"] == [{"ipBlock": {"cidr": c}} for c in api_values["cidrs"]]
+
+
+def test_network_policy_defaults_when_enabled() -> None:
+    spec = the_policy(render({"networkPolicy": {"enabled": True}}))["spec"]
+    (ingress,) = spec["ingress"]
+    assert "from" not in ingress and port_set(ingress) == {(8080, "TCP")}
+    dns, api = spec["egress"]
+    assert port_set(api) == {(443, "TCP"), (6443, "TCP")} and "to" not in api
+    extra = {"to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}], "ports": [{"port": 3128}]}
+    spec = the_policy(render({"networkPolicy": {"enabled": True, "extraEgress": [extra]}}))[
+        "spec"
+    ]
+    assert spec["egress"][2:] == [extra]
+    spec = the_policy(render({"networkPolicy": {"enabled": True, "dns": {"to": []}}}))["spec"]
+    assert "to" not in spec["egress"][0]
+
+
 # --------------------------------------------------------------------------- schema and lint
 
 
@@ -395,6 +474,11 @@ def test_no_crds_in_templates(rendered: tuple[str, dict, list[dict]]) -> None:
         {"rbac": {"create": "true"}},
         {"trainer": {"statusIntervalSeconds": 0}},
         {"trainer": {"imagePullSecrets": [{"name": "regcred"}]}},
+        {"networkPolicy": {"enabled": "yes"}},
+        {"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}},
+        {"networkPolicy": {"apiServer": {"ports": []}}},
+        {"networkPolicy": {"metricsFrom": [{"namespace": "mon"}]}},
+        {"networkPolicy": {"ingress": []}},
         {"typo": 1},
     ],
     ids=repr,
