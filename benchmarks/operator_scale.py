@@ -422,10 +422,11 @@ def _free_port() -> int:
 
 def reconcile_cost(count: int) -> dict[str, Any]:
     """Per-object pure reconcile cost: parse + Job manifest + status derivation + patch."""
+    from finetune_api.conditions import now_rfc3339 as now_iso
     from finetune_operator.config import OperatorConfig
     from finetune_operator.handlers_job import parse_job
     from finetune_operator.jobs import build_job
-    from finetune_operator.status import derive, now_iso, status_patch
+    from finetune_operator.status import derive, status_patch
 
     config = OperatorConfig()
     rng = random.Random(0)

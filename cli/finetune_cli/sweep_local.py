@@ -23,7 +23,7 @@ import math
 import multiprocessing
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,71 +144,19 @@ def run_sweep(
     con = console or Console(highlight=False, soft_wrap=True)
     name = sweep.metadata.name
     out = (output or Path("runs") / name).resolve()
-    trials_dir = out / "trials"
-    trials_dir.mkdir(parents=True, exist_ok=True)
+    (out / "trials").mkdir(parents=True, exist_ok=True)
     # Locally, parallelism is bounded by the worker count; everything else is the spec's.
     spec = sweep.spec.model_copy(update={"parallelism": min(sweep.spec.parallelism, workers)})
     local = sweep.model_copy(update={"spec": spec})
-    run = executor or trainer_executor
-    seconds: dict[int, float] = {}
-    table = _ProgressTable(con, local)
     con.print(
         f"finetune sweep: {name}: {spec.sampler.type} sampler (seed {spec.sampler.seed}), "
         f"{spec.pruner.type} pruner, maxTrials {spec.max_trials}, "
         f"{spec.parallelism} at a time -> {out}"
     )
-    table.header()
-
-    def finished(rec: TrialRecord, secs: float) -> None:
-        seconds[rec.number] = secs
-        table.row(rec, secs, store.records())
-
-    if spec.parallelism == 1:
-        store = RecordStore({})
-        while True:
-            plan = plan_sweep(spec, store.records(), study_name=name, sweep_name=name)
-            if not plan.create:
-                break
-            for n, params in plan.create:
-                _check_trial(local, n, params)
-                store.put(TrialRecord(n, params, name=trial_name(name, n)))
-                finished(*execute_trial(run, local, n, spec_dir, trials_dir, store))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager:
-            store = RecordStore(manager.dict())
-            with cf.ProcessPoolExecutor(spec.parallelism, mp_context=ctx) as pool:
-                running: dict[cf.Future[tuple[TrialRecord, float]], int] = {}
-                while True:
-                    plan = plan_sweep(spec, store.records(), study_name=name, sweep_name=name)
-                    for n in plan.prune:
-                        store.request_prune(n)
-                    for n, params in plan.create:
-                        _check_trial(local, n, params)
-                        store.put(TrialRecord(n, params, name=trial_name(name, n)))
-                        fut = pool.submit(execute_trial, run, local, n, spec_dir, trials_dir, store)
-                        running[fut] = n
-                    if not running:
-                        break
-                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for fut in done:
-                        n = running.pop(fut)
-                        try:
-                            finished(*fut.result())
-                        except Exception as err:  # the worker itself died
-                            rec = replace(
-                                store.get(n),
-                                status=TrialStatus.failed,
-                                message=f"worker failed: {type(err).__name__}: {err}",
-                            )
-                            store.put(rec)
-                            finished(rec, 0.0)
-            records = store.records()
-        store = RecordStore({r.number: _as_dict(r) for r in records})
-
-    records = store.records()
+    loop = _SweepLoop(local, executor or trainer_executor, spec_dir, out / "trials", con)
+    records = loop.serial() if spec.parallelism == 1 else loop.parallel()
     plan = plan_sweep(spec, records, study_name=name, sweep_name=name)
-    result = SweepResult(plan=plan, records=records, output=out, seconds=seconds)
+    result = SweepResult(plan=plan, records=records, output=out, seconds=loop.seconds)
     if write_outputs:
         write_results(local, result)
     con.print(f"finetune sweep: {plan.phase.value}: {plan.message}")
@@ -221,6 +169,82 @@ def run_sweep(
     return result
 
 
+class _SweepLoop:
+    """Plan, start trials, record them as they finish, until the plan creates none."""
+
+    def __init__(
+        self,
+        sweep: HyperparameterSweep,
+        run: TrialExecutor,
+        spec_dir: Path | None,
+        trials_dir: Path,
+        console: Console,
+    ) -> None:
+        self.sweep, self.run, self.spec_dir, self.trials_dir = sweep, run, spec_dir, trials_dir
+        self.name = sweep.metadata.name
+        self.seconds: dict[int, float] = {}
+        self.table = _ProgressTable(console, sweep)
+        self.table.header()
+
+    def plan(self, store: RecordStore) -> Plan:
+        return plan_sweep(
+            self.sweep.spec, store.records(), study_name=self.name, sweep_name=self.name
+        )
+
+    def start(self, store: RecordStore, number: int, params: dict[str, Any]) -> None:
+        _check_trial(self.sweep, number, params)
+        store.put(TrialRecord(number, params, name=trial_name(self.name, number)))
+
+    def finished(self, store: RecordStore, rec: TrialRecord, secs: float) -> None:
+        self.seconds[rec.number] = secs
+        self.table.row(rec, secs, store.records())
+
+    def serial(self) -> list[TrialRecord]:
+        """One trial at a time, in this process."""
+        store = RecordStore({})
+        while (plan := self.plan(store)).create:
+            for n, params in plan.create:
+                self.start(store, n, params)
+                args = (self.run, self.sweep, n, self.spec_dir, self.trials_dir, store)
+                self.finished(store, *execute_trial(*args))
+        return store.records()
+
+    def parallel(self) -> list[TrialRecord]:
+        """Trials in spawned worker processes sharing one record store (pruning requests
+        travel through it)."""
+        ctx = multiprocessing.get_context("spawn")
+        with (
+            ctx.Manager() as manager,
+            cf.ProcessPoolExecutor(self.sweep.spec.parallelism, mp_context=ctx) as pool,
+        ):
+            store = RecordStore(manager.dict())
+            running: dict[cf.Future[tuple[TrialRecord, float]], int] = {}
+            while True:
+                plan = self.plan(store)
+                for n in plan.prune:
+                    store.request_prune(n)
+                for n, params in plan.create:
+                    self.start(store, n, params)
+                    args = (self.run, self.sweep, n, self.spec_dir, self.trials_dir, store)
+                    running[pool.submit(execute_trial, *args)] = n
+                if not running:
+                    return store.records()
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    self.collect(store, fut, running.pop(fut))
+
+    def collect(
+        self, store: RecordStore, fut: cf.Future[tuple[TrialRecord, float]], number: int
+    ) -> None:
+        try:
+            self.finished(store, *fut.result())
+        except Exception as err:  # the worker itself died
+            message = f"worker failed: {type(err).__name__}: {err}"
+            rec = replace(store.get(number), status=TrialStatus.failed, message=message)
+            store.put(rec)
+            self.finished(store, rec, 0.0)
+
+
 def _check_trial(sweep: HyperparameterSweep, number: int, params: dict[str, Any]) -> None:
     """A suggestion that makes an invalid trial spec fails the sweep, as in the operator
     (which cannot create such a child): the searchSpace bounds are wrong, not the trial."""
@@ -231,12 +255,6 @@ def _check_trial(sweep: HyperparameterSweep, number: int, params: dict[str, Any]
             f"sweep {sweep.metadata.name} failed: searchSpace gives an invalid trial "
             f"{trial_name(sweep.metadata.name, number)}: {err}"
         ) from None
-
-
-def _as_dict(r: TrialRecord) -> dict[str, Any]:
-    d = asdict(r)
-    d["status"] = r.status.value
-    return d
 
 
 class _ProgressTable:

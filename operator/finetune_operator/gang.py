@@ -38,8 +38,8 @@ from finetune_operator.config import (
 
 RENDEZVOUS_PORT = 29500
 RENDEZVOUS_TIMEOUT_S = 1800  # pod 0 waits this long for the others (image pulls, scheduling)
-TORCHRUN = ["python", "-m", "torch.distributed.run"]
-TRAINER_MODULE = ["-m", "finetune_trainer"]
+TORCHRUN = ("python", "-m", "torch.distributed.run")
+TRAINER_MODULE = ("-m", "finetune_trainer")
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 MAX_NAME = 63

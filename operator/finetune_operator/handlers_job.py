@@ -57,6 +57,7 @@ from finetune_operator.runtime import (
 )
 from finetune_operator.state import ReconcileState, from_memo
 from finetune_operator.status import (
+    OWNED_KEYS,
     Derived,
     derive,
     invalid_spec,
@@ -65,18 +66,6 @@ from finetune_operator.status import (
 )
 
 MANAGED = MappingProxyType({LABEL_MANAGED_BY: MANAGED_BY})
-# Status keys only the operator writes (the trainer owns progress/metrics/history/artifacts).
-OWNED_KEYS = frozenset(
-    {
-        "phase",
-        "conditions",
-        "observedGeneration",
-        "jobName",
-        "startTime",
-        "completionTime",
-        "message",
-    }
-)
 TERMINAL = (Phase.succeeded.value, Phase.failed.value)
 EventSpec = tuple[str, str, str]  # (type, reason, message)
 

@@ -23,7 +23,7 @@ from finetune_operator.config import OperatorConfig
 from finetune_operator.metrics import REGISTRY
 from finetune_operator.state import ReconcileState
 
-__all__ = ["handlers_job", "handlers_sweep", "run_operator", "serve"]
+__all__ = ("handlers_job", "handlers_sweep", "run_operator", "serve")
 
 log = logging.getLogger("finetune_operator")
 

@@ -2,6 +2,9 @@
 
 Everything here is a function of its arguments (the clock is passed in as `now`),
 so a table of real-looking Job/Pod statuses pins the behaviour down in unit tests.
+The status is built as the typed `finetune_api.models.FineTuneJobStatus` (conditions
+from the one builder, `finetune_api.conditions.condition`) and sent as the merge patch
+of what changed.
 
 The operator owns these status keys: phase, conditions, observedGeneration,
 jobName, startTime, completionTime, message. The trainer owns progress,
@@ -13,12 +16,11 @@ not land, so a finished job's numbers survive a lost patch and a restart.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from finetune_api.models import FineTuneJobSpec, Phase
+from finetune_api.conditions import condition, safe_reason
+from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, Phase
 from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
 
 CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
@@ -29,22 +31,17 @@ PROBLEM_REASONS = frozenset(
     {*IMAGE_REASONS, *CONFIG_REASONS, "Unschedulable", "JobNameConflict", "CrashLoopBackOff"}
 )
 STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
-_REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-
-
-def safe_reason(reason: str) -> str:
-    """A metav1.Condition-legal reason (CamelCase letters, digits, _ , :)."""
-    if _REASON_RE.match(reason):
-        return reason
-    cleaned = re.sub(r"[^A-Za-z0-9_,:]", "", reason).lstrip("0123456789_,:").rstrip(",:")
-    return cleaned or "Unknown"
-
-
+# Status keys only the operator writes (the trainer owns progress/metrics/history/artifacts).
+OWNED_KEYS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "jobName",
+    "startTime",
+    "completionTime",
+    "message",
+)
 MAX_MESSAGE = 1024
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -246,110 +243,135 @@ def derive(
     default_image: str = "",
 ) -> Derived:
     """The FineTuneJob's phase, reason and message from its Job and the Job's pods."""
-    image = spec.image or default_image
     if job is None:
         if spec.suspend:
             return Derived(Phase.suspended, "Suspended", "spec.suspend is true; no Job started.")
         return Derived(Phase.pending, "Creating", "Creating the trainer Job.")
-
-    jstatus = job.get("status") or {}
-    start = jstatus.get("startTime")
-    ordered = _sorted_pods(pods)
-    report = _report_from_pods(ordered)
-    metrics = _numbers(report.get("metrics")) if report else {}
-    artifacts = _strings(report.get("artifacts")) if report else {}
-
-    def out(phase: Phase, reason: str, message: str, completion: str | None = None) -> Derived:
-        return Derived(phase, reason, _shorten(message), start, completion, metrics, artifacts)
-
+    seen = _Seen(spec, job, _sorted_pods(pods), spec.image or default_image)
     done = _job_condition(job, "Complete", "SuccessCriteriaMet")
-    if done is not None or (jstatus.get("succeeded") or 0) >= 1:
-        completion = jstatus.get("completionTime") or (done or {}).get("lastTransitionTime")
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:6])
-        output = (spec.output.path or DEFAULT_OUTPUT_PATH) + (
-            f" (PVC {spec.output.pvc})" if spec.output.pvc else ""
-        )
-        message = f"Training succeeded; artifacts in {output}."
-        if summary:
-            message += f" {summary}."
-        return out(Phase.succeeded, "Succeeded", message, completion)
-
+    if done is not None or (seen.jstatus.get("succeeded") or 0) >= 1:
+        return _succeeded(seen, done)
     failed = _job_condition(job, "Failed", "FailureTarget")
     if failed is not None:
-        completion = failed.get("lastTransitionTime")
-        job_reason = str(failed.get("reason") or "Failed")
-        pod_detail = None
-        for pod in reversed(ordered):
-            pod_detail = _failure_detail(pod, spec) or _pending_detail(pod, image)
-            if pod_detail:
-                break
-        if job_reason == "DeadlineExceeded":
-            limit = spec.active_deadline_seconds
-            message = (
-                f"The Job ran longer than spec.activeDeadlineSeconds ({limit} s) and was stopped. "
-                "Raise activeDeadlineSeconds, or reduce hyperparameters.epochs / maxSteps or "
-                "dataset.maxSamples."
-            )
-            if pod_detail and pod_detail[0] in PROBLEM_REASONS:
-                message += f" The pod never started: {pod_detail[1]}"
-            return out(Phase.failed, "DeadlineExceeded", message, completion)
-        if job_reason == "BackoffLimitExceeded":
-            attempts = jstatus.get("failed") or spec.backoff_limit + 1
-            last = pod_detail[1] if pod_detail else "see the pod logs."
-            reason = pod_detail[0] if pod_detail and pod_detail[0] == "OOMKilled" else job_reason
-            return out(
-                Phase.failed,
-                reason,
-                f"The trainer failed {attempts} time(s); spec.backoffLimit ({spec.backoff_limit}) "
-                f"is used up. Last attempt: {last}",
-                completion,
-            )
-        if pod_detail:
-            return out(Phase.failed, pod_detail[0], pod_detail[1], completion)
-        detail = str(failed.get("message") or "").strip()
-        return out(
-            Phase.failed, job_reason, f"The Job failed ({job_reason}). {detail}".strip(), completion
+        return _failed(seen, failed)
+    suspended = _suspended(seen, kueue_queue)
+    return suspended if suspended is not None else _active(seen)
+
+
+@dataclass
+class _Seen:
+    """What derive reads, with the trainer's report (termination message) parsed once."""
+
+    spec: FineTuneJobSpec
+    job: dict[str, Any]
+    pods: list[dict[str, Any]]  # oldest first
+    image: str
+    metrics: dict[str, float] = field(init=False)
+    artifacts: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        report = _report_from_pods(self.pods) or {}
+        self.metrics = _numbers(report.get("metrics"))
+        self.artifacts = _strings(report.get("artifacts"))
+
+    @property
+    def jstatus(self) -> dict[str, Any]:
+        return dict(self.job.get("status") or {})
+
+    def out(
+        self, phase: Phase, reason: str, message: str, completion: str | None = None
+    ) -> Derived:
+        start = self.jstatus.get("startTime")
+        return Derived(
+            phase, reason, _shorten(message), start, completion, self.metrics, self.artifacts
         )
 
-    if job.get("spec", {}).get("suspend"):
-        if spec.suspend:
-            return out(
-                Phase.suspended,
-                "Suspended",
-                "Suspended (spec.suspend is true); set it false to resume.",
-            )
-        if kueue_queue:
-            return out(
-                Phase.pending,
-                "Queued",
-                f"Waiting for Kueue to admit the Job (queue {kueue_queue}).",
-            )
-        return out(Phase.pending, "Resuming", "Resuming the suspended Job.")
-    if spec.suspend:
-        return out(Phase.suspended, "Suspending", "Suspending the Job (spec.suspend is true).")
 
-    retries = jstatus.get("failed") or 0
+def _succeeded(seen: _Seen, done: dict[str, Any] | None) -> Derived:
+    completion = seen.jstatus.get("completionTime") or (done or {}).get("lastTransitionTime")
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(seen.metrics.items())[:6])
+    output = seen.spec.output
+    where = (output.path or DEFAULT_OUTPUT_PATH) + (f" (PVC {output.pvc})" if output.pvc else "")
+    message = f"Training succeeded; artifacts in {where}."
+    if summary:
+        message += f" {summary}."
+    return seen.out(Phase.succeeded, "Succeeded", message, completion)
+
+
+def _failed(seen: _Seen, failed: dict[str, Any]) -> Derived:
+    spec, completion = seen.spec, failed.get("lastTransitionTime")
+    job_reason = str(failed.get("reason") or "Failed")
+    pod_detail = next(
+        (
+            d
+            for p in reversed(seen.pods)
+            if (d := _failure_detail(p, spec) or _pending_detail(p, seen.image))
+        ),
+        None,
+    )
+    if job_reason == "DeadlineExceeded":
+        message = (
+            f"The Job ran longer than spec.activeDeadlineSeconds "
+            f"({spec.active_deadline_seconds} s) and was stopped. Raise activeDeadlineSeconds, "
+            "or reduce hyperparameters.epochs / maxSteps or dataset.maxSamples."
+        )
+        if pod_detail and pod_detail[0] in PROBLEM_REASONS:
+            message += f" The pod never started: {pod_detail[1]}"
+        return seen.out(Phase.failed, "DeadlineExceeded", message, completion)
+    if job_reason == "BackoffLimitExceeded":
+        attempts = seen.jstatus.get("failed") or spec.backoff_limit + 1
+        last = pod_detail[1] if pod_detail else "see the pod logs."
+        reason = pod_detail[0] if pod_detail and pod_detail[0] == "OOMKilled" else job_reason
+        message = (
+            f"The trainer failed {attempts} time(s); spec.backoffLimit ({spec.backoff_limit}) "
+            f"is used up. Last attempt: {last}"
+        )
+        return seen.out(Phase.failed, reason, message, completion)
+    if pod_detail:
+        return seen.out(Phase.failed, pod_detail[0], pod_detail[1], completion)
+    detail = str(failed.get("message") or "").strip()
+    message = f"The Job failed ({job_reason}). {detail}".strip()
+    return seen.out(Phase.failed, job_reason, message, completion)
+
+
+def _suspended(seen: _Seen, kueue_queue: str | None) -> Derived | None:
+    """Suspended, queued or resuming; None when the Job and the spec agree it runs."""
+    if seen.job.get("spec", {}).get("suspend"):
+        if seen.spec.suspend:
+            message = "Suspended (spec.suspend is true); set it false to resume."
+            return seen.out(Phase.suspended, "Suspended", message)
+        if kueue_queue:
+            message = f"Waiting for Kueue to admit the Job (queue {kueue_queue})."
+            return seen.out(Phase.pending, "Queued", message)
+        return seen.out(Phase.pending, "Resuming", "Resuming the suspended Job.")
+    if seen.spec.suspend:
+        return seen.out(Phase.suspended, "Suspending", "Suspending the Job (spec.suspend is true).")
+    return None
+
+
+def _active(seen: _Seen) -> Derived:
+    """Running, or pending: blocked on something the user must fix, starting, or waiting."""
+    spec, pods = seen.spec, seen.pods
+    retries = seen.jstatus.get("failed") or 0
     retry_note = ""
     if retries:
         last_failed = next(
-            (d for d in (_failure_detail(p, spec) for p in reversed(ordered)) if d), None
+            (d for d in (_failure_detail(p, spec) for p in reversed(pods)) if d), None
         )
         retry_note = f" Attempt {retries + 1} of {spec.backoff_limit + 1}" + (
             f"; the last one failed: {last_failed[1]}" if last_failed else "."
         )
-
-    live = [p for p in ordered if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
-    if any(_is_running(p) for p in live) or (jstatus.get("ready") or 0) > 0:
-        return out(Phase.running, "Running", "The trainer is running." + retry_note)
-    for pod in reversed(live or ordered[-1:]):
-        blocked = _pending_detail(pod, image)
+    live = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+    if any(_is_running(p) for p in live) or (seen.jstatus.get("ready") or 0) > 0:
+        return seen.out(Phase.running, "Running", "The trainer is running." + retry_note)
+    for pod in reversed(live or pods[-1:]):
+        blocked = _pending_detail(pod, seen.image)
         if blocked:
-            return out(Phase.pending, blocked[0], blocked[1] + retry_note)
-    if (jstatus.get("active") or 0) > 0 or live:
-        return out(Phase.pending, "Starting", "The trainer pod is starting." + retry_note)
-    return out(
-        Phase.pending, "JobCreated", "Waiting for the trainer pod to be scheduled." + retry_note
-    )
+            return seen.out(Phase.pending, blocked[0], blocked[1] + retry_note)
+    if (seen.jstatus.get("active") or 0) > 0 or live:
+        return seen.out(Phase.pending, "Starting", "The trainer pod is starting." + retry_note)
+    message = "Waiting for the trainer pod to be scheduled." + retry_note
+    return seen.out(Phase.pending, "JobCreated", message)
 
 
 def invalid_spec(message: str) -> Derived:
@@ -366,9 +388,8 @@ def build_conditions(
     derived: Derived,
     generation: int | None,
     now: str,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """metav1.Conditions; lastTransitionTime moves only when a condition's status flips."""
-    prev = {c.get("type"): c for c in previous if isinstance(c, dict)}
     phase = derived.phase
     truth = {
         "Ready": phase is Phase.succeeded,
@@ -376,28 +397,38 @@ def build_conditions(
         "Failed": phase is Phase.failed,
         "Suspended": phase is Phase.suspended,
     }
-    out: list[dict[str, Any]] = []
+    prev = [c for c in previous if isinstance(c, dict)]
+    out = []
     for ctype in CONDITION_TYPES:
-        status = "True" if truth[ctype] else "False"
         relevant = ctype == "Ready" or truth[ctype]
-        reason = safe_reason(derived.reason) if relevant else phase.value
+        reason = derived.reason if relevant else phase.value
         message = derived.message if relevant else ""
-        old = prev.get(ctype)
-        if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
-            ltt = str(old["lastTransitionTime"])
-        else:
-            ltt = now
-        cond: dict[str, Any] = {
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": ltt,
-        }
-        if generation is not None:
-            cond["observedGeneration"] = generation
-        out.append(cond)
+        out.append(
+            condition(
+                ctype, truth[ctype], reason, message, generation=generation, now=now, previous=prev
+            )
+        )
     return out
+
+
+def desired_status(
+    previous: dict[str, Any],
+    derived: Derived,
+    *,
+    generation: int | None,
+    job_name: str | None,
+    now: str,
+) -> FineTuneJobStatus:
+    """The operator's part of the status (OWNED_KEYS), as the typed model."""
+    return FineTuneJobStatus(
+        phase=derived.phase,
+        conditions=build_conditions(previous.get("conditions") or [], derived, generation, now),
+        observed_generation=generation,
+        job_name=job_name,
+        start_time=derived.start_time,
+        completion_time=derived.completion_time,
+        message=derived.message,
+    )
 
 
 def status_patch(
@@ -408,26 +439,22 @@ def status_patch(
     job_name: str | None,
     now: str,
 ) -> dict[str, Any]:
-    """The minimal merge patch for `status` (empty when nothing changed)."""
-    desired: dict[str, Any] = {
-        "phase": derived.phase.value,
-        "conditions": build_conditions(previous.get("conditions") or [], derived, generation, now),
-        "observedGeneration": generation,
-        "jobName": job_name,
-        "startTime": derived.start_time,
-        "completionTime": derived.completion_time,
-        "message": derived.message,
-    }
+    """The minimal merge patch for `status` (empty when nothing changed): the operator's
+    keys that differ (a key it no longer sets is removed with null), plus metrics and
+    artifacts from the termination message that the trainer's live patches did not
+    deliver (never overwriting them)."""
+    wire = desired_status(
+        previous, derived, generation=generation, job_name=job_name, now=now
+    ).dump()
     patch = {
-        k: v
-        for k, v in desired.items()
-        if previous.get(k) != v and not (v is None and k not in previous)
+        k: wire.get(k)
+        for k in OWNED_KEYS
+        if previous.get(k) != wire.get(k) and (k in wire or k in previous)
     }
-    # Fill in what the trainer's live patches did not deliver (never overwrite them).
     prev_metrics = previous.get("metrics") or {}
     missing = {k: v for k, v in derived.metrics.items() if k not in prev_metrics}
     if missing:
-        patch["metrics"] = missing
+        patch["metrics"] = FineTuneJobStatus(metrics=missing).dump()["metrics"]
     prev_artifacts = previous.get("artifacts") or {}
     missing_art = {k: v for k, v in derived.artifacts.items() if k not in prev_artifacts}
     if missing_art:

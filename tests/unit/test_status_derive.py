@@ -367,7 +367,7 @@ def test_suspend_requested_before_the_job_reflects_it() -> None:
 
 def test_conditions_shape_and_transition_times() -> None:
     running = Derived(Phase.running, "Running", "The trainer is running.")
-    first = build_conditions([], running, 3, T0)
+    first = [c.dump() for c in build_conditions([], running, 3, T0)]
     assert [c["type"] for c in first] == ["Ready", "Succeeded", "Failed", "Suspended"]
     for c in first:
         assert set(c) == {
@@ -381,9 +381,9 @@ def test_conditions_shape_and_transition_times() -> None:
         assert c["observedGeneration"] == 3 and c["lastTransitionTime"] == T0
     # Same statuses, later: times stay, reasons may change.
     again = build_conditions(first, Derived(Phase.pending, "Starting", "x"), 3, T1)
-    assert all(c["lastTransitionTime"] == T0 for c in again)
+    assert all(c.last_transition_time == T0 for c in again)
     done = build_conditions(first, Derived(Phase.succeeded, "Succeeded", "ok"), 4, T1)
-    by = {c["type"]: c for c in done}
+    by = {c.type: c.dump() for c in done}
     assert by["Ready"]["status"] == "True" and by["Ready"]["lastTransitionTime"] == T1
     assert by["Succeeded"]["lastTransitionTime"] == T1
     assert by["Failed"]["lastTransitionTime"] == T0  # never flipped
@@ -428,7 +428,7 @@ def test_condition_reasons_are_always_legal() -> None:
     assert safe_reason("42") == "Unknown"
     weird = Derived(Phase.failed, "has spaces", "m")
     (ready, *_) = build_conditions([], weird, 1, T0)
-    assert ready["reason"] == "hasspaces"
+    assert ready.reason == "hasspaces"
 
 
 def test_invalid_spec_and_termination_parsing() -> None:
