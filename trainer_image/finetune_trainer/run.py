@@ -33,7 +33,7 @@ from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
 from finetune_trainer import distributed, evaluation
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
-from finetune_trainer.errors import TrainerUserError
+from finetune_trainer.interrupt import failure_message
 from finetune_trainer.modeling import (
     ModelRef,
     PrecisionChoice,
@@ -117,7 +117,7 @@ def run(
             progress_bar,
         )
     except BaseException as err:
-        message = str(err) if isinstance(err, TrainerUserError) else f"{type(err).__name__}: {err}"
+        message = failure_message(err, output_dir)
         reporter.end(phase="Failed", message=message)
         raise
 
