@@ -171,10 +171,51 @@ class Dataset(ApiModel):
     max_eval_samples: int | None = Field(None, ge=1, description="Use at most this many eval rows.")
 
 
+AUTO = "auto"
+
+
+def _batch_size(value: Any) -> int | str:
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096:
+        return value
+    raise ValueError("must be an integer from 1 to 4096, or auto")
+
+
+BatchSize = Annotated[
+    int | str,
+    PlainValidator(_batch_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 4096},
+                {"type": "string", "pattern": "^auto$"},
+            ],
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
 class Hyperparameters(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.batchSize) || type(self.batchSize) == string"
+                " || (self.batchSize >= 1 && self.batchSize <= 4096)",
+                "batchSize must be an integer from 1 to 4096, or auto",
+            )
+        )
+    )
+
     learning_rate: float = Field(5.0e-5, gt=0, le=1, description="Peak learning rate.")
     epochs: float = Field(3, gt=0, le=1000, description="Training epochs (may be fractional).")
-    batch_size: int = Field(16, ge=1, le=4096, description="Per-device batch size.")
+    batch_size: BatchSize = Field(
+        16,
+        description="Per-device batch size, or auto: the largest that fits, keeping the "
+        "effective batch (batchSize x gradientAccumulationSteps; auto: 16 x "
+        "gradientAccumulationSteps) and halving on out-of-memory.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     weight_decay: float = Field(0.01, ge=0, le=1)
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps used for warm-up.")

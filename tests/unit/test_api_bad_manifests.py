@@ -12,6 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from finetune_api.models import FineTuneJob
 from finetune_cli.app import app
 from support import crdcheck
 
@@ -75,6 +76,8 @@ CASES = [
     ("both-name-and-path", JOB, _set("spec.model", {"name": "a", "path": "/b"}), ["model"]),
     ("negative-lr", JOB, _set("spec.hyperparameters.learningRate", -1e-4), ["learningRate"]),
     ("zero-batch", JOB, _set("spec.hyperparameters.batchSize", 0), ["batchSize"]),
+    ("huge-batch", JOB, _set("spec.hyperparameters.batchSize", 5000), ["batchSize"]),
+    ("word-batch", JOB, _set("spec.hyperparameters.batchSize", "big"), ["batchSize"]),
     ("bad-task", JOB, _set("spec.task", "summarization"), ["task"]),
     ("bad-precision", JOB, _set("spec.hyperparameters.precision", "int4"), ["precision"]),
     ("eval-fraction", JOB, _set("spec.dataset.evalFraction", 1.5), ["evalFraction"]),
@@ -217,6 +220,9 @@ def _bad(base: dict[str, Any], mutate: Callable[[dict[str, Any]], None]) -> dict
 
 def test_the_base_manifests_are_good(tmp_path: Path) -> None:
     assert crdcheck.validate(JOB) == []
+    auto = _bad(JOB, _set("spec.hyperparameters.batchSize", "auto"))
+    assert crdcheck.validate(auto) == []
+    assert FineTuneJob.model_validate(auto).spec.hyperparameters.batch_size == "auto"
     assert crdcheck.validate(SWEEP) == []
     assert _bad(SWEEP, lambda d: None) == SWEEP
 

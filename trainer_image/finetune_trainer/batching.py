@@ -89,12 +89,17 @@ def _pad_rows(rows: Any, lengths: np.ndarray, width: int, pad: int) -> torch.Ten
 
 class LengthBuckets(Sampler[list[int]]):
     """Batches of similar length: per epoch, a seeded permutation is cut into mega-batches,
-    each sorted by length and cut into batches; the batch order is shuffled, the longest
-    batch first (an out-of-memory error shows at the first step, not hours later)."""
+    each sorted by length and cut into optimizer-step chunks (`group` batches: the
+    gradient accumulation), whose order is shuffled, the longest first (an out-of-memory
+    error shows at the first step, not hours later) and a short remainder last.
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
+    The chunks depend only on the effective batch (batch_size x group), so halving the
+    batch and doubling the accumulation (autobatch.py) yields the same optimizer steps."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group: int = 1) -> None:
         self.lengths = lengths
         self.batch_size = batch_size
+        self.group = group
         self.seed = seed
         self.epoch = 0
 
@@ -107,16 +112,18 @@ class LengthBuckets(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self.lengths))
-        size = self.batch_size * MEGABATCH
-        batches: list[np.ndarray] = []
+        chunk = self.batch_size * self.group
+        size = chunk * MEGABATCH
+        chunks: list[np.ndarray] = []
         for start in range(0, len(order), size):
             mega = order[start : start + size]
-            mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
-            batches.extend(_split(mega, self.batch_size))
-        shuffled = [batches[i] for i in rng.permutation(len(batches))]
-        longest = max(range(len(shuffled)), key=lambda i: int(self.lengths[shuffled[i]].max()))
-        shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
-        return iter([b.tolist() for b in shuffled])
+            chunks.extend(_split(mega[np.argsort(-self.lengths[mega], kind="stable")], chunk))
+        rest = [chunks.pop()] if len(chunks[-1]) < chunk else []
+        chunks = [chunks[i] for i in rng.permutation(len(chunks))] + rest
+        longest = max(range(len(chunks)), key=lambda i: int(self.lengths[chunks[i]].max()))
+        if not rest or longest < len(chunks) - 1:
+            chunks[0], chunks[longest] = chunks[longest], chunks[0]
+        return iter([b.tolist() for c in chunks for b in _split(c, self.batch_size)])
 
 
 def _split(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -148,7 +155,12 @@ class FastTrainer(Trainer):
         self.fast_batches = rows is not None
         if rows is None:
             return super().get_train_dataloader()
-        sampler = LengthBuckets(rows.lengths, self._train_batch_size, self.args.data_seed or 42)
+        sampler = LengthBuckets(
+            rows.lengths,
+            self._train_batch_size,
+            self.args.data_seed or 42,
+            group=self.args.gradient_accumulation_steps,
+        )
         loader = DataLoader(
             rows,
             batch_sampler=sampler,

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import distributed, evaluation
+from finetune_trainer import autobatch, distributed, evaluation, throughput
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.interrupt import failure_message
@@ -283,6 +283,10 @@ def _prune(state: RunState) -> None:
 
 def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer:
     """The transformers Trainer with this project's callbacks; sets metrics_fn."""
+    # batchSize auto -> a concrete batch and accumulation (autobatch.py)
+    state.spec = autobatch.concrete_spec(
+        state.spec, state.model, state.train_ds, state.precision.bf16
+    )
     spec, hp = state.spec, state.spec.hyperparameters
     args = training_arguments(
         spec,
@@ -318,6 +322,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
         from finetune_trainer import pruning
 
         trainer.add_callback(pruning.GradualPruning(state.model, spec.pruning.sparsity))
+    trainer.add_callback(throughput.Meter(state.train_ds))  # samples/s, tokens/s, MFU
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
@@ -335,8 +340,10 @@ def _train(state: RunState) -> None:
         state.final["perplexityBefore"] = _perplexity_before(
             trainer, state.output_dir, state.resume
         )
-    train_result = trainer.train(resume_from_checkpoint=state.resume)
+    # halves the batch and doubles the accumulation on out-of-memory (autobatch.py)
+    train_result = autobatch.train(trainer, state.resume)
     state.final.update(status_metrics(train_result.metrics))
+    state.final.update(throughput.metrics(trainer))
     state.final.update(
         _final_eval(trainer, spec.hyperparameters.early_stopping_patience is not None)
     )
@@ -523,7 +530,7 @@ def _bleu(
         prompts,
         max_new_tokens=new_tokens,
         max_length=max_length,
-        batch_size=spec.hyperparameters.batch_size,
+        batch_size=autobatch.per_device(spec.hyperparameters),
     )
     with (output_dir / "generations.jsonl").open("w") as f:
         for p, o, r in zip(prompts, outputs, references, strict=True):

@@ -27,7 +27,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from finetune_api.models import FineTuneJobSpec, Task
-from finetune_trainer import distributed, speedups
+from finetune_trainer import autobatch, distributed, speedups
 from finetune_trainer.data import LENGTH_COLUMN
 from finetune_trainer.modeling import PrecisionChoice
 
@@ -54,7 +54,7 @@ def total_steps(spec: FineTuneJobSpec, train_rows: int, world_size: int = 1) -> 
     hp = spec.hyperparameters
     if hp.max_steps > 0:
         return hp.max_steps
-    batches = math.ceil(train_rows / (hp.batch_size * world_size))
+    batches = math.ceil(train_rows / (autobatch.per_device(hp) * world_size))
     per_epoch = max(1, batches // hp.gradient_accumulation_steps)
     return max(1, math.ceil(per_epoch * hp.epochs))
 
@@ -90,8 +90,8 @@ def training_arguments(
         save_kwargs = {"save_strategy": "epoch"}
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size * 2,
+        per_device_train_batch_size=autobatch.per_device(hp),
+        per_device_eval_batch_size=autobatch.per_device(hp) * 2,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         num_train_epochs=hp.epochs,
@@ -137,6 +137,12 @@ def collator(
 
 def fingerprint(spec: FineTuneJobSpec) -> str:
     wire = {k: v for k, v in spec.dump().items() if k not in NOT_TRAINING}
+    # Only the effective batch shapes training: a retry with half the batch and twice
+    # the accumulation (out-of-memory recovery, batchSize auto) resumes the checkpoints.
+    hp = wire["hyperparameters"]
+    hp["effectiveBatch"] = autobatch.effective_batch(spec.hyperparameters)
+    hp.pop("batchSize", None)
+    hp.pop("gradientAccumulationSteps", None)
     return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
 
 
