@@ -54,6 +54,16 @@ def unexpected(err: Exception) -> NoReturn:
     raise typer.Exit(1)
 
 
+def interrupted(output_dir: Path | None) -> NoReturn:
+    """Ctrl-C during `finetune run`: say what a rerun does instead of a traceback; exit 130."""
+    if output_dir is not None:
+        from finetune_trainer.interrupt import interrupted_message
+
+        message = interrupted_message(output_dir)
+        typer.secho(f"finetune: {message}", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
+
+
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
@@ -66,6 +76,7 @@ def run(
     from finetune_api.manifest import load_manifest
     from finetune_api.models import FineTuneJob
 
+    output_dir: Path | None = None
     try:
         job = load_manifest(file, FineTuneJob, overrides)
         if job.spec.resources.nodes > 1:  # worker processes under torchrun, as in a pod
@@ -73,11 +84,14 @@ def run(
 
             run_workers(job, spec_dir=file.resolve().parent, output=output)
             return
-        from finetune_trainer.run import run_local
+        from finetune_trainer.run import default_output, run_local
 
+        output_dir = (output or default_output(job)).resolve()
         run_local(job, spec_dir=file.resolve().parent, output=output)
     except UserError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        interrupted(output_dir)
     except Exception as err:
         unexpected(err)
 
