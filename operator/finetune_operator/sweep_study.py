@@ -32,7 +32,6 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -46,16 +45,17 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from finetune_api.conditions import condition, now_rfc3339
 from finetune_api.manifest import SpecError
 from finetune_api.models import (
     BestTrial,
-    Condition,
     Distribution,
     HyperparameterSweepSpec,
     HyperparameterSweepStatus,
     Phase,
     TrialCounts,
 )
+from finetune_operator import optuna_internals as internals
 from finetune_operator.sweep_space import (
     ANNOTATION_PARAMS,
     ANNOTATION_STATE,
@@ -183,13 +183,6 @@ def _distribution(d: Distribution) -> BaseDistribution:
     return FloatDistribution(d.low, d.high, log=d.log, step=d.step)
 
 
-def _fits(dist: BaseDistribution, value: Any) -> bool:
-    try:
-        return bool(dist._contains(dist.to_internal_repr(value)))
-    except (ValueError, TypeError):
-        return False
-
-
 def grid_points(space: Mapping[str, Distribution]) -> list[dict[str, Any]]:
     """Every grid point, in the order the grid sampler visits them (before shuffling)."""
     axes: dict[str, list[Any]] = {}
@@ -268,7 +261,7 @@ def _frozen(
     dists: Mapping[str, BaseDistribution],
     system_attrs: dict[str, Any] | None = None,
 ) -> FrozenTrial:
-    params = {k: v for k, v in r.params.items() if k in dists and _fits(dists[k], v)}
+    params = {k: v for k, v in r.params.items() if k in dists and internals.contains(dists[k], v)}
     trial_dists = {k: dists[k] for k in params}
     inter = dict(enumerate(r.intermediate))
     state = {
@@ -344,10 +337,6 @@ def _cmaes_study(
     telling the optimizer each generation as soon as `popsize` of its trials are complete. The
     result (generations + optimizer state, built here, never read from the cluster) is
     attached to the rebuilt trials exactly where CmaEsSampler looks for it."""
-    import pickle
-
-    from optuna._transform import _SearchSpaceTransform
-
     sampler = make_sampler(spec, 0)
     assert isinstance(sampler, optuna.samplers.CmaEsSampler)
     recs = _sorted(records)
@@ -359,10 +348,10 @@ def _cmaes_study(
     space = sampler.infer_relative_search_space(plain, complete[-1])
     if not space:
         return build_study(spec, recs, study_name=study_name, sampler=sampler)
-    trans = _SearchSpaceTransform(space, transform_step=True, transform_0_1=True)
-    optimizer = sampler._init_optimizer(trans, plain.direction)
+    trans = internals.search_space_transform(space)
+    optimizer = internals.cmaes_optimizer(sampler, trans, plain.direction)
     maximize = plain.direction == optuna.study.StudyDirection.MAXIMIZE
-    key_gen = sampler._attr_key_generation
+    key_gen = internals.cmaes_generation_key(sampler)
     attrs: dict[int, dict[str, Any]] = {}
     done: list[FrozenTrial] = []
     for t in trials:
@@ -383,7 +372,7 @@ def _cmaes_study(
                 ]
             )
     last = complete[-1].number
-    attrs.setdefault(last, {}).update(sampler._split_optimizer_str(pickle.dumps(optimizer).hex()))
+    attrs.setdefault(last, {}).update(internals.cmaes_optimizer_attrs(sampler, optimizer))
     return build_study(spec, recs, study_name=study_name, sampler=sampler, system_attrs=attrs)
 
 
@@ -475,22 +464,17 @@ def _with_rungs(
     trial's intermediate values: the value at the first step at or past each rung."""
     pruner = study.pruner
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
-    if not pruner._pruners:
-        pruner._try_initialization(study)
-        if not pruner._pruners:
-            return study
+    if not internals.hyperband_brackets(pruner, study):
+        return study
     attrs: dict[int, dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False):
         if t.number == number or not t.intermediate_values:
             continue
-        sh = pruner._pruners[pruner._get_bracket_id(study, t)]
+        bracket = internals.hyperband_bracket(pruner, study, t)
         steps = sorted(t.intermediate_values)
         rung_attrs: dict[str, Any] = {}
         for rung in itertools.count():
-            assert sh._min_resource is not None
-            promotion = sh._min_resource * (
-                sh._reduction_factor ** (sh._min_early_stopping_rate + rung)
-            )
+            promotion = internals.rung_step(bracket, rung)
             at = next((s for s in steps if s >= promotion), None)
             if at is None:
                 break
@@ -649,10 +633,6 @@ def _summary(
 # --------------------------------------------------------------------------- status
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def sweep_status(
     plan: Plan,
     *,
@@ -662,18 +642,15 @@ def sweep_status(
     now: str | None = None,
 ) -> HyperparameterSweepStatus:
     """status from a plan: phase, Ready condition (metav1.Condition), counts, bestTrial."""
-    ready = plan.phase is Phase.succeeded
-    cond = Condition(
-        type="Ready",
-        status="True" if ready else "False",
-        reason=plan.reason,
-        message=plan.message,
-        last_transition_time=now or now_rfc3339(),
-        observed_generation=generation,
+    cond = condition(
+        "Ready",
+        plan.phase is Phase.succeeded,
+        plan.reason,
+        plan.message,
+        generation=generation,
+        now=now or now_rfc3339(),
+        previous=(previous or {}).get("conditions") or [],
     )
-    for old in (previous or {}).get("conditions") or []:
-        if old.get("type") == "Ready" and old.get("status") == cond.status:
-            cond.last_transition_time = old.get("lastTransitionTime") or cond.last_transition_time
     best = None
     if plan.best is not None and plan.best.value is not None:
         best = BestTrial(

@@ -315,6 +315,11 @@ def test_median_pruner_waits_for_startup_trials_and_warmup() -> None:
 
 
 def test_hyperband_prunes_deterministically() -> None:
+    """Six finished trials ran 9 evaluations from 0.5 up; a running trial that scored 0.1 at
+    its 3 evaluations is pruned exactly when its bracket's first rung lies within them.
+    Hyperband (reduction factor 3, max resource 9) makes 3 brackets with first rungs at
+    steps 1, 3 and 9; a trial's bracket is a hash of (study name, number), so the verdicts
+    are fixed: trials 6, 10 and 13 fall in the first bracket."""
     spec = make_spec(pruner={"type": "hyperband"})
     recs = [
         TrialRecord(
@@ -326,25 +331,18 @@ def test_hyperband_prunes_deterministically() -> None:
         )
         for n in range(6)
     ]
-    verdicts = {
-        n: should_prune(
-            spec,
-            [*recs, TrialRecord(n, {}, TrialStatus.running, intermediate=(0.1, 0.1, 0.1))],
-            n,
-            study_name="s",
-        )
-        for n in range(6, 14)
-    }
-    again = {
-        n: should_prune(
-            spec,
-            [*recs, TrialRecord(n, {}, TrialStatus.running, intermediate=(0.1, 0.1, 0.1))],
-            n,
-            study_name="s",
-        )
-        for n in range(6, 14)
-    }
-    assert verdicts == again and any(verdicts.values())
+
+    def verdict(n: int, values: tuple[float, ...]) -> bool:
+        trial = TrialRecord(n, {}, TrialStatus.running, intermediate=values)
+        return should_prune(spec, [*recs, trial], n, study_name="s")
+
+    low = (0.1, 0.1, 0.1)
+    verdicts = {n: verdict(n, low) for n in range(6, 14)}
+    assert verdicts == {n: n in (6, 10, 13) for n in range(6, 14)}
+    assert {n: verdict(n, low) for n in range(6, 14)} == verdicts  # same again
+    # Trial 11's bracket has its first rung at step 3: a fourth low evaluation reaches it.
+    assert verdict(11, (*low, 0.1)) is True
+    assert verdict(11, (0.95,) * 4) is False  # ... and a good trial passes it
 
 
 def test_plan_prunes_and_refills_the_slot() -> None:
