@@ -377,10 +377,27 @@ async def test_existing_job_is_adopted(cluster: Cluster, operator_factory: Any) 
 
 
 async def test_all_namespaces(cluster: Cluster, operator_factory: Any) -> None:
+    """With no namespace named, one operator serves FineTuneJobs of every namespace from
+    cluster-wide watches: each gets one Job in its own namespace, owned by it, and a
+    current status."""
     await operator_factory(namespaces=[])
-    await cluster.create(FTJ, make_ftj("wide", SMALL_SPEC, namespace="team-b"))
-    await cluster.wait_for_object(JOB, "team-b", "wide-train")
-    await cluster.wait_phase("team-b", "wide", "Pending")
+    for ns in ("team-b", "team-c"):
+        await cluster.create(FTJ, make_ftj("wide", SMALL_SPEC, namespace=ns))
+    for ns in ("team-b", "team-c"):
+        job = await cluster.wait_for_object(JOB, ns, "wide-train")
+        ftj = cluster.get_object(FTJ, ns, "wide") or {}
+        assert job["metadata"]["namespace"] == ns
+        owners = [r["uid"] for r in job["metadata"]["ownerReferences"]]
+        assert owners == [ftj["metadata"]["uid"]]
+        status = await cluster.wait_phase(ns, "wide", "Pending")
+        assert status["jobName"] == "wide-train"
+        assert status["observedGeneration"] == ftj["metadata"]["generation"]
+    assert job_creates(cluster) == 2
+    watches = {
+        r.url.path for r in cluster.requests() if r.method.value == "GET" and r.params.get("watch")
+    }
+    assert "/apis/finetune.dev/v1alpha1/finetunejobs" in watches  # not per namespace
+    assert not any("/namespaces/" in path for path in watches)
 
 
 async def _wait_metric(operator: OperatorRunner, name: str, metric: str) -> str:

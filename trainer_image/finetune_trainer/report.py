@@ -264,6 +264,25 @@ class KubernetesSink:
             pass
 
 
+def eval_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """Status metrics of one evaluation (perplexity from the loss for language models)."""
+    values = dict(values)
+    if "eval_loss" in values and "eval_accuracy" not in values:
+        values["eval_perplexity"] = math.exp(min(values["eval_loss"], 700.0))
+    return status_metrics(values)
+
+
+def earlier_evaluations(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """History entries for the evaluations in a resumed checkpoint's Trainer log."""
+    entries = []
+    for log_entry in log_history:
+        mapped = eval_metrics({k: v for k, v in log_entry.items() if k.startswith("eval_")})
+        if mapped:
+            epoch = round(float(log_entry.get("epoch") or 0.0), 4)
+            entries.append({"epoch": epoch, "step": log_entry.get("step", 0), **mapped})
+    return entries[-HISTORY_LIMIT:]
+
+
 class ReporterCallback(TrainerCallback):
     """Turns Trainer logs and evaluations into Reporter events."""
 
@@ -274,6 +293,8 @@ class ReporterCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self.reporter.state.progress["totalSteps"] = state.max_steps
+        if not self.reporter.state.history:  # resumed: keep the evaluations made before
+            self.reporter.state.history = earlier_evaluations(state.log_history)
 
     def on_log(
         self,
@@ -296,10 +317,7 @@ class ReporterCallback(TrainerCallback):
         metrics: dict[str, Any] | None = None,
         **kw: Any,
     ) -> None:
-        values = dict(metrics or {})
-        if "eval_loss" in values and "eval_accuracy" not in values:
-            values["eval_perplexity"] = math.exp(min(values["eval_loss"], 700.0))
-        mapped = status_metrics(values)
+        mapped = eval_metrics(metrics or {})
         if mapped:  # e.g. the perplexity-before pass uses its own prefix: not history
             self.reporter.evaluation(
                 step=state.global_step, epoch=state.epoch or 0.0, metrics=mapped
