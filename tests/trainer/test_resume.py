@@ -59,6 +59,42 @@ def test_interrupted_run_resumes_to_the_same_total_steps(
     assert max(h["step"] for h in history) == 12
     state = json.loads((out / "metrics.json").read_text())
     assert state["phase"] == "Succeeded" and state["progress"]["step"] == 12
+    # the evaluations from before the interruption stay in the history
+    assert [h["step"] for h in state["history"]] == [3, 6, 9, 12]
+    assert all("accuracy" in h and "evalLoss" in h for h in state["history"])
+
+
+def test_ctrl_c_says_interrupted_and_what_a_rerun_does(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import TrainerCallback
+
+    from finetune_trainer.run import run
+
+    class CtrlCAt(TrainerCallback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == self.step:
+                raise KeyboardInterrupt
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    hp = {"epochs": 1, "batchSize": 8, "evalSteps": 3, "maxSteps": 5}
+    job = make_job(
+        task="classification", model_path=bert_dir, train=train, eval=dev, hyperparameters=hp
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run(job, spec_dir=tmp_path, output_dir=out, callbacks=[CtrlCAt(2)])
+    state = json.loads((out / "metrics.json").read_text())
+    assert state["phase"] == "Failed"
+    assert state["message"].startswith("interrupted (Ctrl-C) before the first checkpoint")
+    assert "KeyboardInterrupt" not in state["message"]
+    with pytest.raises(KeyboardInterrupt):
+        run(job, spec_dir=tmp_path, output_dir=out, callbacks=[CtrlCAt(4)])
+    message = json.loads((out / "metrics.json").read_text())["message"]
+    assert "resumes from the last checkpoint, checkpoint-3" in message
 
 
 def test_a_changed_spec_does_not_resume_stale_checkpoints(
