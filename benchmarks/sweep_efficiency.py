@@ -17,7 +17,7 @@ trial executor is a fast proxy, so several seeds fit in ~10 minutes on 2 shared 
   intermediate values). Training steps = optimizer steps actually taken.
 
 Why a proxy: one real fine-tuning trial of MiniLM on a meaningful sample costs 40 s+
-here (DESIGN.md), and the question is the *search* (sampler + pruner) efficiency, which
+here (docs/design.md), and the question is the *search* (sampler + pruner) efficiency, which
 needs many trials x seeds. The objective is still real SST-2 dev accuracy with real
 learning curves, so good and bad configurations separate early, as they do in fine-tuning.
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics the operator exports (names are an API contract, see DESIGN.md).
+"""Prometheus metrics the operator exports (names are an API contract, docs/design.md).
 
 One registry, owned here, so the Grafana dashboard test can check every name it
 uses against what the operator really registers.
