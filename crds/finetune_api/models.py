@@ -241,7 +241,9 @@ class Lora(ApiModel):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(
-        None, description="Module names to adapt; null = a sensible default per architecture."
+        None,
+        max_length=64,
+        description="Module names to adapt; null = a sensible default per architecture.",
     )
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
 
@@ -358,8 +360,9 @@ class Resources(ApiModel):
     )
     cpu: Quantity = Field("4", description="CPU request (and limit).")
     memory: Quantity = Field("16Gi", description="Memory request (and limit).")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    # Bounded: the spec's CEL rules cover them, and the apiserver's cost estimate needs it.
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
 
 
 class SecretKeyRef(ApiModel):
@@ -477,7 +480,9 @@ class FineTuneJobSpec(ApiModel):
     output: Output = Field(default_factory=Output)
     resources: Resources = Field(default_factory=Resources)
     secrets: list[SecretEnv] = Field(
-        default_factory=list, description="Secrets injected as env vars, e.g. HF_TOKEN."
+        default_factory=list,
+        max_length=32,
+        description="Secrets injected as env vars, e.g. HF_TOKEN.",
     )
     volumes: list[Volume] = Field(
         default_factory=list,
@@ -540,12 +545,6 @@ class Progress(ApiModel):
     total_steps: int = 0
 
 
-class Artifacts(ApiModel):
-    model: str | None = None
-    metrics: str | None = None
-    confusion_matrix: str | None = None
-
-
 class Workers(ApiModel):
     ready: int = Field(0, ge=0, description="Trainer pods running and ready.")
     total: int = Field(1, ge=1, description="Trainer pods of the run (spec.resources.nodes).")
@@ -563,7 +562,13 @@ class FineTuneJobStatus(ApiModel):
     history: list[dict[str, float]] = Field(
         default_factory=list, description="Per-evaluation metrics (bounded), feeds pruners."
     )
-    artifacts: Artifacts | None = None
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Where the run's outputs are, by name: model, metrics, confusionMatrix, "
+        "classificationReport, lossCurve, adapter, mergedModel, ... (a map: every name the "
+        "trainer writes is kept).",
+    )
     workers: Workers | None = Field(
         None, description="Multi-node runs: how many trainer pods are ready, of how many."
     )

@@ -15,6 +15,8 @@ from operator_harness import Cluster, Kubelet, OperatorRunner, start_cluster
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with start_cluster(tmp_path) as c:
         yield c
+        # A real apiserver would have dropped these fields from what was written.
+        assert c.emulator.pruned == [], f"fields lost to pruning: {c.emulator.pruned}"
 
 
 @pytest_asyncio.fixture()

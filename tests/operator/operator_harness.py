@@ -20,8 +20,12 @@ Fixtures:
               Job/Pod statuses (running, succeeded, OOMKilled, image pull backoff, ...).
               `await kubelet.run_process(job, env=..., cwd=...)` runs the Job's container command
               as a local process, like a node would, and reports the result into Job/Pod status.
-- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body with uid/generation set
-  (the emulator keeps none of its own).
+- `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body to create.
+
+The emulator is `support.apiserver.ApiServerEmulator`: kmock's emulator with kube-apiserver's
+write semantics for FineTuneJobs and sweeps (schema, CEL, pruning, defaults, status
+subresource, generation, resourceVersion conflicts). `cluster.emulator.pruned` lists every
+field a write lost to pruning; the `cluster` fixture fails a test that leaves any.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import aiohttp
 import kmock
 
 from finetune_operator import kube
+from support.apiserver import ApiServerEmulator
 
 FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
 SWEEP = ("finetune.dev", "v1alpha1", "hyperparametersweeps")
@@ -129,19 +134,14 @@ def make_ftj(
     *,
     namespace: str = NAMESPACE,
     labels: dict[str, str] | None = None,
-    generation: int = 1,
 ) -> dict[str, Any]:
-    """A FineTuneJob body with the metadata a real apiserver would have filled in."""
+    """A FineTuneJob body; the emulator assigns uid, resourceVersion and generation itself."""
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "generation": generation,
-            "resourceVersion": "1",
-            "creationTimestamp": now_iso(),
             "labels": labels or {},
         },
         "spec": spec,
@@ -292,7 +292,7 @@ def write_kubeconfig(path: Path, url: str) -> Path:
 @contextlib.asynccontextmanager
 async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
     """An emulator on 127.0.0.1 with the operator's resources declared."""
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+    async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         url = str(server.url).rstrip("/")

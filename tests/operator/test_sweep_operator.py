@@ -8,7 +8,6 @@ status (history, metrics) is patched onto the child like the trainer's sink woul
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from operator_harness import (
     Cluster,
     Kubelet,
     OperatorRunner,
-    now_iso,
     sample,
 )
 
@@ -46,14 +44,7 @@ def make_sweep(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "HyperparameterSweep",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "uid": str(uuid.uuid4()),
-            "generation": 1,
-            "resourceVersion": "1",
-            "creationTimestamp": now_iso(),
-        },
+        "metadata": {"name": name, "namespace": NAMESPACE},  # uid etc. are the apiserver's
         "spec": {
             "template": SMALL_SPEC,
             "searchSpace": SPACE,
@@ -111,8 +102,7 @@ async def finish(cluster: Cluster, kubelet: Kubelet, name: str, values: list[flo
 async def test_sweep_runs_trials_up_to_parallelism_and_completes(
     cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
 ) -> None:
-    body = make_sweep("hps")
-    await cluster.create(SWEEP, body)
+    body = await cluster.create(SWEEP, make_sweep("hps"))
     await wait_trials(cluster, "hps", 2)
     kids = trials(cluster, "hps")
     assert sorted(kids) == ["hps-trial-0", "hps-trial-1"]
@@ -254,7 +244,10 @@ async def test_raising_max_trials_continues_a_finished_sweep(
     await finish(cluster, kubelet, "mt-trial-0", [0.7])
     await cluster.wait_for(lambda: sweep_status(cluster, "mt").get("phase") == "Succeeded", 15)
     await cluster.patch(
-        SWEEP, NAMESPACE, "mt", {"metadata": {"generation": 2}, "spec": {"maxTrials": 2}}
+        SWEEP,
+        NAMESPACE,
+        "mt",
+        {"spec": {"maxTrials": 2}},  # the apiserver bumps generation
     )
     await wait_trials(cluster, "mt", 2)
     st = await cluster.wait_for(
@@ -295,7 +288,10 @@ async def test_invalid_specs_fail_the_sweep_without_trials(
     await cluster.create(SWEEP, make_sweep("bad-space", searchSpace=space))
     bad = make_sweep("bad-spec")
     bad["spec"]["searchSpace"] = {"hyperparameters.nope": {"type": "int", "low": 1, "high": 2}}
-    await cluster.create(SWEEP, bad)
+    with pytest.raises(AssertionError, match=r"422.*spec: .*searchSpace keys must be tunable"):
+        await cluster.create(SWEEP, bad)  # the CRD's CEL rule refuses it
+    # One stored under an older, laxer CRD still reaches a Failed status.
+    await cluster.emulator.store_unchecked(SWEEP, bad)
     st = await cluster.wait_for(
         lambda: (s := sweep_status(cluster, "bad-space")).get("phase") == "Failed" and s, 15
     )
