@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import shutil
+import textwrap
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from finetune_cli.sweep_records import (
     TrialExecutor,
     TrialOutcome,
     TrialReporter,
+    UnavoidableTrialError,
 )
 from finetune_operator.sweep_space import trial_job, trial_name
 from finetune_operator.sweep_study import (
@@ -50,6 +52,8 @@ from finetune_operator.sweep_study import (
 TRIALS_CSV = "trials.csv"
 BEST_PARAMS = "best_params.json"
 HISTORY_PNG = "optimization_history.png"
+MAX_MESSAGE = 4000
+MESSAGE_INDENT = 7  # a trial's failure message, kept whole (trials.csv, the table)
 
 
 def trainer_executor(
@@ -79,6 +83,9 @@ def execute_trial(
         out = trials_dir / rec.name
         shutil.rmtree(out, ignore_errors=True)  # never resume a stale run of the same name
         outcome = executor(job, spec_dir, out, reporter)
+    except UnavoidableTrialError as err:  # recorded, then the sweep stops (no retries)
+        store.put(replace(store.get(number), status=TrialStatus.failed, message=str(err)))
+        raise
     except optuna.TrialPruned as err:
         rec = store.get(number)
         final = replace(
@@ -90,7 +97,7 @@ def execute_trial(
     except Exception as err:  # a failing trial is recorded, never fatal for the sweep
         rec = store.get(number)
         text = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        final = replace(rec, status=TrialStatus.failed, message=text.strip()[:500])
+        final = replace(rec, status=TrialStatus.failed, message=text.strip()[:MAX_MESSAGE])
     else:
         rec = store.get(number)
         value = outcome.metrics.get(metric)
@@ -156,6 +163,8 @@ def run_sweep(
     loop = _SweepLoop(local, executor or trainer_executor, spec_dir, out / "trials", con)
     records = loop.serial() if spec.parallelism == 1 else loop.parallel()
     plan = plan_sweep(spec, records, study_name=name, sweep_name=name)
+    if loop.fatal is not None:
+        plan = replace(plan, phase=Phase.failed, message=loop.fatal, reason="TrialError")
     result = SweepResult(plan=plan, records=records, output=out, seconds=loop.seconds)
     if write_outputs:
         write_results(local, result)
@@ -183,6 +192,8 @@ class _SweepLoop:
         self.sweep, self.run, self.spec_dir, self.trials_dir = sweep, run, spec_dir, trials_dir
         self.name = sweep.metadata.name
         self.seconds: dict[int, float] = {}
+        self.started: dict[int, float] = {}
+        self.fatal: str | None = None  # an error every trial would hit: stop
         self.table = _ProgressTable(console, sweep)
         self.table.header()
 
@@ -194,6 +205,17 @@ class _SweepLoop:
     def start(self, store: RecordStore, number: int, params: dict[str, Any]) -> None:
         _check_trial(self.sweep, number, params)
         store.put(TrialRecord(number, params, name=trial_name(self.name, number)))
+        self.started[number] = time.perf_counter()
+
+    def stop(self, store: RecordStore, number: int, err: UnavoidableTrialError) -> None:
+        """Trial `number` failed in a way every trial would: record it, start no more."""
+        rec = store.get(number)
+        self.finished(store, rec, time.perf_counter() - self.started.get(number, 0.0))
+        if self.fatal is None:
+            self.fatal = (
+                f"{rec.name} failed with an error every trial would hit (the data and the "
+                f"model are the same for all), so the sweep stops: {err}"
+            )
 
     def finished(self, store: RecordStore, rec: TrialRecord, secs: float) -> None:
         self.seconds[rec.number] = secs
@@ -202,11 +224,15 @@ class _SweepLoop:
     def serial(self) -> list[TrialRecord]:
         """One trial at a time, in this process."""
         store = RecordStore({})
-        while (plan := self.plan(store)).create:
+        while self.fatal is None and (plan := self.plan(store)).create:
             for n, params in plan.create:
                 self.start(store, n, params)
                 args = (self.run, self.sweep, n, self.spec_dir, self.trials_dir, store)
-                self.finished(store, *execute_trial(*args))
+                try:
+                    self.finished(store, *execute_trial(*args))
+                except UnavoidableTrialError as err:
+                    self.stop(store, n, err)
+                    break
         return store.records()
 
     def parallel(self) -> list[TrialRecord]:
@@ -223,7 +249,7 @@ class _SweepLoop:
                 plan = self.plan(store)
                 for n in plan.prune:
                     store.request_prune(n)
-                for n, params in plan.create:
+                for n, params in plan.create if self.fatal is None else []:
                     self.start(store, n, params)
                     args = (self.run, self.sweep, n, self.spec_dir, self.trials_dir, store)
                     running[pool.submit(execute_trial, *args)] = n
@@ -238,6 +264,8 @@ class _SweepLoop:
     ) -> None:
         try:
             self.finished(store, *fut.result())
+        except UnavoidableTrialError as err:
+            self.stop(store, number, err)
         except Exception as err:  # the worker itself died
             message = f"worker failed: {type(err).__name__}: {err}"
             rec = replace(store.get(number), status=TrialStatus.failed, message=message)
@@ -291,9 +319,11 @@ class _ProgressTable:
             f"{rec.number:>5}  {rec.status.value:<9}  {value:>10}  {best_s:>10}  "
             f"{rec.steps:>6}  {secs:>6.1f}s  {params}"
         )
-        if rec.status is TrialStatus.failed and rec.message:
-            line += f"  ({rec.message[:120]})"
         self.con.print(line, style=style)
+        if rec.status is TrialStatus.failed and rec.message:  # whole, wrapped under the row
+            width = max(40, self.con.width - MESSAGE_INDENT)
+            for part in textwrap.wrap(rec.message, width) or [""]:
+                self.con.print(" " * MESSAGE_INDENT + part, style=style)
 
 
 def _short(v: Any) -> str:
@@ -375,6 +405,7 @@ def plot_history(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     styles = {
@@ -400,6 +431,7 @@ def plot_history(
     if best_x:
         ax.step(best_x, best_y, where="post", c="tab:green", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers, never 2.5
     ax.set_ylabel(metric)
     ax.set_title(title or "optimisation history")
     ax.grid(alpha=0.3)

@@ -24,6 +24,11 @@ class SweepFailed(UserError):
     """The sweep ended Failed (too many failed trials, or none succeeded)."""
 
 
+class UnavoidableTrialError(SweepFailed):
+    """A trial error every other trial would hit as well (the data or the model, which no
+    searched parameter changes): the sweep stops at the first one instead of retrying."""
+
+
 @dataclass
 class TrialOutcome:
     """What a trial executor returns: the run's status metrics and training steps spent."""

@@ -9,13 +9,17 @@ the child's status.history and suspends the child instead.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_api.models import FineTuneJob
-from finetune_cli.sweep_records import TrialOutcome, TrialReporter
+from finetune_cli.sweep_records import TrialOutcome, TrialReporter, UnavoidableTrialError
+
+PROGRESS_SECONDS = 10.0
+SHOWN = ("trainLoss", "evalLoss", "accuracy", "f1Macro", "perplexity", "bleu")
 
 
 class _ObjectiveSink:
@@ -54,6 +58,39 @@ class _PruneCallback(TrainerCallback):
             self.sink.reporter.pruned(steps=state.global_step)
 
 
+class _ProgressLines:
+    """A report sink printing a trial's start, evaluations and (every `interval` seconds)
+    its progress, so a long trial is not silent until its row in the table."""
+
+    def __init__(self, name: str, interval: float = PROGRESS_SECONDS) -> None:
+        self.name, self.interval = name, interval
+        self.last = time.monotonic()
+
+    def emit(self, event: Any, state: Any) -> None:
+        now = time.monotonic()
+        if event.kind == "progress" and now - self.last < self.interval:
+            return
+        if event.kind not in ("start", "progress", "evaluation"):
+            return
+        self.last = now
+        p = state.progress
+        where = f"step {int(p['step'])}/{int(p['totalSteps'])}"
+        shown = {k: v for k, v in event.metrics.items() if k in SHOWN}
+        values = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        print(f"        {self.name}: {event.kind} {where} {values}".rstrip(), flush=True)
+
+
+def unavoidable(err: Exception, reporter: TrialReporter) -> bool:
+    """Whether every trial would fail with `err`: data errors always (no searched path
+    changes the data); model errors unless the search picks how the model is pruned."""
+    from finetune_trainer.errors import DataError, ModelError
+
+    if isinstance(err, DataError):
+        return True
+    shapes_model = any(p.startswith("pruning.") for p in reporter.sweep.spec.search_space)
+    return isinstance(err, ModelError) and not shapes_model
+
+
 def run_trial(
     job: FineTuneJob, spec_dir: Path | None, output_dir: Path, reporter: TrialReporter
 ) -> TrialOutcome:
@@ -61,11 +98,16 @@ def run_trial(
     from finetune_trainer.run import run
 
     sink = _ObjectiveSink(reporter)
-    metrics = run(
-        job,
-        spec_dir=spec_dir,
-        output_dir=output_dir,
-        sinks=[sink],
-        callbacks=[_PruneCallback(sink)],
-    )
+    try:
+        metrics = run(
+            job,
+            spec_dir=spec_dir,
+            output_dir=output_dir,
+            sinks=[sink, _ProgressLines(job.metadata.name)],
+            callbacks=[_PruneCallback(sink)],
+        )
+    except Exception as err:
+        if unavoidable(err, reporter):
+            raise UnavoidableTrialError(str(err)) from None
+        raise
     return TrialOutcome(metrics=metrics, steps=sink.steps)

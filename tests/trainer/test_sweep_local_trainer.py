@@ -87,3 +87,33 @@ def test_bad_search_space_is_a_clear_cli_error(tmp_path: Path, bert_dir: Path) -
     result = CliRunner().invoke(app, ["sweep", str(path), "--output", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "continuous float" in result.output
+
+
+def test_sweep_stops_at_a_data_error_every_trial_would_hit(tmp_path: Path, bert_dir: Path) -> None:
+    path = write_sweep(tmp_path, bert_dir, maxFailedTrials=3)
+    (tmp_path / "data" / "train.csv").write_bytes(b"")  # same for every trial
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", str(path), "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["Failed"]  # not retried maxFailedTrials + 1 times
+    assert "the file has no rows (it is empty)" in rows[0]["message"]
+    assert "every trial would hit" in result.output
+
+
+def test_sweep_shows_progress_inside_a_trial(
+    tmp_path: Path, bert_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from rich.console import Console
+
+    from finetune_api.manifest import load_manifest
+    from finetune_api.models import HyperparameterSweep
+    from finetune_cli.sweep_local import run_sweep
+
+    path = write_sweep(tmp_path, bert_dir, maxTrials=1)
+    sweep = load_manifest(path, HyperparameterSweep)
+    run_sweep(sweep, spec_dir=tmp_path, output=tmp_path / "out", console=Console(quiet=True))
+    lines = capfd.readouterr().out.splitlines()
+    assert any("tiny-sweep-trial-0: start step 0/" in line for line in lines), lines
+    evaluations = [line for line in lines if "tiny-sweep-trial-0: evaluation step" in line]
+    assert evaluations and all("accuracy=" in line for line in evaluations)

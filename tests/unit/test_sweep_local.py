@@ -15,12 +15,14 @@ from finetune_api.models import FineTuneJob, HyperparameterSweep
 from finetune_cli.sweep_local import (
     BEST_PARAMS,
     HISTORY_PNG,
+    MESSAGE_INDENT,
     TRIALS_CSV,
     SweepFailed,
     TrialOutcome,
     TrialReporter,
     run_sweep,
 )
+from finetune_cli.sweep_records import UnavoidableTrialError
 from finetune_operator.sweep_study import TrialStatus
 
 pytestmark = pytest.mark.unit
@@ -175,3 +177,61 @@ def test_search_space_outside_the_template_rules_fails_the_sweep(tmp_path: Path)
             executor=fake_executor,
             console=Console(quiet=True),
         )
+
+
+LONG = (
+    "model /m: cannot load it for task classification: the config names an architecture this "
+    "version of transformers does not know (BertForSomethingNew); upgrade transformers or "
+    "point model.path at a checkpoint saved with a compatible version, then run the sweep again"
+)
+
+
+def long_failure(
+    job: FineTuneJob, spec_dir: Path | None, output_dir: Path, reporter: TrialReporter
+) -> TrialOutcome:
+    raise RuntimeError(LONG)
+
+
+def same_data_error(
+    job: FineTuneJob, spec_dir: Path | None, output_dir: Path, reporter: TrialReporter
+) -> TrialOutcome:
+    raise UnavoidableTrialError("dataset.train file t.tsv: the file has no rows (it is empty)")
+
+
+def test_failure_messages_are_whole_and_wrapped(tmp_path: Path) -> None:
+    con = Console(record=True, width=80)
+    with pytest.raises(SweepFailed):
+        run_sweep(
+            make_sweep(maxTrials=2, maxFailedTrials=0),
+            spec_dir=None,
+            output=tmp_path,
+            executor=long_failure,
+            console=con,
+        )
+    lines = con.export_text().splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if "Failed" in line and "RuntimeError" not in line
+    )
+    wrapped = [line for line in lines[start + 1 :] if line.startswith(" " * MESSAGE_INDENT)]
+    assert all(len(line) <= 80 for line in lines)
+    joined = " ".join(line.strip() for line in wrapped)
+    assert f"RuntimeError: {LONG}" in joined  # nothing cut mid-sentence
+    assert LONG in next(csv.DictReader((tmp_path / TRIALS_CSV).open()))["message"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_error_every_trial_would_hit_stops_the_sweep(tmp_path: Path, workers: int) -> None:
+    sweep = make_sweep(maxTrials=8, maxFailedTrials=5, parallelism=2)
+    with pytest.raises(SweepFailed, match=r"every trial would hit.*has no rows"):
+        run_sweep(
+            sweep,
+            spec_dir=None,
+            output=tmp_path,
+            executor=same_data_error,
+            workers=workers,
+            console=Console(quiet=True),
+        )
+    rows = list(csv.DictReader((tmp_path / TRIALS_CSV).open()))
+    assert len(rows) == workers  # the first error stops it (with 2 workers, 2 had started)
+    assert {r["state"] for r in rows} == {"Failed"}
+    assert json.loads((tmp_path / BEST_PARAMS).read_text())["phase"] == "Failed"
