@@ -40,6 +40,10 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         patterns = [s["pattern"] for s in schema.get("anyOf", []) if "pattern" in s]
         if patterns:
             out["pattern"] = patterns[0]
+        # maxLength bounds what a CEL rule reading the value may cost (tests/unit/test_crd_cel_cost.py).
+        lengths = [s["maxLength"] for s in schema.get("anyOf", []) if "maxLength" in s]
+        if lengths:
+            out["maxLength"] = lengths[0]
         if isinstance(schema.get("default"), int | str):
             out["default"] = schema["default"]
         if "description" in schema:

@@ -189,7 +189,7 @@ BatchSize = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 1, "maximum": 4096},
-                {"type": "string", "pattern": "^auto$"},
+                {"type": "string", "pattern": "^auto$", "maxLength": 4},
             ],
             "x-kubernetes-int-or-string": True,
         }
