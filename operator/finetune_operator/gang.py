@@ -36,6 +36,7 @@ from finetune_operator.config import (
     MANAGED_BY,
 )
 
+SERVICE_RESOURCE = ("", "v1", "services")
 RENDEZVOUS_PORT = 29500
 RENDEZVOUS_TIMEOUT_S = 1800  # pod 0 waits this long for the others (image pulls, scheduling)
 TORCHRUN = ("python", "-m", "torch.distributed.run")

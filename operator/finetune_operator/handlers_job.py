@@ -21,6 +21,7 @@ Job, with background propagation, when it sees the FineTuneJob go).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -38,6 +39,7 @@ from finetune_operator.config import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
 )
+from finetune_operator.gang import SERVICE_RESOURCE, build_service
 from finetune_operator.jobs import (
     JOB_SUFFIX,
     build_job,
@@ -370,6 +372,7 @@ async def _ensure_job(
     manifest = build_job(model, seen.uid, state.config)
     created = ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
     try:
+        await _ensure_service(state, model, manifest, namespace)  # multi-node: pod names
         state.jobs.create_sent[seen.key] = seen.uid
         seen.job = await state.kube.create(*JOB_RESOURCE, manifest, namespace)
         seen.events.append(created)
@@ -395,6 +398,19 @@ async def _ensure_job(
     state.jobs.create_sent.pop(seen.key, None)
     state.jobs.created_jobs[seen.key] = seen.job
     return None
+
+
+async def _ensure_service(
+    state: ReconcileState, model: FineTuneJob, manifest: dict[str, Any], namespace: str
+) -> None:
+    """The headless Service of a multi-node Job (gang.build_service), created before the
+    Job so pod 0's name resolves when torchrun starts; 409: an earlier reconcile made it
+    (deterministic name, owned by the FineTuneJob like the Job)."""
+    service = build_service(manifest, model)
+    if service is None:
+        return
+    with contextlib.suppress(kube.Conflict):
+        await state.kube.create(*SERVICE_RESOURCE, service, namespace)
 
 
 def _rejected(err: kube.KubeError, jname: str) -> tuple[Derived, float | None]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.conditions import condition, safe_reason
-from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, Phase
+from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, Phase, Workers
 from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
 
 CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
@@ -40,6 +40,7 @@ OWNED_KEYS = (
     "startTime",
     "completionTime",
     "message",
+    "workers",
 )
 MAX_MESSAGE = 1024
 
@@ -56,6 +57,8 @@ class Derived:
     # From the trainer's termination message, used only to fill in missing status.
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    # Multi-node runs: trainer pods ready (the Job's status.ready) of spec.resources.nodes.
+    workers: Workers | None = None
 
 
 @dataclass
@@ -248,10 +251,19 @@ def derive(
             return Derived(Phase.suspended, "Suspended", "spec.suspend is true; no Job started.")
         return Derived(Phase.pending, "Creating", "Creating the trainer Job.")
     seen = _Seen(spec, job, _sorted_pods(pods), spec.image or default_image)
-    done = _job_condition(job, "Complete", "SuccessCriteriaMet")
-    if done is not None or (seen.jstatus.get("succeeded") or 0) >= 1:
+    derived = _from_job(seen, kueue_queue)
+    if spec.resources.nodes > 1:
+        ready = int(seen.jstatus.get("ready") or 0)
+        derived.workers = Workers(ready=ready, total=spec.resources.nodes)
+    return derived
+
+
+def _from_job(seen: _Seen, kueue_queue: str | None) -> Derived:
+    done = _job_condition(seen.job, "Complete", "SuccessCriteriaMet")
+    # An Indexed Job (nodes > 1) succeeds when every index has.
+    if done is not None or (seen.jstatus.get("succeeded") or 0) >= seen.spec.resources.nodes:
         return _succeeded(seen, done)
-    failed = _job_condition(job, "Failed", "FailureTarget")
+    failed = _job_condition(seen.job, "Failed", "FailureTarget")
     if failed is not None:
         return _failed(seen, failed)
     suspended = _suspended(seen, kueue_queue)
@@ -428,6 +440,7 @@ def desired_status(
         start_time=derived.start_time,
         completion_time=derived.completion_time,
         message=derived.message,
+        workers=derived.workers,
     )
 
 
@@ -458,7 +471,7 @@ def status_patch(
     prev_artifacts = previous.get("artifacts") or {}
     missing_art = {k: v for k, v in derived.artifacts.items() if k not in prev_artifacts}
     if missing_art:
-        patch["artifacts"] = missing_art
+        patch["artifacts"] = FineTuneJobStatus(artifacts=missing_art).dump()["artifacts"]
     return patch
 
 

@@ -93,6 +93,12 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
         subresources={"status", "log"},
     ),
+    "v1/services": kmock.ResourceInfo(  # multi-node runs: the headless Service
+        kind="Service",
+        singular="service",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
     "v1/events": kmock.ResourceInfo(
         kind="Event",
         singular="event",

@@ -35,6 +35,7 @@ OPERATOR_NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("finetune.dev", "hyperparametersweeps/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
+    ("", "services"): {"create"},  # multi-node: the headless Service (gang.py)
     ("", "events"): {"create"},
 }
 # kopf watches CRDs cluster-wide only; with named namespaces the operator disables scanning.

@@ -111,6 +111,9 @@ secrets, no pods/log, no pods/exec; every write to an object is a PATCH.
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
