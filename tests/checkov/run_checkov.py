@@ -77,29 +77,52 @@ def render_chart(out: Path) -> int:
 
 
 def trainer_jobs(out: Path) -> int:
-    """The Job for each FineTuneJob (and sweep trial 0) in the example manifests."""
+    """The Job for each FineTuneJob (and sweep trial 0) in the example manifests, plus a
+    two-node variant of the first (Indexed Job + headless Service, HF cache on a PVC)."""
     from finetune_api.manifest import parse
     from finetune_api.models import FineTuneJob, HyperparameterSweep
-    from finetune_operator.config import OperatorConfig
-    from finetune_operator.jobs import build_job
-    from finetune_operator.sweep_space import trial_job
 
     folder = out / "trainer-jobs"
     folder.mkdir(parents=True)
     count = 0
+    first: dict[str, Any] | None = None
     for path in MANIFESTS:
         for i, doc in enumerate(d for d in yaml.safe_load_all(path.read_text()) if d):
             doc.setdefault("metadata", {})["namespace"] = JOB_NAMESPACE
             if doc.get("kind") == "FineTuneJob":
+                first = first or doc
                 ftj = parse(FineTuneJob, doc, prefix=f"{path}: ")
             elif doc.get("kind") == "HyperparameterSweep":
+                from finetune_operator.sweep_space import trial_job
+
                 ftj = trial_job(parse(HyperparameterSweep, doc, prefix=f"{path}: "), 0, {})
             else:
                 continue
-            job = build_job(ftj, UID, OperatorConfig())
-            (folder / f"{path.parent.name}-{path.stem}-{i}.yaml").write_text(yaml.safe_dump(job))
+            _write_job(ftj, folder / f"{path.parent.name}-{path.stem}-{i}.yaml")
             count += 1
+    if first is not None:
+        multi = {**first, "metadata": {**first["metadata"], "name": "multi-node"}}
+        spec = first["spec"]
+        multi["spec"] = {
+            **spec,
+            "resources": {**spec.get("resources", {}), "nodes": 2},
+            "cache": {"pvc": "hf-cache"},
+        }
+        _write_job(
+            parse(FineTuneJob, multi, prefix="two-node variant: "), folder / "multi-node.yaml"
+        )
     return count
+
+
+def _write_job(ftj: Any, path: Path) -> None:
+    """The operator's Job for ftj (and its headless Service when it has one)."""
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.gang import build_service
+    from finetune_operator.jobs import build_job
+
+    job = build_job(ftj, UID, OperatorConfig())
+    service = build_service(job, ftj)
+    path.write_text(yaml.safe_dump_all([job] if service is None else [job, service]))
 
 
 def main(argv: list[str] | None = None) -> int:

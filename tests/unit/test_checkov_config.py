@@ -68,8 +68,14 @@ def test_the_scan_covers_every_value_set_example_and_dockerfile(tmp_path: Path) 
         == len(trainable)
         >= len(list((ROOT / "examples").glob("*.yaml")))
     )
-    for path in (tmp_path / "j" / "trainer-jobs").iterdir():
-        job = yaml.safe_load(path.read_text())
+    scanned = {
+        path.stem: [d for d in yaml.safe_load_all(path.read_text()) if d]
+        for path in (tmp_path / "j" / "trainer-jobs").iterdir()
+    }
+    assert len(scanned) == len(trainable) + 1  # and the two-node variant
+    assert [d["kind"] for d in scanned["multi-node"]] == ["Job", "Service"]
+    for docs in scanned.values():
+        job = docs[0]
         assert job["kind"] == "Job" and job["metadata"]["namespace"]
         pod = job["spec"]["template"]["spec"]
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
