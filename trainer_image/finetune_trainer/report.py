@@ -26,6 +26,8 @@ from typing import Any, Literal, Protocol, TextIO
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from finetune_api.models import FineTuneJobStatus, Phase, Progress
+
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 100
@@ -66,15 +68,25 @@ class RunState:
     artifacts: dict[str, str] = field(default_factory=dict)
     message: str = ""
 
+    def status(self) -> FineTuneJobStatus:
+        """The status the trainer writes, as the API's typed model (one status contract:
+        the operator and the sweep build the same models, the CRD is generated from them)."""
+        return FineTuneJobStatus(
+            phase=Phase(self.phase),
+            progress=Progress(
+                epoch=self.progress["epoch"],
+                step=int(self.progress["step"]),
+                total_steps=int(self.progress["totalSteps"]),
+            ),
+            metrics=dict(self.metrics),
+            history=list(self.history),
+            artifacts=dict(self.artifacts),
+            message=self.message,
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "progress": dict(self.progress),
-            "metrics": dict(self.metrics),
-            "history": list(self.history),
-            "artifacts": dict(self.artifacts),
-            "message": self.message,
-        }
+        """metrics.json: the wire form of `status()` (exactly the fields set above)."""
+        return self.status().model_dump(by_alias=True, mode="json", exclude_unset=True)
 
 
 @dataclass(frozen=True)
@@ -244,17 +256,9 @@ class KubernetesSink:
         if event.kind == "progress" and throttled:
             return
         self._last = now
-        status: dict[str, Any] = {
-            "progress": {
-                "epoch": state.progress["epoch"],
-                "step": int(state.progress["step"]),
-                "totalSteps": int(state.progress["totalSteps"]),
-            },
-            "metrics": state.metrics,
-            "history": state.history,
-        }
-        if state.artifacts:
-            status["artifacts"] = state.artifacts
+        # The keys the trainer owns (the operator owns phase, conditions and message).
+        owned = {"progress", "metrics", "history"} | ({"artifacts"} if state.artifacts else set())
+        status = state.status().model_dump(by_alias=True, mode="json", include=owned)
         body = json.dumps({"status": status}).encode()
         request = urllib.request.Request(self.url, data=body, method="PATCH")
         request.add_header("Content-Type", "application/merge-patch+json")
