@@ -27,7 +27,11 @@ what this mimics and what it cannot.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
+import threading
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -293,3 +297,81 @@ def _invalid(kind: str, obj: dict[str, Any], causes: list[crdcheck.Cause]) -> k8
         f'{kind}.{GROUP} "{name}" is invalid: {listed}',
         {"name": name, "group": GROUP, "kind": kind, "causes": [c.as_dict() for c in causes]},
     )
+
+
+class BackgroundApiServer:
+    """An `ApiServerEmulator` on 127.0.0.1 in a thread of its own, for synchronous code
+    (the trainer's Kubernetes sink) to write to:
+
+        with BackgroundApiServer() as api:
+            api.request("POST", api.path("team-a"), manifest)
+            ...  # code under test PATCHes api.url
+            assert api.emulator.pruned == [] and api.failures() == []
+    """
+
+    def __init__(self) -> None:
+        self.emulator = ApiServerEmulator()
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="apiserver", daemon=True)
+
+    def __enter__(self) -> BackgroundApiServer:
+        self._thread.start()
+        if not self._ready.wait(30) or not self.url:
+            raise RuntimeError("the emulator did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._ready.set()
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with self.emulator, kmock.Server(self.emulator) as server:
+            for plural, info in _CRD_RESOURCES.values():
+                self.emulator.resources[f"{GROUP}/v1alpha1/{plural}"] = info
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def path(self, namespace: str, name: str = "", plural: str = "finetunejobs") -> str:
+        tail = f"/{name}" if name else ""
+        return f"/apis/{GROUP}/v1alpha1/namespaces/{namespace}/{plural}{tail}"
+
+    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """One synchronous call; raises urllib's HTTPError on a 4xx/5xx."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return dict(json.loads(resp.read() or b"{}"))
+
+    def failures(self) -> list[Exception]:
+        """Every request the emulator refused or failed on so far (422s, 409s, ...)."""
+        return list(self.emulator.errors)
+
+
+_CRD_RESOURCES = {
+    kind: (
+        _plural(kind),
+        kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            namespaced=True,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            subresources={"status"},
+        ),
+    )
+    for kind in ("FineTuneJob", "HyperparameterSweep")
+}
