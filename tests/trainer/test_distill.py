@@ -239,3 +239,27 @@ def test_training_batches_carry_teacher_logits_into_the_kd_loss(
         )
         loss = trainer.compute_loss(model, dict(batch))
     assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_distillation_into_a_lora_student(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_trainer.predict import predict
+    from finetune_trainer.run import run
+
+    teacher = _teacher_run(bert_dir, make_job, sentiment_data, tmp_path / "teacher", tmp_path)
+    train, dev = sentiment_data
+    out = tmp_path / "student"
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters=HP | {"learningRate": 1e-2},
+        lora={"rank": 4},
+        distillation={"teacher": {"path": str(tmp_path / "teacher")}, "alpha": 0.9},
+    )
+    m = run(job, spec_dir=tmp_path, output_dir=out)
+    assert m["teacherAccuracy"] == pytest.approx(teacher["accuracy"])
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert len(predict(out, ["great good movie", "awful bad film"])) == 2
