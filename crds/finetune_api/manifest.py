@@ -15,17 +15,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune_api.models import (
-    FineTuneJob,
     FineTuneJobSpec,
     HyperparameterSweep,
     HyperparameterSweepSpec,
 )
 
 M = TypeVar("M", bound=BaseModel)
-KINDS: dict[str, type[BaseModel]] = {
-    "FineTuneJob": FineTuneJob,
-    "HyperparameterSweep": HyperparameterSweep,
-}
 
 
 class UserError(Exception):
@@ -115,15 +110,6 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if len(parts) > 1:
             _drop_alternatives(node, parts[-2], parts[-1])
     return out
-
-
-def parse_manifest(doc: dict[str, Any], source: str = "") -> BaseModel:
-    """A FineTuneJob or HyperparameterSweep from one YAML document."""
-    kind = doc.get("kind")
-    where = f"{source}: " if source else ""
-    if kind not in KINDS:
-        raise SpecError(f"{where}kind must be one of {', '.join(KINDS)} (got {kind!r})")
-    return parse(KINDS[kind], doc, prefix=where)
 
 
 def load_manifest(path: str | Path, kind: type[M], overrides: list[str] | None = None) -> M:

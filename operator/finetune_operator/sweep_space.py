@@ -69,15 +69,6 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def get_path(doc: dict[str, Any], path: str) -> Any:
-    node: Any = doc
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def trial_spec(sweep: HyperparameterSweep, number: int, params: dict[str, Any]) -> FineTuneJobSpec:
     """The trial's FineTuneJob spec; an explicit template output path gets a per-trial folder."""
     spec = apply_params(sweep.spec.template, params)
