@@ -3,6 +3,7 @@ magnitude one-shot and gradual, heads (a smaller model that `predict` reloads), 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_cubic_schedule_rises_monotonically_to_the_target() -> None:
 
     values = [cubic_sparsity(step, 100, 0.8) for step in range(101)]
     assert values[:10] == [0.0] * 10  # dense start
-    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(values))
     assert values[70:] == [pytest.approx(0.8)] * 31  # final sparsity, then recovery
     assert values[40] > 0.8 * 0.5  # cubic: most of it early in the ramp
 
