@@ -60,6 +60,7 @@ def trainer_executor(
     job: FineTuneJob, spec_dir: Path | None, output_dir: Path, reporter: TrialReporter
 ) -> TrialOutcome:
     """The default executor: the trainer's `run` (imported here, so torch loads lazily)."""
+    import finetune_trainer  # noqa: F401  first: it quiets torchao's and torch's import logs
     from finetune_cli.sweep_trial import run_trial
 
     return run_trial(job, spec_dir, output_dir, reporter)
