@@ -173,7 +173,10 @@ class StdoutSink:
         if event.kind == "start":
             line = f"[start] {event.message}".rstrip()
         elif event.kind == "end":
-            # A failure's message is printed once, by whoever handles the error (CLI, image).
+            # A failure's message is printed once, by whoever handles the error (CLI, image);
+            # when nothing ran, that `error:` line is the whole story (no `[failed] step 0/0`).
+            if state.phase == "Failed" and not p["step"]:
+                return
             line = f"[{state.phase.lower()}] {where} {_fmt(state.metrics)}".rstrip()
         else:
             line = f"[{event.kind}] {where} {_fmt(event.metrics)}".rstrip()
