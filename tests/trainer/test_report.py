@@ -81,6 +81,20 @@ def test_reporter_fans_out_and_survives_a_failing_sink(tmp_path: Path) -> None:
     assert lines[-1].startswith("[succeeded]")
 
 
+def test_a_failure_before_any_step_prints_no_failed_line() -> None:
+    from finetune_trainer.report import Reporter, StdoutSink
+
+    stream = io.StringIO()
+    Reporter([StdoutSink(stream)]).end(phase="Failed", message="no such file")
+    assert stream.getvalue() == ""  # the caller's `error:` line comes first and alone
+    stream = io.StringIO()
+    reporter = Reporter([StdoutSink(stream)])
+    reporter.start(10)
+    reporter.progress(step=3, epoch=0.3, metrics={})
+    reporter.end(phase="Failed", message="out of memory")
+    assert stream.getvalue().splitlines()[-1] == "[failed] step 3/10 epoch 0.30"
+
+
 def test_kubernetes_sink_merge_patches_status_and_throttles(api: FakeApiServer) -> None:
     from finetune_trainer.report import KubernetesSink, Reporter
 
