@@ -357,6 +357,11 @@ class BackgroundApiServer:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return dict(json.loads(resp.read() or b"{}"))
 
+    def store_unchecked(self, res: tuple[str, str, str], obj: dict[str, Any]) -> None:
+        """`ApiServerEmulator.store_unchecked` from this (synchronous) thread."""
+        coro = self.emulator.store_unchecked(res, obj)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
     def failures(self) -> list[Exception]:
         """Every request the emulator refused or failed on so far (422s, 409s, ...)."""
         return list(self.emulator.errors)

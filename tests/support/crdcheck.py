@@ -269,7 +269,8 @@ def _schema_cause(err: jsonschema.ValidationError) -> Cause:
     reason = _REASONS.get(str(kind), "FieldValueInvalid")
     shown = json.dumps(value) if not isinstance(value, dict | list) else f'"{_json_type(value)}"'
     if kind == "required":
-        missing = next(k for k in err.validator_value if k not in value)
+        # one error per missing property: "'name' is a required property"
+        missing = err.message.split("'")[1] if err.message.startswith("'") else err.message
         return Cause(f"{field}.{missing}".lstrip("."), "Required value", reason)
     if kind == "enum":
         supported = ", ".join(json.dumps(v) for v in err.validator_value)
