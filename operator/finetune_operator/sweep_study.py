@@ -544,20 +544,8 @@ def plan_sweep(
       succeeded.
     """
     name = sweep_name or study_name
-    recs = _sorted(records)
     plan = Plan()
-    for r in list(recs):
-        if r.status is TrialStatus.running and should_prune(
-            spec, recs, r.number, study_name=study_name
-        ):
-            plan.prune.append(r.number)
-            recs = [
-                replace(x, status=TrialStatus.pruned, value=x.intermediate[-1])
-                if x.number == r.number
-                else x
-                for x in recs
-            ]
-    c = counts(recs)
+    recs = _prune_running(spec, _sorted(records), plan, study_name)
     failures = [r for r in recs if r.status is TrialStatus.failed]
     exhausted = False
     if len(failures) > spec.max_failed_trials:
@@ -569,36 +557,74 @@ def plan_sweep(
             f"{last.message or 'no message'}"
         )
     else:
-        free = min(spec.parallelism - c.running, spec.max_trials - c.total)
-        nxt = (recs[-1].number + 1) if recs else 0
-        pending: list[TrialRecord] = []
-        for _ in range(max(0, free)):
-            params = suggest(spec, recs + pending, nxt, study_name=study_name)
-            if params is None:
-                exhausted = True
-                break
-            plan.create.append((nxt, params))
-            pending.append(TrialRecord(number=nxt, params=params, name=trial_name(name, nxt)))
-            nxt += 1
-        if spec.sampler.type == "grid" and not exhausted:
-            exhausted = suggest(spec, recs + pending, nxt, study_name=study_name) is None
-        recs = recs + pending
-        c = counts(recs)
-    plan.counts = c
+        recs, exhausted = _fill_slots(spec, recs, plan, study_name, name)
+    plan.counts = counts(recs)
     plan.records = recs
     plan.best = best_record(spec, recs)
     if plan.phase is not Phase.failed:
-        finished = c.running == 0 and (c.total >= spec.max_trials or exhausted)
-        if finished and plan.best is not None:
-            plan.phase, plan.reason = Phase.succeeded, "Completed"
-        elif finished:
-            plan.phase, plan.reason = Phase.failed, "NoTrialSucceeded"
-        elif c.running:
-            plan.phase, plan.reason = Phase.running, "TrialsRunning"
-        else:
-            plan.phase, plan.reason = Phase.pending, "Pending"
-        plan.message = _summary(spec, c, plan.best, name, exhausted)
+        _set_phase(spec, plan, exhausted)
+        plan.message = _summary(spec, plan.counts, plan.best, name, exhausted)
     return plan
+
+
+def _prune_running(
+    spec: HyperparameterSweepSpec, recs: list[TrialRecord], plan: Plan, study_name: str
+) -> list[TrialRecord]:
+    """Running trials the pruner rejects go into plan.prune and count as pruned (at their
+    last intermediate value) from here on, so their slots free at once."""
+    for r in list(recs):
+        if r.status is TrialStatus.running and should_prune(
+            spec, recs, r.number, study_name=study_name
+        ):
+            plan.prune.append(r.number)
+            recs = [
+                replace(x, status=TrialStatus.pruned, value=x.intermediate[-1])
+                if x.number == r.number
+                else x
+                for x in recs
+            ]
+    return recs
+
+
+def _fill_slots(
+    spec: HyperparameterSweepSpec,
+    recs: list[TrialRecord],
+    plan: Plan,
+    study_name: str,
+    name: str,
+) -> tuple[list[TrialRecord], bool]:
+    """New trials for min(parallelism - running, maxTrials - total) free slots, numbered
+    after the highest existing number; also whether the search space is exhausted."""
+    c = counts(recs)
+    free = min(spec.parallelism - c.running, spec.max_trials - c.total)
+    nxt = (recs[-1].number + 1) if recs else 0
+    pending: list[TrialRecord] = []
+    exhausted = False
+    for _ in range(max(0, free)):
+        params = suggest(spec, recs + pending, nxt, study_name=study_name)
+        if params is None:
+            exhausted = True
+            break
+        plan.create.append((nxt, params))
+        pending.append(TrialRecord(number=nxt, params=params, name=trial_name(name, nxt)))
+        nxt += 1
+    if spec.sampler.type == "grid" and not exhausted:
+        exhausted = suggest(spec, recs + pending, nxt, study_name=study_name) is None
+    return recs + pending, exhausted
+
+
+def _set_phase(spec: HyperparameterSweepSpec, plan: Plan, exhausted: bool) -> None:
+    """Succeeded when maxTrials trials (or the whole grid) finished and one succeeded."""
+    c = plan.counts
+    finished = c.running == 0 and (c.total >= spec.max_trials or exhausted)
+    if finished and plan.best is not None:
+        plan.phase, plan.reason = Phase.succeeded, "Completed"
+    elif finished:
+        plan.phase, plan.reason = Phase.failed, "NoTrialSucceeded"
+    elif c.running:
+        plan.phase, plan.reason = Phase.running, "TrialsRunning"
+    else:
+        plan.phase, plan.reason = Phase.pending, "Pending"
 
 
 def _summary(
