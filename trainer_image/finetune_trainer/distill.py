@@ -208,9 +208,13 @@ def logits(
 
 
 def _teacher_view(
-    teacher: Teacher, student_tokenizer: PreTrainedTokenizerBase, table: Any,
-    tokenized: datasets.Dataset, text_column: str, max_length: int,
-) -> datasets.Dataset:  # fmt: skip
+    teacher: Teacher,
+    student_tokenizer: PreTrainedTokenizerBase,
+    table: Any,
+    tokenized: datasets.Dataset,
+    text_column: str,
+    max_length: int,
+) -> datasets.Dataset:
     """The rows as the teacher reads them: the student's ids when they agree, else the
     teacher's own tokenisation of the same text (same rows, same order)."""
     probe = [str(t) for t in table.data[text_column][:PROBE_ROWS]]
