@@ -86,8 +86,25 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: Path) 
     plt.close(fig)
 
 
+SMOOTH_MIN_WINDOW = 5
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Centred moving average over `window` points (the window shrinks at both ends)."""
+    half = max(window, 1) // 2
+    out = []
+    for i in range(len(values)):
+        lo, hi = max(0, i - half), min(len(values), i + half + 1)
+        out.append(sum(values[lo:hi]) / (hi - lo))
+    return out
+
+
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> bool:
-    """Training (and eval) loss against step; False when there is nothing to plot."""
+    """Training (and eval) loss against step; False when there is nothing to plot.
+
+    The raw training loss zigzags: length-grouped batches run from long to short
+    sequences within each group, and short ones have a different loss. A moving average
+    over ~a tenth of the points is drawn over the faint raw points."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     if not train and not evals:
@@ -99,7 +116,10 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss")
+        steps, losses = zip(*train, strict=True)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train loss (raw)")
+        window = max(SMOOTH_MIN_WINDOW, len(losses) // 10)
+        ax.plot(steps, smooth(losses, window), color="tab:blue", label="train loss (smoothed)")
     if evals:
         ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
     ax.set_xlabel("step")
