@@ -304,6 +304,7 @@ def tokenize(
         if eos is not None:  # causal LM: end with eos so generation learns to stop
             enc["input_ids"] = [[*ids, eos] for ids in enc["input_ids"]]
             enc["attention_mask"] = [[*mask, 1] for mask in enc["attention_mask"]]
+        if task is Task.causal_lm:  # the labels are the inputs, with or without an eos
             enc["labels"] = [list(ids) for ids in enc["input_ids"]]
         enc[LENGTH_COLUMN] = [len(ids) for ids in enc["input_ids"]]
         return enc
