@@ -21,16 +21,23 @@ LOAD_REPORT_LOGGER = "transformers.modeling_utils"
 SHOWN_KEYS = 3
 
 
+def _not_a_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def quiet_load_report() -> Iterator[None]:
-    """Raise the loading logger to ERROR for the duration (errors still surface)."""
+    """Drop the LOAD REPORT record for the duration; other records still surface.
+
+    A filter, not a higher level: modeling_utils runs its tensor-parallel plan check
+    (and logs "layers were not sharded") when its logger's own level is WARNING or above.
+    """
     logger = logging.getLogger(LOAD_REPORT_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.addFilter(_not_a_load_report)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(_not_a_load_report)
 
 
 def new_weights_note(model: Any, info: dict[str, Any], task: Task, num_labels: int | None) -> str:

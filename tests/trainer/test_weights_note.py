@@ -1,0 +1,44 @@
+"""A new task head is said in one line, never as transformers' LOAD REPORT table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.trainer
+
+
+def test_new_head_in_one_line_and_no_load_report(
+    bert_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from finetune_api.models import ModelSource, Task
+    from finetune_trainer.data import LabelMap
+    from finetune_trainer.modeling import load_model_noted, load_tokenizer, resolve_model
+
+    ref = resolve_model(ModelSource(path=str(bert_dir)), None)
+    tokenizer = load_tokenizer(ref, Task.classification)
+    labels = LabelMap(labels=("neg", "neu", "pos"), values=("neg", "neu", "pos"))
+    model, note = load_model_noted(ref, Task.classification, tokenizer, labels)
+    assert model.config.num_labels == 3
+    assert note.startswith("new classification head: 3 labels")
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err
+    assert "were not sharded" not in captured.out + captured.err  # no side effect of quieting
+
+
+def test_note_names_base_weights_that_start_random() -> None:
+    from finetune_api.models import Task
+    from finetune_trainer.weights import new_weights_note
+
+    class Model:
+        base_model_prefix = "bert"
+
+    info = {"missing_keys": {"classifier.weight", "classifier.bias"}, "mismatched_keys": set()}
+    assert new_weights_note(Model(), info, Task.classification, 2) == (
+        "new classification head: 2 labels"
+    )
+    info = {"missing_keys": {"bert.encoder.layer.0.attention.self.query.weight"}}
+    note = new_weights_note(Model(), info, Task.masked_lm, None)
+    assert note.startswith("warning: 1 weights of the base model are not in the checkpoint")
+    assert new_weights_note(Model(), {"missing_keys": set()}, Task.causal_lm, None) == ""
