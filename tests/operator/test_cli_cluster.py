@@ -493,3 +493,22 @@ async def test_no_cluster(tmp_path: Path) -> None:
 async def test_namespace_flags_exclude_each_other(cluster: Cluster) -> None:
     rc, _out, err = await cli(cluster, "get", "-n", NAMESPACE, "-A")
     assert rc == 2 and "exclude each other" in err
+
+
+async def test_watch_on_a_terminal_renders_the_live_view(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    task = asyncio.create_task(screens.watch_view(session, "demo", console))
+    await wait_watching(cluster, "finetunejobs")
+    history = [{"epoch": 0.8, "step": 200, "evalLoss": 0.41, "accuracy": 0.83}]
+    final = {"phase": "Failed", "message": "trainer error: CUDA out of memory", "history": history}
+    await cluster.patch(FTJ, NAMESPACE, "demo", {"status": final}, status=True)
+    assert await asyncio.wait_for(task, 10) == 1
+    await cl.close(session)
+    screen = out.getvalue()
+    assert "demo  Failed" in screen and "evaluations" in screen and "0.83" in screen
+    assert "error: demo failed: trainer error: CUDA out of memory" in screen
