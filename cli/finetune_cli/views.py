@@ -285,21 +285,23 @@ def job_panel(ftj: Obj, now: datetime | None = None) -> Group:
 
 def trials_table(sweep: Obj, trials: list[Obj], now: datetime | None = None) -> Table:
     metric = sweep_metric(sweep)
+    failed = any(phase_of(t) == "Failed" for t in trials)
     table = Table(box=None, header_style="bold")
-    for column in ("TRIAL", "PHASE", "PROGRESS", metric.upper() or "METRIC", "PARAMS", "MESSAGE"):
-        table.add_column(column, overflow="fold")
+    columns = ["TRIAL", "PHASE", "PROGRESS", metric.upper() or "METRIC", "PARAMS"]
+    for column in [*columns, "MESSAGE"] if failed else columns:
+        table.add_column(column, overflow="fold")  # messages wrap, never cut
     for trial in trials:
         found = key_metric(trial, metric)
         value = f"{found[1]:.4f}" if found and found[0] == metric else ""
         message = str(status(trial).get("message") or "") if phase_of(trial) == "Failed" else ""
-        table.add_row(
+        cells: list[RenderableType] = [
             str(trial_number(trial)) if trial_number(trial) < 1 << 30 else meta(trial)["name"],
             phase_text(phase_of(trial)),
             progress_cell(trial),
             value,
             params_text(trial),
-            message,
-        )
+        ]
+        table.add_row(*cells, *([message] if failed else []))
     return table
 
 
