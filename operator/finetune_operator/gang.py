@@ -3,14 +3,18 @@
 `jobs.build_job` builds the one-pod Job; `shape_job` turns it into what the spec asks for:
 
 - one pod, one process (gpus <= 1, nodes = 1): unchanged, `python -m finetune_trainer`;
-- one pod, several GPUs: `torchrun --standalone --nproc-per-node=<gpus>`, one process
-  per GPU (the HF Trainer then runs DDP/FSDP instead of one process driving all GPUs);
+- one pod, several GPUs: torchrun standalone with one process per GPU (the HF Trainer
+  then runs DDP/FSDP instead of one process driving all GPUs);
 - nodes > 1: an Indexed Job (completions = parallelism = nodes) whose pods are named by a
   headless Service (`build_service`, the pod template's `subdomain`), so pod i resolves as
   `<job>-<i>.<service>`. Every pod runs torchrun with the static rendezvous on pod 0
-  (`--master-addr=<job>-0.<service>`), `--nnodes=<nodes>`, `--nproc-per-node=<gpus or 1>`
-  and `--node-rank=$(JOB_COMPLETION_INDEX)` (the Job controller's index, expanded by the
+  (master address `<job>-0.<service>`), nodes, processes per node (gpus, or 1) and the
+  node rank `$(JOB_COMPLETION_INDEX)` (the Job controller's index, expanded by the
   kubelet from the container env).
+
+torchrun takes every setting from its documented environment form, `PET_<FLAG>`
+(`PET_NNODES`, `PET_NODE_RANK`, `PET_MASTER_ADDR`, ...): the rendezvous is readable in
+the pod's env, and the command stays `python -m torch.distributed.run -m finetune_trainer`.
 
 Failure policy (docs/distributed.md): a trainer that exits non-zero fails the whole Job at
 once (`podFailurePolicy` FailJob), which stops the other pods; the survivors of a lost
@@ -71,21 +75,23 @@ def rendezvous_host(job_name: str) -> str:
     return f"{job_name}-0.{service_name(job_name)}"
 
 
-def torchrun_args(ftj: FineTuneJob, job_name: str) -> list[str]:
-    """torchrun's flags (before the trainer module) for this spec."""
-    nproc = f"--nproc-per-node={processes_per_node(ftj)}"
+def torchrun_settings(ftj: FineTuneJob, job_name: str) -> dict[str, str]:
+    """torchrun's settings for this spec, as its PET_<FLAG> environment variables."""
     nodes = ftj.spec.resources.nodes
+    common = {
+        "PET_NNODES": str(nodes),
+        "PET_NPROC_PER_NODE": str(processes_per_node(ftj)),
+        "PET_MAX_RESTARTS": "0",  # a failed worker fails the pod (and the gang): no retry inside
+    }
     if nodes == 1:
-        return ["--standalone", "--nnodes=1", nproc, "--max-restarts=0"]
-    return [
-        f"--nnodes={nodes}",
-        nproc,
-        f"--node-rank=$({INDEX_ENV})",
-        f"--master-addr={rendezvous_host(job_name)}",
-        f"--master-port={RENDEZVOUS_PORT}",
-        f"--rdzv-conf=timeout={RENDEZVOUS_TIMEOUT_S}",
-        "--max-restarts=0",
-    ]
+        return {"PET_STANDALONE": "1", **common}
+    return {
+        **common,
+        "PET_NODE_RANK": f"$({INDEX_ENV})",
+        "PET_MASTER_ADDR": rendezvous_host(job_name),
+        "PET_MASTER_PORT": str(RENDEZVOUS_PORT),
+        "PET_RDZV_CONF": f"timeout={RENDEZVOUS_TIMEOUT_S}",
+    }
 
 
 def service_selector(ftj: FineTuneJob) -> dict[str, str]:
@@ -101,15 +107,16 @@ def shape_job(job: dict[str, Any], ftj: FineTuneJob) -> dict[str, Any]:
     spec = job["spec"]
     pod = spec["template"]["spec"]
     container = next(c for c in pod["containers"] if c["name"] == CONTAINER_NAME)
-    container["command"] = list(TORCHRUN)
-    container["args"] = [*torchrun_args(ftj, name), *TRAINER_MODULE]
+    container["command"] = [*TORCHRUN, *TRAINER_MODULE]
+    settings = [{"name": k, "value": v} for k, v in torchrun_settings(ftj, name).items()]
     nodes = ftj.spec.resources.nodes
     if nodes == 1:
+        container["env"] = [*container["env"], *settings]
         return job
-    # Declared here so $(JOB_COMPLETION_INDEX) in args expands whatever the Job controller
-    # version does (it adds the same variable only when the container lacks it).
+    # Declared first so $(JOB_COMPLETION_INDEX) in PET_NODE_RANK expands whatever the Job
+    # controller version does (it adds the same variable only when the container lacks it).
     index = {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}
-    container["env"] = [{"name": INDEX_ENV, "valueFrom": index}, *container["env"]]
+    container["env"] = [{"name": INDEX_ENV, "valueFrom": index}, *container["env"], *settings]
     pod["subdomain"] = service_name(name)
     spec["completionMode"] = "Indexed"
     spec["completions"] = nodes

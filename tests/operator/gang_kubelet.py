@@ -7,11 +7,11 @@ What a real cluster does and what is substituted here (127.0.0.1 is every node):
   `batch.kubernetes.io/job-completion-index: i` and hostname `<job>-i`; here the pod is
   created with the same label/annotation, and JOB_COMPLETION_INDEX (a fieldRef on that
   annotation in the pod spec) is resolved to i;
-- the kubelet expands `$(VAR)` in args from the container env: done here the same way
-  (so `--node-rank=$(JOB_COMPLETION_INDEX)` becomes `--node-rank=i`);
-- cluster DNS resolves `<job>-0.<service>` (the headless Service) to pod 0: here the
-  `--master-addr` value is rewritten to 127.0.0.1 and `--master-port` to a free port, so
-  several test runs can share the machine;
+- the kubelet expands `$(VAR)` in env values and args from the variables defined before
+  them: done here the same way (so `PET_NODE_RANK=$(JOB_COMPLETION_INDEX)` becomes i);
+- cluster DNS resolves `<job>-0.<service>` (the headless Service) to pod 0: here
+  `PET_MASTER_ADDR` (torchrun's --master-addr) is rewritten to 127.0.0.1 and
+  `PET_MASTER_PORT` to a free port, so several test runs can share the machine;
 - `python` is this interpreter; the termination message goes to a file per pod and into
   the pod's terminated state; FINETUNE_KUBE_API_URL points the status sink at the emulator.
 """
@@ -37,28 +37,25 @@ def expand(value: str, env: dict[str, str]) -> str:
     return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), value)
 
 
-def pod_command(container: dict[str, Any], env: dict[str, str], port: int) -> list[str]:
-    """The container's command + args as the kubelet would run them, rendezvous on 127.0.0.1."""
-    out = []
-    for arg in [*container["command"], *(container.get("args") or [])]:
-        arg = expand(arg, env)
-        if arg.startswith("--master-addr="):
-            arg = "--master-addr=127.0.0.1"
-        elif arg.startswith("--master-port="):
-            arg = f"--master-port={port}"
-        out.append(sys.executable if arg == "python" else arg)
-    return out
+def pod_command(container: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The container's command + args as the kubelet would run them."""
+    out = [expand(arg, env) for arg in [*container["command"], *(container.get("args") or [])]]
+    return [sys.executable if arg == "python" else arg for arg in out]
 
 
-def pod_env(container: dict[str, Any], index: int, extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
+def pod_env(
+    container: dict[str, Any], index: int, port: int, extra: dict[str, str]
+) -> dict[str, str]:
+    """The container env as the kubelet builds it (rendezvous rewritten to 127.0.0.1:port)."""
+    env: dict[str, str] = {}
     for item in container.get("env") or []:
         if "value" in item:
-            env[item["name"]] = item["value"]
+            env[item["name"]] = expand(item["value"], env)
         elif INDEX_KEY in str(item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")):
             env[item["name"]] = str(index)  # the downward API on the index annotation
-    env.update(extra)
-    return env
+    if "PET_MASTER_ADDR" in env:
+        env |= {"PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+    return {**os.environ, **env, **extra}
 
 
 async def create_index_pod(cluster: Cluster, job: dict[str, Any], index: int) -> str:
@@ -136,8 +133,8 @@ async def run_indexed_job(
         names.append(await create_index_pod(cluster, job, index))
         log = cwd / f"termination-{jname}-{index}.log"
         extra = {"FINETUNE_TERMINATION_LOG": str(log), "FINETUNE_KUBE_API_URL": cluster.url}
-        penv = pod_env(container, index, extra | (env or {}))
-        runs.append(_run(pod_command(container, penv, port), penv, cwd, timeout))
+        penv = pod_env(container, index, port, extra | (env or {}))
+        runs.append(_run(pod_command(container, penv), penv, cwd, timeout))
     await _status(cluster, job, {"active": nodes, "ready": nodes, "startTime": now_iso()})
     results = await asyncio.gather(*runs)
     for index, (name, (code, output)) in enumerate(zip(names, results, strict=True)):

@@ -49,18 +49,20 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == service["metadata"]["name"]
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "torch.distributed.run"]
-    args = container["args"]
-    for flag in (
-        "--nnodes=2",
-        "--nproc-per-node=4",
-        "--node-rank=$(JOB_COMPLETION_INDEX)",
-        "--master-addr=gang-train-0.gang-train",
-        "--master-port=29500",
-    ):
-        assert flag in args, args
-    assert args[-2:] == ["-m", "finetune_trainer"]
+    command = ["python", "-m", "torch.distributed.run", "-m", "finetune_trainer"]
+    assert container["command"] == command
     env = {e["name"]: e for e in container["env"]}
+    # torchrun's flags in their environment form (PET_<FLAG>): the rendezvous on pod 0.
+    rendezvous = {k: v.get("value") for k, v in env.items() if k.startswith("PET_")}
+    assert rendezvous == {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "4",
+        "PET_MAX_RESTARTS": "0",
+        "PET_NODE_RANK": "$(JOB_COMPLETION_INDEX)",
+        "PET_MASTER_ADDR": "gang-train-0.gang-train",
+        "PET_MASTER_PORT": "29500",
+        "PET_RDZV_CONF": "timeout=1800",
+    }
     field = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"

@@ -20,7 +20,7 @@ from finetune_operator.gang import (
     build_service,
     rendezvous_host,
     service_name,
-    torchrun_args,
+    torchrun_settings,
     world_size,
 )
 from finetune_operator.jobs import build_job, job_name
@@ -96,13 +96,22 @@ def test_two_nodes_of_four_gpus_make_an_indexed_gang() -> None:
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "demo-train"
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "torch.distributed.run"]
-    args = container["args"]
-    assert args[-2:] == ["-m", "finetune_trainer"]
-    assert "--nnodes=2" in args and "--nproc-per-node=4" in args
-    assert "--master-addr=demo-train-0.demo-train" in args
-    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in args
+    assert container["command"] == [
+        "python", "-m", "torch.distributed.run", "-m", "finetune_trainer"
+    ]  # fmt: skip
     env = {e["name"]: e for e in container["env"]}
+    rendezvous = {k: v.get("value") for k, v in env.items() if k.startswith("PET_")}
+    assert rendezvous == {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "4",
+        "PET_MAX_RESTARTS": "0",
+        "PET_NODE_RANK": "$(JOB_COMPLETION_INDEX)",
+        "PET_MASTER_ADDR": "demo-train-0.demo-train",
+        "PET_MASTER_PORT": "29500",
+        "PET_RDZV_CONF": "timeout=1800",
+    }
+    # The index variable comes first: PET_NODE_RANK's $(...) may only name earlier ones.
+    assert container["env"][0]["name"] == "JOB_COMPLETION_INDEX"
     assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     )
@@ -124,7 +133,10 @@ def test_service_is_headless_owned_and_selects_exactly_the_job_pods() -> None:
     assert service["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert "--nproc-per-node=1" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["PET_NPROC_PER_NODE"] == "1"
 
 
 def test_one_node_one_process_is_unchanged() -> None:
@@ -132,7 +144,8 @@ def test_one_node_one_process_is_unchanged() -> None:
     job = build_job(ftj, UID, OperatorConfig())
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", "finetune_trainer"]
-    assert "args" not in container and "completionMode" not in job["spec"]
+    assert not [e for e in container["env"] if e["name"].startswith("PET_")]
+    assert "completionMode" not in job["spec"]
     assert build_service(job, ftj) is None
 
 
@@ -167,8 +180,25 @@ def test_service_names_are_dns_1035_and_deterministic(name: str) -> None:
 
 def test_single_node_multi_gpu_uses_standalone_torchrun() -> None:
     ftj, _ = ftj_of("multigpu-one-node-chart-cache")
-    assert torchrun_args(ftj, "demo-train")[:3] == [
-        "--standalone",
-        "--nnodes=1",
-        "--nproc-per-node=2",
-    ]
+    assert torchrun_settings(ftj, "demo-train") == {
+        "PET_STANDALONE": "1",
+        "PET_NNODES": "1",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_MAX_RESTARTS": "0",
+    }
+
+
+def test_torchrun_reads_these_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The PET_* names are torchrun's own: its parser turns them into the flags."""
+    from torch.distributed.run import get_args_parser
+
+    ftj, _ = ftj_of("multinode-gpu-kueue-cache")
+    for key, value in torchrun_settings(ftj, "demo-train").items():
+        monkeypatch.setenv(key, value.replace("$(JOB_COMPLETION_INDEX)", "1"))
+    args = get_args_parser().parse_args(["-m", "finetune_trainer"])
+    assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("2", "4", 1)
+    assert (args.master_addr, args.master_port) == ("demo-train-0.demo-train", 29500)
+    assert (args.rdzv_conf, args.max_restarts, args.module) == ("timeout=1800", 0, True)
+    assert args.training_script == "finetune_trainer" and not args.standalone
