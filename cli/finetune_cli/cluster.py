@@ -107,7 +107,8 @@ def _translated(session: Session, what: str) -> Iterator[None]:
         if err.status == 403:
             raise ClusterError(
                 f"not allowed to {what} in {_where(session.namespace)} (403 Forbidden: "
-                f"{err.message}); ask for RBAC access, e.g. the chart's finetune-viewer role"
+                f"{err.message}); ask for RBAC access (get, list and watch on finetune.dev "
+                "resources)"
             ) from None
         raise ClusterError(f"cannot {what}: {err}") from None
 
