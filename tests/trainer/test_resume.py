@@ -185,3 +185,29 @@ def test_sigkilled_image_run_resumes_with_the_same_command(
     assert "[succeeded] step 600/600" in second.stdout
     history = json.loads((out / "log_history.json").read_text())
     assert max(h["step"] for h in history) == 600
+
+
+def test_finetune_run_ctrl_c_prints_what_a_rerun_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import finetune_trainer.run
+    from finetune_cli.app import app
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_trainer.run, "run_local", interrupted)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "apiVersion: finetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: ctrl-c}\n"
+        "spec:\n  task: classification\n  model: {path: /m}\n"
+        "  dataset: {train: {path: train.csv}}\n"
+    )
+    out = tmp_path / "out"
+    (out / "checkpoints" / "checkpoint-40").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["run", str(spec), "--output", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "resumes from the last checkpoint, checkpoint-40" in result.output
+    assert "Traceback" not in result.output and "Aborted" not in result.output
