@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import autobatch, distributed, evaluation, throughput
+from finetune_trainer import autobatch, distributed, evaluation, lm_speed, throughput
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.interrupt import failure_message
@@ -323,6 +323,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
 
         trainer.add_callback(pruning.GradualPruning(state.model, spec.pruning.sparsity))
     trainer.add_callback(throughput.Meter(state.train_ds))  # samples/s, tokens/s, MFU
+    lm_speed.configure(trainer, state.task)  # causal LM: packing, Liger kernels (GPU)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
