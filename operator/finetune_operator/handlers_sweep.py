@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
 import kopf
@@ -163,9 +162,6 @@ async def _create_trials(state: ReconcileState, key: Key, manifests: list[dict[s
     """Create the planned trials in order; False when one already existed (409)."""
     namespace, name = key
     for manifest in manifests:
-        # The emulator (and only it) needs these; a real apiserver sets its own.
-        manifest["metadata"].setdefault("uid", str(uuid.uuid4()))
-        manifest["metadata"].setdefault("generation", 1)
         try:
             await state.kube.create(*FTJ_RESOURCE, manifest, namespace)
         except kube.Conflict:
