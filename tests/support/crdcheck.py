@@ -299,9 +299,16 @@ def _schema_cause(err: jsonschema.ValidationError) -> Cause:
     return Cause(name, f"Invalid value: {shown}: {err.message}", reason)
 
 
+# id(schema) -> (schema, its validator): every write of the emulator checks one of a few
+# schemas; keeping the schema in the value keeps its id from being reused.
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft4Validator]] = {}
+
+
 def schema_causes(schema: dict[str, Any], obj: Any) -> list[Cause]:
     """OpenAPI (types, enums, bounds, required, patterns) failures, in path order."""
-    validator = jsonschema.Draft4Validator(_openapi(schema))
+    if id(schema) not in _VALIDATORS:
+        _VALIDATORS[id(schema)] = (schema, jsonschema.Draft4Validator(_openapi(schema)))
+    validator = _VALIDATORS[id(schema)][1]
     errors = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
     return [dataclasses.replace(_schema_cause(e), path=tuple(e.absolute_path)) for e in errors]
 
