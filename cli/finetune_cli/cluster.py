@@ -37,6 +37,10 @@ class ClusterError(UserError):
     """A cluster call that failed for a reason the user can act on."""
 
 
+class NoLogYet(ClusterError):
+    """The pod exists but its trainer container has not started (the log endpoint's 400)."""
+
+
 @dataclass
 class Session:
     """Where the commands read: the API server and the namespace (None = all)."""
@@ -257,7 +261,13 @@ def trial_number(obj: Obj) -> int:
 
 
 async def watch(
-    session: Session, plural: str, *, name: str | None = None, label: str | None = None
+    session: Session,
+    plural: str,
+    *,
+    name: str | None = None,
+    label: str | None = None,
+    group: str = GROUP,
+    version: str = VERSION,
 ) -> AsyncIterator[tuple[str, Obj]]:
     """(event type, object) from the watch API (`?watch=true`), reconnecting when the server
     ends the stream; `name`/`label` narrow it (server-side and again here)."""
@@ -267,7 +277,7 @@ async def watch(
     if label:
         query.append(("labelSelector", label))
     key, _, value = (label or "").partition("=")
-    url = kube.path(GROUP, VERSION, plural, session.namespace)
+    url = kube.path(group, version, plural, session.namespace)
     while True:
         with _translated(session, f"watch {plural}"):
             try:
@@ -286,7 +296,9 @@ async def watch(
                         continue
                     yield kind, obj
             except kube.NotFound:
-                raise _no_crds(session) from None
+                if group == GROUP:
+                    raise _no_crds(session) from None
+                raise ClusterError(f"the API server does not serve {plural}") from None
         await asyncio.sleep(0.2)
 
 
@@ -318,10 +330,18 @@ async def log_lines(session: Session, pod: Obj, *, follow: bool) -> AsyncIterato
             raise ClusterError(f"pod {meta(pod)['name']} is gone (no log to read)") from None
         except kube.KubeError as err:
             if err.status == 400:  # container not started yet
-                raise ClusterError(
-                    f"no log yet from pod {meta(pod)['name']}: {err.message}"
-                ) from None
+                raise NoLogYet(f"no log yet from pod {meta(pod)['name']}: {err.message}") from None
             raise
+
+
+async def wait_for_pod(session: Session, name: str, rank: int | None) -> Obj:
+    """The first trainer pod of FineTuneJob NAME (of that rank) to appear, via the watch API."""
+    async for kind, pod in watch(
+        session, "pods", label=f"{JOB_LABEL}={name}", group="", version="v1"
+    ):
+        if kind != "DELETED" and pick_pod([pod], rank) is not None:
+            return pod
+    raise ClusterError(f"no trainer pod for {name}")  # pragma: no cover - watch never ends
 
 
 async def close(session: Session) -> None:

@@ -20,6 +20,7 @@ from finetune_cli import cluster, views
 from finetune_cli.cluster import FTJ, SWEEP, SWEEP_LABEL, ClusterError, Obj, Session, meta
 
 EXIT_FAILED = 1
+LOG_RETRY_SECONDS = 1.0
 TERMINAL = ("Succeeded", "Failed", "Pruned")
 
 
@@ -224,14 +225,29 @@ async def logs_view(
         )
     session = cluster.in_namespace(session, obj)
     pod = cluster.pick_pod(await cluster.pods_of(session, name), rank)
-    if pod is None:
-        which = f" with rank {rank}" if rank is not None else ""
+    which = f" with rank {rank}" if rank is not None else ""
+    if pod is None and not follow:
         phase = views.phase_of(obj)
         raise ClusterError(f"no trainer pod{which} for {name} yet (phase {phase})")
+    if pod is None:
+        console.print(f"waiting for a trainer pod{which} of {name} ...", highlight=False)
+        pod = await cluster.wait_for_pod(session, name, rank)
     rank_note = f" (rank {rank})" if rank is not None else ""
     console.print(f"==> pod {meta(pod)['name']}{rank_note} <==", style="bold", highlight=False)
-    out = sys.stdout.buffer
-    async for line in cluster.log_lines(session, pod, follow=follow):
-        out.write(line)
-        out.flush()
+    await _copy_log(session, pod, follow)
     return 0
+
+
+async def _copy_log(session: Session, pod: Obj, follow: bool) -> None:
+    """The pod's log to stdout; when following, wait while its container is starting."""
+    out = sys.stdout.buffer
+    while True:
+        try:
+            async for line in cluster.log_lines(session, pod, follow=follow):
+                out.write(line)
+                out.flush()
+            return
+        except cluster.NoLogYet:
+            if not follow:
+                raise
+            await asyncio.sleep(LOG_RETRY_SECONDS)

@@ -512,3 +512,27 @@ async def test_watch_on_a_terminal_renders_the_live_view(
     screen = out.getvalue()
     assert "demo  Failed" in screen and "evaluations" in screen and "0.83" in screen
     assert "error: demo failed: trainer error: CUDA out of memory" in screen
+
+
+async def test_logs_follow_waits_for_the_pod_and_its_container(cluster: Cluster) -> None:
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), {"phase": "Pending"})
+    starting = {"kind": "Status", "reason": "BadRequest", "message": "ContainerCreating"}
+    calls: list[Any] = []
+
+    async def log(request: Any) -> AsyncIterator[bytes]:
+        calls.append(request)
+        yield b"[start] classification\n"
+        yield b"[progress] step 10/250\n"
+
+    # the first log request finds the container still starting (400), the next one streams
+    cluster.emulator[kmock.subresource("log")][:1] << 400 << starting
+    cluster.emulator[kmock.subresource("log")] << (lambda request: log(request))
+    task = asyncio.create_task(cli(cluster, "logs", "demo", "-f", "-n", NAMESPACE))
+    await wait_watching(cluster, "pods")
+    await trainer_pod(cluster, "demo-train-abc", None, 1)
+    rc, out, err = await task
+    assert rc == 0, err
+    assert "waiting for a trainer pod of demo" in err and "pod demo-train-abc" in err
+    assert out == "[start] classification\n[progress] step 10/250\n"
+    served = [r for r in cluster.requests() if r.subresource == "log"]
+    assert len(served) == 2 and len(calls) == 1  # a 400 while starting, then the stream
