@@ -73,6 +73,7 @@ def serve_emulator(lean: int) -> None:
     import kmock
 
     sys.path.insert(0, str(ROOT / "tests" / "operator"))
+    sys.path.insert(0, str(ROOT / "tests"))  # operator_harness imports support.apiserver
     from operator_harness import RESOURCES
 
     serving: contextvars.ContextVar[Any] = contextvars.ContextVar("serving")
