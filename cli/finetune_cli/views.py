@@ -477,6 +477,7 @@ def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
         ("Phase", phase_text(phase_of(ftj))),
         ("Task", str(spec.get("task", ""))),
         ("Model", str(model.get("name") or model.get("path") or "")),
+        ("Trial", _trial_of(ftj)),
         ("Progress", progress_cell(ftj)),
         ("Metrics", "  ".join(f"{k} {_fmt(v)}" for k, v in (st.get("metrics") or {}).items())),
         ("Started", str(st.get("startTime") or "")),
@@ -506,6 +507,13 @@ def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
         sections.append(_section("Artifacts"))
         sections += [Text(f"  {k}: {v}") for k, v in artifacts.items()]
     return sections
+
+
+def _trial_of(ftj: Obj) -> str:
+    sweep = labels(ftj).get(SWEEP_LABEL)
+    if not sweep:
+        return ""
+    return f"{trial_number(ftj)} of sweep {sweep}: {params_text(ftj)}".rstrip(": ")
 
 
 def describe_sweep(sweep: Obj, trials: list[Obj], events: list[Obj]) -> list[RenderableType]:

@@ -381,6 +381,9 @@ async def test_describe_a_sweep_shows_best_and_trials(cluster: Cluster) -> None:
     assert "hyperparameters.learningRate: 0.0002" in out
     assert "learningRate=1e-05" in out and "learningRate=0.0002" in out
     assert "(identical in every trial)" in out  # failure messages wrap, never cut
+    rc, out, err = await cli(cluster, "describe", "sw-trial-1", "-n", NAMESPACE)
+    assert rc == 0, err
+    assert "1 of sweep sw: learningRate=0.0002" in out
 
 
 # --------------------------------------------------------------------------- logs
