@@ -120,3 +120,24 @@ def test_switch_turns_it_off(
     )
     trainer.get_train_dataloader()
     assert not trainer.fast_batches
+
+
+class Columns(dict):  # type: ignore[type-arg]
+    """Plain Python columns with the one attribute the loader reads."""
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self)
+
+
+def test_plain_python_columns_give_the_same_batches(tokenizer: object) -> None:
+    from finetune_trainer import batching, data
+
+    assert batching.LENGTH_COLUMN == data.LENGTH_COLUMN
+    rows = _rows(tokenizer)
+    plain = Columns({name: list(rows[name]) for name in rows.column_names})
+    values = pad_values(rows.column_names, 0)
+    arrow_batch = PaddedRows(rows, values).__getitems__([4, 9, 1])
+    plain_batch = PaddedRows(plain, values).__getitems__([4, 9, 1])
+    for key, value in arrow_batch.items():
+        assert torch.equal(plain_batch[key], value), key

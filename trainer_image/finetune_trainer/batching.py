@@ -19,13 +19,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer
 
-from finetune_trainer.data import LENGTH_COLUMN
-
+# = finetune_trainer.data.LENGTH_COLUMN (tested); not imported from there because data
+# imports `datasets`, and this module must load without it (benchmarks/gpu_throughput.py).
+LENGTH_COLUMN = "length"
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 MEGABATCH = 50  # batches per length-sorted mega-batch (transformers' default)
 
@@ -48,16 +48,16 @@ class PaddedRows(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
     def __init__(self, data: Any, pad_values: dict[str, int], multiple: int = 1) -> None:
         self.multiple = multiple
-        table = data.with_format("arrow")[:]  # one Arrow table (select/split indices applied)
-        self.lengths = table.column(LENGTH_COLUMN).to_numpy().astype(np.int64)
+        table = _columns(data, [LENGTH_COLUMN, *pad_values])
+        self.lengths = np.asarray(table[LENGTH_COLUMN], dtype=np.int64)
         width = math.ceil(int(self.lengths.max(initial=1)) / multiple) * multiple
         self.columns: dict[str, torch.Tensor] = {}
         for name, pad in pad_values.items():
-            column = table.column(name).combine_chunks()
-            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                self.columns[name] = _pad_rows(column, self.lengths, width, pad)
+            flat = _flat(table[name])
+            if flat is not None:
+                self.columns[name] = _pad_rows(flat, self.lengths, width, pad)
             else:
-                self.columns[name] = torch.as_tensor(column.to_numpy().astype(np.int64))
+                self.columns[name] = torch.as_tensor(np.asarray(table[name], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -76,12 +76,29 @@ class PaddedRows(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         }
 
 
-def _pad_rows(rows: Any, lengths: np.ndarray, width: int, pad: int) -> torch.Tensor:
-    """A (rows, width) tensor from an Arrow list column, right-padded with `pad`."""
-    flat = rows.flatten().to_numpy().astype(np.int64)
+def _columns(data: Any, names: list[str]) -> dict[str, Any]:
+    """Column name -> values: Arrow arrays from a `datasets.Dataset` (its select/split
+    indices applied), Python lists from anything else with column access."""
+    if hasattr(data, "with_format"):
+        table = data.with_format("arrow")[:]
+        return {name: table.column(name).combine_chunks() for name in names}
+    return {name: data[name] for name in names}
+
+
+def _flat(column: Any) -> np.ndarray | None:
+    """All values of a column of token lists, concatenated; None for a scalar column."""
+    if hasattr(column, "flatten") and hasattr(column, "offsets"):  # an Arrow list array
+        return np.asarray(column.flatten().to_numpy(), dtype=np.int64)
+    if hasattr(column, "to_numpy") or not column or not isinstance(column[0], list | tuple):
+        return None
+    return np.fromiter((v for row in column for v in row), dtype=np.int64)
+
+
+def _pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int, pad: int) -> torch.Tensor:
+    """A (rows, width) tensor of the rows in `flat` (lengths given), right-padded with `pad`."""
     if len(flat) != int(lengths.sum()):
         raise ValueError("the length column does not match the token columns")
-    out = np.full((len(rows), width), pad, dtype=np.int64)
+    out = np.full((len(lengths), width), pad, dtype=np.int64)
     mask = np.arange(width)[None, :] < lengths[:, None]
     out[mask] = flat
     return torch.from_numpy(out)

@@ -26,8 +26,6 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithFlattening, Trainer
 
-from finetune_api.models import Task
-
 log = logging.getLogger(__name__)
 
 PACKING_ENV = "FINETUNE_PACKING"
@@ -67,9 +65,9 @@ def packing_collator(model: Any) -> PackingCollator:
     return PackingCollator(return_position_ids=True, return_flash_attn_kwargs=flash)
 
 
-def configure(trainer: Trainer, task: Task) -> None:
+def configure(trainer: Trainer, causal_lm: bool) -> None:
     """Packing and Liger kernels for a causal-LM trainer, where they apply."""
-    if task is not Task.causal_lm:
+    if not causal_lm:
         return
     if use_packing(trainer.model):
         trainer.data_collator = packing_collator(trainer.model)

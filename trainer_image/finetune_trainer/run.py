@@ -323,7 +323,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
 
         trainer.add_callback(pruning.GradualPruning(state.model, spec.pruning.sparsity))
     trainer.add_callback(throughput.Meter(state.train_ds))  # samples/s, tokens/s, MFU
-    lm_speed.configure(trainer, state.task)  # causal LM: packing, Liger kernels (GPU)
+    lm_speed.configure(trainer, state.task is Task.causal_lm)  # packing, Liger kernels
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from finetune_trainer.data import LENGTH_COLUMN
+from finetune_trainer.batching import LENGTH_COLUMN
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak per GPU, TFLOP/s, from NVIDIA's
 # datasheets. First matching substring of torch.cuda.get_device_name() wins.
