@@ -63,8 +63,11 @@ def collections_below(schema: dict[str, Any], path: Path = ()) -> Iterator[tuple
         yield from collections_below(schema["items"], (*path, "[]"))
 
 
-def _chain(tree: Tree) -> Path | None:
-    """`self.a.b` as ("a", "b"); None when the member chain does not start at self."""
+MACROS = {"all", "exists", "exists_one", "map", "filter"}
+
+
+def _chain(tree: Tree, bindings: dict[str, Path]) -> Path | None:
+    """`self.a.b` as ("a", "b"), `v.c` as v's binding + ("c",); None for anything else."""
     names: list[str] = []
     node: Any = tree
     while isinstance(node, Tree):
@@ -74,33 +77,62 @@ def _chain(tree: Tree) -> Path | None:
         elif node.data in ("member", "primary") and len(node.children) == 1:
             node = node.children[0]
         elif node.data == "ident":
-            return tuple(reversed(names)) if str(node.children[0]) == "self" else None
+            root = str(node.children[0])
+            base = () if root == "self" else bindings.get(root)
+            return None if base is None else (*base, *reversed(names))
         else:
             return None
     return None
 
 
+def _bindings(tree: Tree) -> dict[str, Path]:
+    """Macro variables -> what they range over: `self.xs.all(x, ...)` binds x to xs[]."""
+    bindings: dict[str, Path] = {}
+    for node in tree.iter_subtrees_topdown():
+        if node.data != "member_dot_arg":
+            continue
+        subtrees = [c for c in node.children if isinstance(c, Tree)]
+        macro = next((str(c) for c in node.children if not isinstance(c, Tree)), "")
+        if macro not in MACROS or len(subtrees) != 2:
+            continue
+        receiver = _chain(subtrees[0], bindings)
+        first = subtrees[1].children[0] if subtrees[1].children else None
+        idents = [n for n in first.iter_subtrees_topdown() if n.data == "ident"] if first else []
+        if receiver is not None and idents:
+            bindings[str(idents[0].children[0])] = (*receiver, "[]")
+    return bindings
+
+
 def read_paths(rule: str) -> set[Path]:
-    """Paths below `self` the rule reads as values (presence tests with has() excluded)."""
+    """Paths the rule reads as values, below `self` or through macro variables (an element
+    is `[]`); presence tests with has() are left out."""
     tree = crdcheck._ENV.compile(rule)
+    bindings = _bindings(tree)
     inside_has: set[int] = set()
     for node in tree.iter_subtrees():
         if node.data == "ident_arg" and str(node.children[0]) == "has":
             inside_has |= {id(n) for n in node.iter_subtrees()}
     paths = set()
     for node in tree.iter_subtrees():
-        if node.data == "member_dot" and id(node) not in inside_has:
-            chain = _chain(node)
-            if chain is not None:
+        if node.data in ("member_dot", "ident") and id(node) not in inside_has:
+            chain = _chain(node, bindings)
+            if chain:
                 paths.add(chain)
     return paths
 
 
-def resolve(schema: dict[str, Any], path: Path) -> dict[str, Any]:
+def resolve(schema: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The schema node a read path lands on; None for a map key (keys cannot be bounded,
+    maxProperties bounds how many there are)."""
     for key in path:
-        props = schema.get("properties", {})
-        assert key in props, f"rule reads {'.'.join(path)}, which the schema does not have"
-        schema = props[key]
+        if key == "[]" and schema.get("type") == "array":
+            schema = schema["items"]
+        elif key == "[]":
+            return None
+        else:
+            props = schema.get("properties", {})
+            assert key in props, f"a rule reads {'.'.join(path)}, which the schema does not have"
+            schema = props[key]
     return schema
 
 
@@ -131,6 +163,17 @@ def test_every_list_and_map_under_a_rule_is_bounded(kind: str) -> None:
     assert not unbounded, f"{kind}: unbounded under a CEL rule: {sorted(set(unbounded))}"
 
 
+def unbounded(target: dict[str, Any]) -> str | None:
+    """Why reading this node has no bounded cost, or None."""
+    if target.get("type") == "string" or target.get("x-kubernetes-int-or-string"):
+        return None if "maxLength" in target or "enum" in target else "string without maxLength"
+    if target.get("type") == "array":
+        return None if "maxItems" in target else "list without maxItems"
+    if isinstance(target.get("additionalProperties"), dict) and "maxProperties" not in target:
+        return "map without maxProperties"
+    return None
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_string_list_or_map_a_rule_reads_is_bounded(kind: str) -> None:
     problems = []
@@ -138,15 +181,9 @@ def test_every_string_list_or_map_a_rule_reads_is_bounded(kind: str) -> None:
         for rule in node["x-kubernetes-validations"]:
             for read in read_paths(rule["rule"]):
                 target = resolve(node, read)
-                where = ".".join((*path, *read))
-                if target.get("type") == "string" or target.get("x-kubernetes-int-or-string"):
-                    if "maxLength" not in target and "enum" not in target:
-                        problems.append(f"{where}: string without maxLength or enum")
-                elif target.get("type") == "array" and "maxItems" not in target:
-                    problems.append(f"{where}: list without maxItems")
-                elif isinstance(target.get("additionalProperties"), dict):
-                    if "maxProperties" not in target:
-                        problems.append(f"{where}: map without maxProperties")
+                why = None if target is None else unbounded(target)
+                if why:
+                    problems.append(f"{'.'.join((*path, *read))}: {why}")
     assert not problems, f"{kind}: {problems}"
 
 
@@ -172,3 +209,14 @@ def test_the_guard_catches_an_unbounded_list() -> None:
     below = [p for p, c in collections_below(schema) if "maxItems" not in c]
     assert below == [("names",)]
     assert read_paths("size(self.names) > 0 && has(self.x.y)") == {("names",)}
+    assert unbounded({"type": "string"}) == "string without maxLength"
+    assert unbounded({"type": "string", "enum": ["a"]}) is None
+    rule = "self.vs.exists(v, v.path == self.p) && self.m.all(k, k in {'a': 1})"
+    assert read_paths(rule) == {
+        ("vs",),
+        ("vs", "[]"),
+        ("vs", "[]", "path"),
+        ("p",),
+        ("m",),
+        ("m", "[]"),
+    }
