@@ -504,6 +504,9 @@ async def _write_status(
         for m in milestones(status, derived, merged.get("metrics") or {}):
             state.events.post(involved, m.reason, m.message, m.type)
         state.jobs.announced[seen.key] = transition
+    # Our own PATCH rather than kopf's `patch` kwarg: most reconciles run on a Job's or a
+    # pod's event, where kopf's patch would target that object, and the write must be
+    # known to have landed before it is remembered.
     if patch:
         await state.kube.patch_status(*FTJ_RESOURCE, name, patch, namespace)
     state.jobs.written[seen.key] = (seen.uid, merged)  # the cluster holds it now

@@ -53,7 +53,11 @@ def parse_object(obj: Mapping[str, Any], kind: type[M], spec: type[BaseModel]) -
 
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
-    """The controller owner reference to one of our objects (FineTuneJob, sweep)."""
+    """The controller owner reference to one of our objects (FineTuneJob, sweep).
+
+    Not kopf.adopt: it also copies the owner's labels (and namespace) onto the child, and
+    the Job's and trials' labels are a contract of their own (docs/CONTRACTS.md); the pure
+    builders also have only the owner's name and uid, not its body."""
     return {
         "apiVersion": API_VERSION,
         "kind": kind,
