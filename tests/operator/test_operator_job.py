@@ -83,7 +83,10 @@ async def test_apply_creates_job_with_the_right_fields(
     assert {"name": "output", "persistentVolumeClaim": {"claimName": "results"}} in pod["volumes"]
     (c,) = pod["containers"]
     assert c["image"] == "finetune-trainer:test"
-    assert c["command"] == ["python", "-m", "finetune_trainer"]
+    # 2 GPUs: one trainer process per GPU under torchrun standalone (docs/distributed.md).
+    assert c["command"] == ["python", "-m", "torch.distributed.run", "-m", "finetune_trainer"]
+    torchrun = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("PET_")}
+    assert torchrun["PET_STANDALONE"] == "1" and torchrun["PET_NPROC_PER_NODE"] == "2"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     env = {e["name"]: e for e in c["env"]}
