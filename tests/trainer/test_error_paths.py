@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,27 +100,43 @@ def _spec(root: Path, stage: str, entry: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("entry", ["cli", "image"])
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_a_failure_in_each_stage_ends_in_one_error_line(
-    workspace: Path, stage: str, entry: str
-) -> None:
-    spec = _spec(workspace, stage, entry)
-    term_log = workspace / f"termination-{entry}-{stage}"
+ENTRIES = ("cli", "image")
+
+
+def _run(root: Path, stage: str, entry: str) -> subprocess.CompletedProcess[str]:
+    spec = _spec(root, stage, entry)
     env = {k: v for k, v in os.environ.items() if k != "FINETUNE_DEBUG"}
     env |= {
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(workspace / "site"),
+        "PYTHONPATH": str(root / "site"),
         "INJECT_STAGE": "" if stage in ("spec", "data") else stage,
-        "FINETUNE_TERMINATION_LOG": str(term_log),
+        "FINETUNE_TERMINATION_LOG": str(root / f"termination-{entry}-{stage}"),
     }
     if entry == "cli":
         command = [str(FINETUNE), "run", str(spec)]
     else:
         command = [sys.executable, "-m", "finetune_trainer", "--spec", str(spec)]
-    proc = subprocess.run(
-        command, cwd=workspace, env=env, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(workspace: Path) -> dict[tuple[str, str], subprocess.CompletedProcess[str]]:
+    """All 14 runs at once, as many in parallel as there are cores (each is a process)."""
+    cases = [(stage, entry) for stage in STAGES for entry in ENTRIES]
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        done = pool.map(lambda case: _run(workspace, *case), cases)
+        return dict(zip(cases, done, strict=True))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_failure_in_each_stage_ends_in_one_error_line(
+    workspace: Path,
+    runs: dict[tuple[str, str], subprocess.CompletedProcess[str]],
+    stage: str,
+    entry: str,
+) -> None:
+    proc = runs[stage, entry]
     everything = proc.stdout + proc.stderr
     assert proc.returncode in (1, 2), everything[-3000:]
     assert "Traceback" not in everything, everything[-3000:]
@@ -131,7 +148,7 @@ def test_a_failure_in_each_stage_ends_in_one_error_line(
     if proc.returncode == 1:
         assert "(at " in errors[0] and "FINETUNE_DEBUG=1" in errors[0]
     if entry == "image":
-        message = json.loads(term_log.read_text())
+        message = json.loads((workspace / f"termination-image-{stage}").read_text())
         assert message["phase"] == "Failed" and STAGES[stage][1] in message["message"]
 
 
