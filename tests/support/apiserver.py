@@ -238,12 +238,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 meta["generation"] = int(old["metadata"].get("generation") or 0) + 1
         self.revision += 1
         meta["resourceVersion"] = str(self.revision)
-        if old is None and key in self._objects:
+        if key in self._objects:  # a new full version in the object's history
             self._objects[key].create(new)
-        elif old is None:
-            self._objects[key] = new
         else:
-            self._objects[key].create(new)  # a new full version in the object's history
+            self._objects[key] = new
         resource = key[0]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._objects[key].delete()
