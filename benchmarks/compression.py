@@ -72,6 +72,9 @@ def train(name: str, model: Path, args: argparse.Namespace, **spec: Any) -> dict
     from finetune_trainer.run import run
 
     out = args.out / name
+    done = out / "metrics.json"
+    if args.reuse and done.is_file() and json.loads(done.read_text())["phase"] == "Succeeded":
+        return dict(json.loads(done.read_text())["metrics"])  # a finished run of this name
     start = time.perf_counter()
     metrics = run(job(name, model, args, **spec), spec_dir=None, output_dir=out)
     metrics["wallSeconds"] = round(time.perf_counter() - start, 1)
@@ -127,6 +130,7 @@ def main() -> None:
     parser.add_argument("--skip-gradual", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --out")
     args = parser.parse_args()
 
     import torch
@@ -156,16 +160,40 @@ def main() -> None:
     for s in [0.0, *sparsities]:
         results[f"one-shot {s:.0%}"] = one_shot(args.out / "teacher", {"sparsity": s,
                                                  "schedule": "one-shot"}, args)  # fmt: skip
-        print(f"one-shot {s:.0%}: {json.dumps(results[f'one-shot {s:.0%}'])}", flush=True)
     results["heads 50%"] = one_shot(
         args.out / "teacher", {"sparsity": 0.5, "method": "heads"}, args
     )
     if not args.skip_gradual:
         for s in sparsities:
-            results[f"gradual {s:.0%}"] = train(f"gradual-{s:.2f}", args.model, args,
+            results[f"gradual {s:.0%}"] = train(f"gradual-{round(s * 100)}", args.model, args,
                                                 pruning={"sparsity": s})  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    """The markdown table of docs/trainer.md (blank where a run does not measure it)."""
+
+    def cell(m: dict[str, float], *keys: str, fmt: str = "{:,.0f}") -> str:
+        value = next((m[k] for k in keys if k in m), None)
+        return "" if value is None else fmt.format(value)
+
+    lines = [
+        "| model | dev accuracy | sparsity | parameters | nonzero | MB (fp32) | MB (zlib) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in results.items():
+        row = [
+            name,
+            cell(m, "accuracy", fmt="{:.4f}"),
+            cell(m, "sparsity", fmt="{:.2f}"),
+            cell(m, "parameters", "studentParameters"),
+            cell(m, "nonzeroParameters"),
+            cell(m, "sizeMb", "studentSizeMb", fmt="{:.1f}"),
+            cell(m, "compressedSizeMb", fmt="{:.1f}"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

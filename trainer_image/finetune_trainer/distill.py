@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from transformers import (
 
 from finetune_api.models import Distillation, Task
 from finetune_trainer import sizes
-from finetune_trainer.data import LabelMap, RawData, tokenize
+from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, tokenize
 from finetune_trainer.errors import ModelError
 from finetune_trainer.evaluation import classification_scores
 from finetune_trainer.modeling import load_tokenizer, resolve_model
@@ -194,17 +195,22 @@ def shares_input_ids(
 def logits(
     model: Any, tokenizer: PreTrainedTokenizerBase, data: datasets.Dataset, batch_size: int
 ) -> np.ndarray:
-    """The model's logits over a tokenised dataset, in row order, without gradients."""
+    """The model's logits over a tokenised dataset, in row order, without gradients.
+    Rows run sorted by length, so a batch pads to rows of its own length."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     inputs = [c for c in MODEL_INPUTS if c in data.column_names]
+    order = np.argsort(np.asarray(data[LENGTH_COLUMN]), kind="stable")
     loader = DataLoader(
-        data.select_columns(inputs).with_format("torch"),
+        data.select(order).select_columns(inputs).with_format("torch"),
         batch_size=batch_size,
         collate_fn=DataCollatorWithPadding(tokenizer),
     )
     out = [model(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu() for b in loader]
-    return torch.cat(out).numpy()
+    result = np.empty((len(order), out[0].shape[-1]) if out else (0, 0), dtype=np.float32)
+    if out:
+        result[order] = torch.cat(out).numpy()
+    return result
 
 
 def _teacher_view(
@@ -252,10 +258,13 @@ def attach_teacher_logits(
     ]
     shared = views[0] is train_ds
     log.info("teacher %s reads %s", teacher.location, "the student's ids" if shared else "text")
+    start = time.perf_counter()
     train_logits, eval_logits = (
         logits(teacher.model, teacher.tokenizer, view, TEACHER_BATCH)[:, teacher.columns]
         for view in views
     )
+    seconds = time.perf_counter() - start
+    log.info("teacher logits for %d rows in %.1f s", len(views[0]) + len(views[1]), seconds)
     scores = classification_scores(np.asarray(eval_ds["labels"]), eval_logits.argmax(axis=-1))
     metrics = {
         "teacherAccuracy": scores["accuracy"],
