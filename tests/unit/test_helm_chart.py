@@ -192,6 +192,21 @@ def test_operator_args_and_env(rendered: tuple[str, dict[str, Any], list[dict]])
     assert all("secretKeyRef" not in json.dumps(e) for e in container["env"])
 
 
+def test_trainer_scratch_size_limits_reach_the_operator() -> None:
+    from finetune_operator.config import DEFAULT_CACHE_SIZE_LIMIT, DEFAULT_TMP_SIZE_LIMIT
+
+    def env(values: dict[str, Any]) -> dict[str, Any]:
+        (c,) = the_deployment(render(values))["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    defaults = env({})
+    assert defaults["FINETUNE_TRAINER_TMP_SIZE_LIMIT"] == DEFAULT_TMP_SIZE_LIMIT
+    assert defaults["FINETUNE_TRAINER_CACHE_SIZE_LIMIT"] == DEFAULT_CACHE_SIZE_LIMIT
+    custom = env({"trainer": {"scratch": {"tmpSizeLimit": "1Gi", "cacheSizeLimit": "200Gi"}}})
+    assert custom["FINETUNE_TRAINER_TMP_SIZE_LIMIT"] == "1Gi"
+    assert custom["FINETUNE_TRAINER_CACHE_SIZE_LIMIT"] == "200Gi"
+
+
 def test_images() -> None:
     (c,) = the_deployment(render({}))["spec"]["template"]["spec"]["containers"]
     assert c["image"] == "ghcr.io/finetune-dev/finetune-operator:0.1.0"
@@ -439,11 +454,10 @@ def test_network_policy_defaults_when_enabled() -> None:
     (ingress,) = spec["ingress"]
     assert "from" not in ingress and port_set(ingress) == {(8080, "TCP")}
     dns, api = spec["egress"]
+    assert port_set(dns) == {(53, "UDP"), (53, "TCP")} and dns["to"]
     assert port_set(api) == {(443, "TCP"), (6443, "TCP")} and "to" not in api
     extra = {"to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}], "ports": [{"port": 3128}]}
-    spec = the_policy(render({"networkPolicy": {"enabled": True, "extraEgress": [extra]}}))[
-        "spec"
-    ]
+    spec = the_policy(render({"networkPolicy": {"enabled": True, "extraEgress": [extra]}}))["spec"]
     assert spec["egress"][2:] == [extra]
     spec = the_policy(render({"networkPolicy": {"enabled": True, "dns": {"to": []}}}))["spec"]
     assert "to" not in spec["egress"][0]
@@ -475,6 +489,7 @@ def test_network_policy_defaults_when_enabled() -> None:
         {"rbac": {"create": "true"}},
         {"trainer": {"statusIntervalSeconds": 0}},
         {"trainer": {"imagePullSecrets": [{"name": "regcred"}]}},
+        {"trainer": {"scratch": {"tmpSizeLimit": "lots"}}},
         {"networkPolicy": {"enabled": "yes"}},
         {"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}},
         {"networkPolicy": {"apiServer": {"ports": []}}},
