@@ -21,7 +21,6 @@ Job, with background propagation, when it sees the FineTuneJob go).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -371,8 +370,10 @@ async def _ensure_job(
     jname = job_name(name)
     manifest = build_job(model, seen.uid, state.config)
     created = ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
+    no_service = await _ensure_service(state, model, manifest, namespace)  # multi-node
+    if no_service is not None:
+        return no_service
     try:
-        await _ensure_service(state, model, manifest, namespace)  # multi-node: pod names
         state.jobs.create_sent[seen.key] = seen.uid
         seen.job = await state.kube.create(*JOB_RESOURCE, manifest, namespace)
         seen.events.append(created)
@@ -402,15 +403,27 @@ async def _ensure_job(
 
 async def _ensure_service(
     state: ReconcileState, model: FineTuneJob, manifest: dict[str, Any], namespace: str
-) -> None:
+) -> tuple[Derived, float | None] | None:
     """The headless Service of a multi-node Job (gang.build_service), created before the
     Job so pod 0's name resolves when torchrun starts; 409: an earlier reconcile made it
-    (deterministic name, owned by the FineTuneJob like the Job)."""
+    (deterministic name, owned by the FineTuneJob like the Job). A refused Service
+    (RBAC, admission, no such API) holds the Job back: its pods could never rendezvous."""
     service = build_service(manifest, model)
     if service is None:
-        return
-    with contextlib.suppress(kube.Conflict):
+        return None
+    try:
         await state.kube.create(*SERVICE_RESOURCE, service, namespace)
+    except kube.Conflict:
+        return None
+    except kube.KubeError as err:
+        if err.status not in (400, 403, 404, 422):
+            raise  # transient: retried with backoff
+        message = (
+            f"The API server rejected the headless Service {service['metadata']['name']} "
+            f"that a multi-node Job needs ({err.status} {err.reason}): {err.message}"
+        )
+        return Derived(Phase.pending, "ServiceRejected", message), 60.0
+    return None
 
 
 def _rejected(err: kube.KubeError, jname: str) -> tuple[Derived, float | None]:

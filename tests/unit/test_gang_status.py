@@ -61,3 +61,75 @@ def test_workers_reach_the_status_patch_only_for_multi_node() -> None:
     single = derive(spec(1), job(active=1, ready=1), [running_pod(0)])
     patch = status_patch({}, single, generation=1, job_name="x-train", now="2026-01-01T00:00:00Z")
     assert "workers" not in patch
+
+
+class _Kube:
+    """A kube client whose create answers with `error` (or records the object)."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.created: list[tuple[str, dict[str, Any]]] = []
+
+    async def create(self, group: str, version: str, plural: str, body: Any, ns: str) -> Any:
+        if self.error is not None:
+            raise self.error
+        self.created.append((plural, body))
+        return body
+
+
+def _gang() -> tuple[Any, dict[str, Any]]:
+    from finetune_api.models import FineTuneJob
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.jobs import build_job
+
+    ftj = FineTuneJob.model_validate(
+        {"metadata": {"name": "g", "namespace": "team-a"}, "spec": spec(2).dump()}
+    )
+    return ftj, build_job(ftj, "uid-1", OperatorConfig())
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [(None, None), ("conflict", None), (403, "ServiceRejected"), (404, "ServiceRejected")],
+)
+async def test_the_service_comes_first_and_a_refusal_holds_the_job_back(
+    error: Any, reason: str | None
+) -> None:
+    """No Service, no rendezvous: the Job would only wait out its timeout, so a refused
+    Service (RBAC, admission, no such API) keeps it from being created, with a status."""
+    from types import SimpleNamespace
+
+    from finetune_operator import kube
+    from finetune_operator.handlers_job import _ensure_service
+
+    raised = {
+        None: None,
+        "conflict": kube.Conflict(409, "AlreadyExists", "exists"),
+        403: kube.KubeError(403, "Forbidden", "services is forbidden"),
+        404: kube.NotFound(404, "NotFound", "the server could not find the resource"),
+    }[error]
+    client = _Kube(raised)
+    ftj, manifest = _gang()
+    blocked = await _ensure_service(SimpleNamespace(kube=client), ftj, manifest, "team-a")
+    if reason is None:
+        assert blocked is None
+        if error is None:
+            ((plural, body),) = client.created
+            assert plural == "services" and body["spec"]["clusterIP"] == "None"
+        return
+    assert blocked is not None
+    derived, retry = blocked
+    assert derived.phase is Phase.pending and derived.reason == reason
+    assert "headless Service g-train" in derived.message and retry == 60.0
+
+
+async def test_a_transient_service_error_is_retried() -> None:
+    from types import SimpleNamespace
+
+    from finetune_operator import kube
+    from finetune_operator.handlers_job import _ensure_service
+
+    client = _Kube(kube.KubeError(503, "ServiceUnavailable", "etcd"))
+    ftj, manifest = _gang()
+    with pytest.raises(kube.KubeError):
+        await _ensure_service(SimpleNamespace(kube=client), ftj, manifest, "team-a")
