@@ -51,6 +51,13 @@ def world() -> World:
     )
 
 
+def bind_device(current: World) -> None:
+    """Under torchrun on GPUs, make `cuda` mean this worker's GPU (LOCAL_RANK) from the
+    start, so anything before the Trainer (the batchSize auto probe) uses its own GPU."""
+    if current.distributed and torch.cuda.is_available():
+        torch.cuda.set_device(current.local_rank % torch.cuda.device_count())
+
+
 def backend() -> str:
     """nccl between GPUs, gloo on CPU."""
     return "nccl" if torch.cuda.is_available() else "gloo"

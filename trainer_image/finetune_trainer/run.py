@@ -104,8 +104,11 @@ def run(
     """Train, evaluate and save one FineTuneJob; returns the status metrics (camelCase)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     # Under torchrun only the main process reports and writes metrics.json (distributed.py).
-    main = distributed.world().is_main
-    reporter = Reporter([MetricsFileSink(output_dir / METRICS_FILE), *sinks] if main else [])
+    world = distributed.world()
+    distributed.bind_device(world)
+    reporter = Reporter(
+        [MetricsFileSink(output_dir / METRICS_FILE), *sinks] if world.is_main else []
+    )
     try:
         return _run(
             job.spec,
