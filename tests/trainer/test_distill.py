@@ -94,6 +94,9 @@ def test_distilled_student_reports_teacher_and_sizes_and_predicts(
     state = json.loads((out / "metrics.json").read_text())
     assert {"teacherAccuracy", "teacherSizeMb", "studentSizeMb"} <= set(state["metrics"])
     assert (out / "confusion_matrix.png").is_file()
+    table = (out / "size_table.md").read_text()
+    assert "| teacher |" in table and "| student |" in table
+    assert f"{m['teacherAccuracy']:.4f}" in table and f"{m['accuracy']:.4f}" in table
     assert predict(out, ["great good movie", "awful bad film"]) == ["pos", "neg"]
 
 

@@ -53,6 +53,8 @@ def test_one_shot_magnitude_sparsity_is_the_requested_one(
     assert m["nonzeroParameters"] < m["denseNonzeroParameters"]
     assert m["compressedSizeMb"] < m["denseCompressedSizeMb"]
     assert m["sizeMb"] == m["denseSizeMb"]  # unstructured zeros are still stored
+    table = (out / "size_table.md").read_text()
+    assert "| dense |" in table and "| pruned |" in table and "MB (zlib)" in table
     report = json.loads((out / "classification_report.json").read_text())
     assert report["accuracy"] == pytest.approx(m["accuracy"])  # the pruned model's report
     assert len(predict(out, ["great good movie", "awful bad film"])) == 2

@@ -173,7 +173,7 @@ def _run(
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
     state.trainer = _build_trainer(state, callbacks)
     _train(state)
-    _prune(state)
+    _compression_finish(state)
     _evaluate(state)
     _save(state)
     reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts)
@@ -276,12 +276,20 @@ def _trainer_class(state: RunState, base: type[Trainer]) -> Callable[..., Traine
     return distill.trainer_class(base, state.spec.distillation)
 
 
-def _prune(state: RunState) -> None:
-    """One-shot pruning (or a gradual schedule's top-up), then a fresh evaluation."""
-    if state.spec.pruning is not None:
+def _compression_finish(state: RunState) -> None:
+    """Pruning: one-shot (or a gradual schedule's top-up), then a fresh evaluation. With
+    pruning or distillation: size_table.md (teacher/dense vs the run's model)."""
+    spec = state.spec
+    if spec.pruning is not None:
         from finetune_trainer import pruning
 
-        state.final |= pruning.finish(state.trainer, state.spec.pruning, state.final)
+        state.final |= pruning.finish(state.trainer, spec.pruning, state.final)
+    if spec.pruning is not None or spec.distillation is not None:
+        from finetune_trainer import sizes
+
+        path = state.output_dir / "size_table.md"
+        path.write_text(sizes.size_table(state.final))
+        state.artifacts["sizeTable"] = str(path)
 
 
 def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer:

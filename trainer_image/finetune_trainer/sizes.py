@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -45,3 +46,40 @@ def compressed_mb(model: nn.Module) -> float:
         raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         total += len(compressor.compress(raw.tobytes()))
     return (total + len(compressor.flush())) / MB
+
+
+# (row name, metric prefix): the models a compression run compares, in order.
+TABLE_ROWS = (("teacher", "teacher"), ("dense", "dense"), ("student", "student"), ("model", ""))
+TABLE_COLUMNS = (
+    ("parameters", "Parameters", "{:,.0f}"),
+    ("nonzero", "NonzeroParameters", "{:,.0f}"),
+    ("MB (fp32)", "SizeMb", "{:.3f}"),
+    ("MB (zlib)", "CompressedSizeMb", "{:.3f}"),
+    ("accuracy", "Accuracy", "{:.4f}"),
+    ("perplexity", "Perplexity", "{:.3f}"),
+)
+
+
+def _key(prefix: str, name: str) -> str:
+    return prefix + name if prefix else name[0].lower() + name[1:]
+
+
+def size_table(metrics: dict[str, float]) -> str:
+    """Markdown: one row per model the run measured (teacher, dense, student/pruned),
+    one column per size or score any of them has."""
+    rows = [(label, p) for label, p in TABLE_ROWS if any(k.startswith(p) for k in metrics)]
+    if "studentParameters" in metrics:  # the run's own model is the student
+        rows = [(label, p) for label, p in rows if label != "model"]
+    elif "sparsity" in metrics:
+        rows = [("pruned" if label == "model" else label, p) for label, p in rows]
+        metrics = metrics | {"studentAccuracy": metrics.get("accuracy", math.nan)}
+    columns = [c for c in TABLE_COLUMNS if any(_key(p, c[1]) in metrics for _, p in rows)]
+    lines = ["| model | " + " | ".join(c[0] for c in columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for label, prefix in rows:
+        cells = [
+            fmt.format(metrics[_key(prefix, name)]) if _key(prefix, name) in metrics else ""
+            for _, name, fmt in columns
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
