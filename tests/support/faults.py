@@ -43,7 +43,8 @@ def status_body(code: int, message: str) -> dict[str, Any]:
 
 
 class FaultProxy:
-    """Forwards to `upstream`, failing `rate` of the writes (seeded, so runs repeat)."""
+    """Forwards to `upstream`, failing a seeded `rate` of the writes with each fault kind
+    in turn."""
 
     def __init__(
         self,
@@ -98,7 +99,7 @@ class FaultProxy:
         self.writes += 1
         if self._rng.random() >= self.rate:
             return None
-        fault = self._rng.choice(self.faults)
+        fault = self.faults[sum(self.injected.values()) % len(self.faults)]  # each in turn
         self.injected[fault] += 1
         return fault
 
