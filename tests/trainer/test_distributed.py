@@ -162,3 +162,15 @@ def test_fsdp_arguments_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kwargs["fsdp_config"]["version"] == 2
     assert kwargs["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
     assert "use_cpu" not in kwargs
+
+
+def test_each_gpu_worker_is_bound_to_its_local_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    bound: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", bound.append)
+    distributed.bind_device(distributed.World(rank=5, local_rank=1, size=8))
+    distributed.bind_device(distributed.World())  # one process: cuda stays as it is
+    assert bound == [1]
