@@ -63,6 +63,11 @@ class OperatorConfig:
     # value trainer.cache); ReadWriteMany when several pods or nodes share it.
     cache_pvc: str = ""
     cache_read_only: bool = False
+    # Cost reporting (chart values cost.*): currency per GPU-hour; None = no cost.
+    gpu_hour_price: float | None = None
+    cost_currency: str = "USD"
+    # Out-of-memory recovery (chart value oomRecovery.maxRetries): retry Jobs at most.
+    oom_max_retries: int = 3
 
     @classmethod
     def from_env(cls, trainer_image: str | None = None) -> OperatorConfig:
@@ -93,6 +98,9 @@ class OperatorConfig:
             or DEFAULT_CACHE_SIZE_LIMIT,
             cache_pvc=env.get("FINETUNE_TRAINER_CACHE_PVC", ""),
             cache_read_only=env.get("FINETUNE_TRAINER_CACHE_READ_ONLY", "").lower() == "true",
+            gpu_hour_price=_number_env("FINETUNE_GPU_HOUR_PRICE", float, None),
+            cost_currency=env.get("FINETUNE_COST_CURRENCY") or "USD",
+            oom_max_retries=int(_number_env("FINETUNE_OOM_MAX_RETRIES", int, 3) or 0),
         )
 
 
@@ -111,4 +119,18 @@ def _json_env(name: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
         raise ConfigError(f"{name} is not valid JSON: {err}") from None
     if not isinstance(value, kind):
         raise ConfigError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _number_env(name: str, kind: type[int] | type[float], default: float | None) -> float | None:
+    """A non-negative number from an environment variable; unset or empty = default."""
+    raw = os.environ.get(name, "").strip()
+    if not raw or raw == "null":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {raw!r}")
     return value

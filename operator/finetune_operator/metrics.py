@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from finetune_api.models import TrialCounts
 
@@ -31,6 +31,24 @@ JOB_METRIC = Gauge(
 JOB_PROGRESS = Gauge(
     "finetune_job_progress_ratio",
     "Training progress of a FineTuneJob: step / totalSteps.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+JOB_GPU_SECONDS = Counter(
+    "finetune_job_gpu_seconds_total",
+    "GPU-seconds of a FineTuneJob's trainer Jobs: GPUs x seconds each Job ran (usage.py).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+JOB_COST = Counter(
+    "finetune_job_cost_total",
+    "Cost of a FineTuneJob's GPU time at the configured price per GPU-hour.",
+    ["namespace", "name", "currency"],
+    registry=REGISTRY,
+)
+JOB_OOM_RETRIES = Gauge(
+    "finetune_job_oom_retries",
+    "Out-of-memory retries of a FineTuneJob (Jobs replaced at half the batch size).",
     ["namespace", "name"],
     registry=REGISTRY,
 )
@@ -65,6 +83,8 @@ def metric_names() -> set[str]:
         names.add(family.name)
         if family.type == "histogram":
             names |= {f"{family.name}_{s}" for s in ("bucket", "sum", "count")}
+        if family.type == "counter":  # the family is named without _total, samples with it
+            names |= {f"{family.name}_total", f"{family.name}_created"}
     return names
 
 
@@ -82,6 +102,32 @@ class Publisher:
 
     job_metric_keys: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     sweep_metric: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Per FineTuneJob and trainer Job: the GPU-seconds already counted (counters only grow).
+    gpu_counted: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    cost_currency: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def publish_usage(
+        self,
+        namespace: str,
+        name: str,
+        job: str,
+        gpu_seconds: float,
+        *,
+        price: float | None = None,
+        currency: str = "USD",
+        oom_retries: int = 0,
+    ) -> None:
+        """Count a trainer Job's GPU-seconds (and their cost) since the last call."""
+        key = (namespace, name)
+        counted = self.gpu_counted.setdefault(key, {})
+        delta = gpu_seconds - counted.get(job, 0.0)
+        if delta > 0:
+            counted[job] = gpu_seconds
+            JOB_GPU_SECONDS.labels(namespace, name).inc(delta)
+            if price is not None:
+                self.cost_currency[key] = currency
+                JOB_COST.labels(namespace, name, currency).inc(delta / 3600.0 * price)
+        JOB_OOM_RETRIES.labels(namespace, name).set(float(oom_retries))
 
     def publish_job(
         self,
@@ -118,6 +164,12 @@ class Publisher:
         for metric in self.job_metric_keys.pop((namespace, name), set()):
             _remove(JOB_METRIC, namespace, name, metric)
         _remove(JOB_PROGRESS, namespace, name)
+        if self.gpu_counted.pop((namespace, name), None) is not None:
+            _remove(JOB_GPU_SECONDS, namespace, name)
+            _remove(JOB_OOM_RETRIES, namespace, name)
+        currency = self.cost_currency.pop((namespace, name), None)
+        if currency is not None:
+            _remove(JOB_COST, namespace, name, currency)
 
     def publish_sweep(
         self, namespace: str, name: str, metric: str, best: float | None, counts: TrialCounts
@@ -144,9 +196,11 @@ def clear() -> None:
     """Drop every series (tests simulate a restarted process with this)."""
     for gauge in (JOB_PHASE, JOB_METRIC, JOB_PROGRESS, SWEEP_BEST, SWEEP_TRIALS):
         gauge.clear()
+    for series in (JOB_GPU_SECONDS, JOB_COST, JOB_OOM_RETRIES):
+        series.clear()
 
 
-def _remove(gauge: Gauge, *labels: str) -> None:
+def _remove(gauge: Gauge | Counter, *labels: str) -> None:
     """Remove one series (absent already: nothing to do)."""
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)

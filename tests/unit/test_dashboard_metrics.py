@@ -45,6 +45,8 @@ def exported_labels() -> dict[str, set[str]]:
         if isinstance(obj, MetricWrapperBase):
             labels = set(obj._labelnames)
             out[obj._name] = labels
+            if obj._type == "counter":  # prometheus_client strips _total from _name
+                out[f"{obj._name}_total"] = labels
             if obj._type == "histogram":
                 out[f"{obj._name}_bucket"] = labels | {"le"}
                 out[f"{obj._name}_sum"] = labels
@@ -156,9 +158,12 @@ def test_dashboard_covers_the_brief() -> None:
         "finetune_job_metric",
         "finetune_sweep_best_value",
         "finetune_reconcile_seconds_bucket",
+        "finetune_job_gpu_seconds_total",
+        "finetune_job_cost_total",
+        "finetune_job_oom_retries",
     } <= used
     titles = " ".join(p["title"].lower() for p in json.loads(DASHBOARD.read_text())["panels"])
-    for words in ("phase", "loss", "accuracy", "best", "reconcile"):
+    for words in ("phase", "loss", "accuracy", "best", "reconcile", "throughput", "mfu", "gpu"):
         assert words in titles
 
 

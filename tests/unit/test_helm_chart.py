@@ -207,6 +207,26 @@ def test_trainer_scratch_size_limits_reach_the_operator() -> None:
     assert custom["FINETUNE_TRAINER_CACHE_SIZE_LIMIT"] == "200Gi"
 
 
+def test_cost_and_oom_recovery_values_reach_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_operator.config import OperatorConfig
+
+    def env(values: dict[str, Any]) -> dict[str, Any]:
+        (c,) = the_deployment(render(values))["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"] if "value" in e}
+
+    defaults = env({})
+    assert "FINETUNE_GPU_HOUR_PRICE" not in defaults
+    assert defaults["FINETUNE_OOM_MAX_RETRIES"] == "3"
+    custom = env(
+        {"cost": {"gpuHourPrice": 2.75, "currency": "EUR"}, "oomRecovery": {"maxRetries": 1}}
+    )
+    for name, value in custom.items():
+        if name.startswith("FINETUNE_"):
+            monkeypatch.setenv(name, value)
+    config = OperatorConfig.from_env()
+    assert (config.gpu_hour_price, config.cost_currency, config.oom_max_retries) == (2.75, "EUR", 1)
+
+
 def test_images() -> None:
     (c,) = the_deployment(render({}))["spec"]["template"]["spec"]["containers"]
     assert c["image"] == "ghcr.io/finetune-dev/finetune-operator:0.1.0"
