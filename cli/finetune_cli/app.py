@@ -42,6 +42,10 @@ SweepSetOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
+    if "tqdm" in sys.modules:  # a run's progress bar may have the cursor mid-line
+        from finetune_trainer.failure import close_progress_bars
+
+        close_progress_bars()
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 

@@ -1,7 +1,8 @@
 """Every trainer failure ends in one clear `error:` line on stderr, never a traceback.
 
 A failure is injected in each stage (spec parse, data load, tokenizer load, model load,
-training, evaluation, saving) of both entry points, `finetune run FILE` and the image's
+training, evaluation, saving, and a user error raised mid-training, when a progress bar
+holds the cursor) of both entry points, `finetune run FILE` and the image's
 `python -m finetune_trainer --spec FILE`, each a real process. Stages past the spec run
 a valid tiny job; the failure comes from a `sitecustomize` on PYTHONPATH that replaces
 one library call with one that raises, as a bug, an out-of-memory or a full disk would.
@@ -52,6 +53,10 @@ if stage:
             torch.OutOfMemoryError("injected: CUDA out of memory"))
     elif stage == "evaluation":
         transformers.Trainer.evaluate = _raise(RuntimeError("injected: eval crashed"))
+    elif stage == "training-user":  # an error the user can fix, raised mid-training
+        from finetune_trainer.errors import DataError
+
+        transformers.Trainer.training_step = _raise(DataError("injected: row 7 is unusable"))
     elif stage == "saving":
         transformers.PreTrainedModel.save_pretrained = _raise(
             OSError(errno.ENOSPC, "injected: No space left on device"))
@@ -68,6 +73,7 @@ STAGES: dict[str, tuple[dict[str, Any], str]] = {
     "training": ({}, "injected: CUDA out of memory"),
     "evaluation": ({}, "injected: eval crashed"),
     "saving": ({}, "injected: No space left on device"),
+    "training-user": ({}, "injected: row 7 is unusable"),
 }
 
 
@@ -101,6 +107,7 @@ def _spec(root: Path, stage: str, entry: str) -> Path:
 
 
 ENTRIES = ("cli", "image")
+USER_ERRORS = ("spec", "data", "training-user")  # exit 2; the rest exit 1
 
 
 def _run(root: Path, stage: str, entry: str) -> subprocess.CompletedProcess[str]:
@@ -121,7 +128,7 @@ def _run(root: Path, stage: str, entry: str) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture(scope="module")
 def runs(workspace: Path) -> dict[tuple[str, str], subprocess.CompletedProcess[str]]:
-    """All 14 runs at once, as many in parallel as there are cores (each is a process)."""
+    """Every (stage, entry) run at once, one per core (each is a process)."""
     cases = [(stage, entry) for stage in STAGES for entry in ENTRIES]
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         done = pool.map(lambda case: _run(workspace, *case), cases)
@@ -144,7 +151,7 @@ def test_a_failure_in_each_stage_ends_in_one_error_line(
     assert len(errors) == 1, proc.stderr[-3000:]
     assert STAGES[stage][1] in errors[0]
     # Only a UserError is the user's to fix (exit 2); the rest name where they were raised.
-    assert (proc.returncode == 2) is (stage in ("spec", "data"))
+    assert (proc.returncode == 2) is (stage in USER_ERRORS)
     if proc.returncode == 1:
         assert "(at " in errors[0] and "FINETUNE_DEBUG=1" in errors[0]
     if entry == "image":
