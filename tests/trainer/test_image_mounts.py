@@ -50,7 +50,7 @@ UNSHARE = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "
 
 
 def _sandbox_available() -> bool:
-    if not shutil.which("unshare") or not shutil.which("chroot"):
+    if not all(shutil.which(tool) for tool in ("unshare", "chroot", "mount", "awk", "bash")):
         return False
     probe = subprocess.run(
         ["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True
