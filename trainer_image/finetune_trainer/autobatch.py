@@ -8,9 +8,10 @@ that fits and the accumulation that makes up the rest.
 - On GPU the split is probed: a forward + backward pass on the longest training row
   at each candidate size (the effective batch, then halves), plus the optimizer's
   state (two fp32 moments per trainable parameter), must fit in 90% of the device.
-- On CPU there is no probe (host memory is rarely the limit and a probe costs a
-  step): the per-device batch is the largest divisor of the effective batch up to
-  `CPU_CAP` (64).
+- On CPU, and under torchrun (every rank must take the same split), there is no probe:
+  the per-device batch is the largest divisor of the effective batch up to `CPU_CAP`
+  (64). In-process recovery is off under torchrun too (one rank cannot halve alone);
+  the operator's retry Job covers single-node runs.
 
 When training runs out of memory anyway (torch's OutOfMemoryError, the CPU
 allocator's RuntimeError, MemoryError), `train` saves a checkpoint of the last
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +88,8 @@ def concrete_spec(spec: FineTuneJobSpec, model: Any, train_ds: Any, bf16: bool) 
     if hp.batch_size != AUTO:
         return spec
     effective = effective_batch(hp)
-    if torch.cuda.is_available():
+    # Under torchrun every rank must take the same split: no per-rank probe.
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         longest = max(train_ds["length"]) if len(train_ds) else 8
         plan = probed_plan(effective, lambda b: fits_on_gpu(model, b, longest, bf16))
     else:
@@ -138,6 +141,8 @@ def is_oom(err: BaseException) -> bool:
 def train(trainer: Trainer, resume: str | None, max_halvings: int = 6) -> TrainOutput:
     """trainer.train(); on out-of-memory: checkpoint, halve the batch, double the
     accumulation, resume from the last completed step (at most `max_halvings` times)."""
+    if trainer.args.world_size > 1:  # one rank cannot halve alone: the others would hang
+        return trainer.train(resume_from_checkpoint=resume)
     for attempt in range(max_halvings + 1):
         try:
             return trainer.train(resume_from_checkpoint=resume)
