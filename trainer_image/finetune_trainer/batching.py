@@ -57,7 +57,7 @@ class PaddedRows(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             if flat is not None:
                 self.columns[name] = _pad_rows(flat, self.lengths, width, pad)
             else:
-                self.columns[name] = torch.as_tensor(np.asarray(table[name], dtype=np.int64))
+                self.columns[name] = torch.from_numpy(np.array(table[name], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.lengths)
