@@ -73,8 +73,14 @@ def test_halving_the_batch_keeps_the_optimizer_steps() -> None:
     lengths = np.random.default_rng(0).integers(1, 50, size=333)
     whole = list(LengthBuckets(lengths, 16, seed=3, group=2))
     halves = list(LengthBuckets(lengths, 8, seed=3, group=4))
-    steps = [sorted(sum(whole[i : i + 2], [])) for i in range(0, len(whole), 2)]
-    half_steps = [sorted(sum(halves[i : i + 4], [])) for i in range(0, len(halves), 4)]
+
+    def step_rows(batches: list[list[int]], per_step: int) -> list[list[int]]:
+        return [
+            sorted(row for batch in batches[i : i + per_step] for row in batch)
+            for i in range(0, len(batches), per_step)
+        ]
+
+    steps, half_steps = step_rows(whole, 2), step_rows(halves, 4)
     assert steps == half_steps
 
 
@@ -177,3 +183,33 @@ def test_peak_table_and_flops_per_token() -> None:
     assert throughput.flops_per_token(model) == 6 * 32  # full training: 6N, embeddings out
     model[1].weight.requires_grad_(False)
     assert throughput.flops_per_token(model) == 4 * 32  # frozen (LoRA's base): 4N
+
+
+def test_concrete_spec_probes_on_gpu_and_keeps_the_effective_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datasets
+
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "task": "causal-lm",
+            "model": {"path": "/m"},
+            "dataset": {"train": {"path": "/t.csv"}},
+            "hyperparameters": {"batchSize": "auto", "gradientAccumulationSteps": 4},
+        }
+    )
+    probes: list[tuple[int, int, bool]] = []
+
+    def fits(model: Any, batch: int, length: int, bf16: bool, lm: bool) -> bool:
+        probes.append((batch, length, lm))
+        return batch <= 16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(autobatch, "fits_on_gpu", fits)
+    rows = datasets.Dataset.from_dict({"length": [5, 40, 12]})
+    hp = autobatch.concrete_spec(spec, None, rows, bf16=True).hyperparameters
+    assert (hp.batch_size, hp.gradient_accumulation_steps) == (16, 4)
+    assert probes == [(64, 40, True), (32, 40, True), (16, 40, True)]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: the same split on every rank, no probe
+    hp = autobatch.concrete_spec(spec, None, rows, bf16=True).hyperparameters
+    assert (hp.batch_size, hp.gradient_accumulation_steps) == (64, 1) and len(probes) == 3

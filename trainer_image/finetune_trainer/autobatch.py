@@ -91,7 +91,8 @@ def concrete_spec(spec: FineTuneJobSpec, model: Any, train_ds: Any, bf16: bool) 
     # Under torchrun every rank must take the same split: no per-rank probe.
     if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         longest = max(train_ds["length"]) if len(train_ds) else 8
-        plan = probed_plan(effective, lambda b: fits_on_gpu(model, b, longest, bf16))
+        lm = spec.task.value != "classification"  # labels: token ids, else class ids
+        plan = probed_plan(effective, lambda b: fits_on_gpu(model, b, longest, bf16, lm))
     else:
         plan = cpu_plan(effective)
     log.info("batchSize auto: %d x %d accumulation steps", plan.batch_size, plan.accumulation)
@@ -101,7 +102,7 @@ def concrete_spec(spec: FineTuneJobSpec, model: Any, train_ds: Any, bf16: bool) 
     return spec.model_copy(update={"hyperparameters": new_hp})
 
 
-def fits_on_gpu(model: Any, batch: int, length: int, bf16: bool) -> bool:
+def fits_on_gpu(model: Any, batch: int, length: int, bf16: bool, lm: bool) -> bool:
     """One forward + backward at (batch, length) plus the optimizer state within 90%."""
     device = torch.device("cuda")
     model.to(device)
@@ -109,7 +110,7 @@ def fits_on_gpu(model: Any, batch: int, length: int, bf16: bool) -> bool:
     torch.cuda.reset_peak_memory_stats(device)
     vocab = int(getattr(model.config, "vocab_size", 2) or 2)
     ids = torch.randint(0, vocab, (batch, length), device=device)
-    labels = ids if _is_lm(model) else torch.zeros(batch, dtype=torch.long, device=device)
+    labels = ids if lm else torch.zeros(batch, dtype=torch.long, device=device)
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=ids, labels=labels).loss
@@ -125,11 +126,6 @@ def fits_on_gpu(model: Any, batch: int, length: int, bf16: bool) -> bool:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     needed = torch.cuda.max_memory_allocated(device) + 8 * trainable
     return needed <= MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
-
-
-def _is_lm(model: Any) -> bool:
-    names = getattr(model.config, "architectures", None) or [type(model).__name__]
-    return any(n.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM")) for n in names)
 
 
 def is_oom(err: BaseException) -> bool:
