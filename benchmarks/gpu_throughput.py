@@ -25,7 +25,8 @@ Recipes:
                    and pinned memory, precision auto = bf16, causal LM: lm_speed's
                    packing/Liger decisions)
   ours[LABEL]      ours with environment switches (`--variant LABEL:NAME=VALUE,...`),
-                   e.g. FINETUNE_PACKING=1, FINETUNE_FAST_BATCHES=0, FINETUNE_OPTIM=adamw_torch
+                   e.g. FINETUNE_PACKING=1, FINETUNE_FAST_BATCHES=0, FINETUNE_OPTIM=adamw_torch,
+                   FINETUNE_COMPILE=1
 
 Samples/s = training samples / training-loop seconds: a callback timestamps optimizer
 steps, the first --warmup steps are not timed (CUDA is synchronised at each stamp).
@@ -257,8 +258,7 @@ def ours_trainer(
     from finetune_trainer import lm_speed, speedups, throughput
     from finetune_trainer.batching import FastTrainer
 
-    args = TrainingArguments(**common, optim=speedups.optimizer_name(),
-                             **speedups.loader_arguments())  # fmt: skip
+    args = TrainingArguments(**common, **speedups.training_arguments())
     collator = (
         DataCollatorWithPadding(tokenizer)
         if w.kind == "cls"

@@ -141,3 +141,24 @@ def test_plain_python_columns_give_the_same_batches(tokenizer: object) -> None:
     plain_batch = PaddedRows(plain, values).__getitems__([4, 9, 1])
     for key, value in arrow_batch.items():
         assert torch.equal(plain_batch[key], value), key
+
+
+def test_speed_settings_and_their_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer import speedups
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = speedups.training_arguments()
+    assert cpu["optim"] == "adamw_torch_fused" and not cpu["torch_compile"]
+    assert cpu["dataloader_num_workers"] == 0 and not cpu["dataloader_pin_memory"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = speedups.training_arguments()
+    assert gpu["dataloader_num_workers"] == 2 and gpu["dataloader_pin_memory"]
+    assert gpu["dataloader_prefetch_factor"] == 4
+    monkeypatch.setenv("FINETUNE_OPTIM", "adamw_torch")
+    monkeypatch.setenv("FINETUNE_COMPILE", "1")
+    monkeypatch.setenv("FINETUNE_LOADER_WORKERS", "0")
+    switched = speedups.training_arguments()
+    assert switched["optim"] == "adamw_torch" and switched["torch_compile"]
+    assert (
+        switched["dataloader_num_workers"] == 0 and switched["dataloader_prefetch_factor"] is None
+    )

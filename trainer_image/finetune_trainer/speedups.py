@@ -8,6 +8,9 @@ override so a benchmark can measure the alternatives one by one:
   torch 2.4, on CPU).
 - `FINETUNE_LOADER_WORKERS`: DataLoader worker processes; default 2 on GPU (the
   batch for step n+1 is built while step n runs), 0 on CPU (no spare cores).
+- `FINETUNE_COMPILE=1`: `torch.compile` the model (the Trainer's `torch_compile`; shapes
+  are bounded by the length buckets: widths are multiples of 8 up to maxLength). Off by
+  default: not measured on a GPU yet (benchmarks/gpu_throughput.py --variant).
 """
 
 from __future__ import annotations
@@ -40,4 +43,17 @@ def loader_arguments() -> dict[str, Any]:
         "dataloader_pin_memory": cuda,
         "dataloader_persistent_workers": workers > 0,
         "dataloader_prefetch_factor": 4 if workers > 0 else None,
+    }
+
+
+def compile_model() -> bool:
+    return os.environ.get("FINETUNE_COMPILE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def training_arguments() -> dict[str, Any]:
+    """The speed-related TrainingArguments: optimizer, loader, compilation."""
+    return {
+        "optim": optimizer_name(),
+        "torch_compile": compile_model(),
+        **loader_arguments(),
     }

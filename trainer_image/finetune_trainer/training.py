@@ -109,8 +109,7 @@ def training_arguments(
         fp16=precision.fp16,
         report_to="none",
         disable_tqdm=not progress_bar,
-        optim=speedups.optimizer_name(),  # fused AdamW (speedups.py; measured in docs)
-        **speedups.loader_arguments(),
+        **speedups.training_arguments(),  # fused AdamW, loader workers (measured in docs)
         **eval_kwargs,
         **save_kwargs,
         **distributed.training_kwargs(spec, distributed.world().size),  # gloo/nccl, FSDP
