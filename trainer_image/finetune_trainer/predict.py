@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from finetune_trainer import heads
+from finetune_trainer import heads, weights
 from finetune_trainer.errors import RunDirError
 from finetune_trainer.evaluation import generate
 from finetune_trainer.modeling import AUTO_CLASSES
@@ -62,7 +62,8 @@ def load_run(
                 "ignore_mismatched_sizes": True,
             }
         try:
-            base = auto.from_pretrained(info["baseModel"], **kwargs)
+            with weights.quiet_load_report():  # its head comes from the adapter, next
+                base = auto.from_pretrained(info["baseModel"], **kwargs)
         except OSError as err:
             raise RunDirError(
                 f"{run_dir}: cannot load the LoRA adapter's base model {info['baseModel']}: {err}"
