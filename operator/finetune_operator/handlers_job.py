@@ -336,6 +336,11 @@ async def _reconcile(
     except SpecError as err:
         await _write_status(state, seen, invalid_spec(str(err)), status.get("jobName"))
         return
+    if seen.job is not None and state.jobs.create_sent.pop(key, None) == uid:
+        # Our POST created it, but its reply was lost: the Job came back by its watch event.
+        image = model.spec.image or state.config.trainer_image
+        message = f"Created Job {seen.job['metadata']['name']} (image {image})."
+        seen.events.append(("Normal", "JobCreated", message))
     finished = status.get("phase") in TERMINAL and status.get("jobName")
     if seen.job is None and finished and not seen.new_generation:
         # The Job of a finished run is gone (TTL, manual cleanup): keep the result, no rerun.
@@ -378,7 +383,7 @@ async def _ensure_job(
         seen.job = await state.kube.create(*JOB_RESOURCE, manifest, namespace)
         seen.events.append(created)
     except kube.Conflict:
-        existing = await state.kube.get(*JOB_RESOURCE, jname, namespace)
+        existing = await _conflicting_job(state, jname, namespace)
         if owned_by(existing, seen.uid):
             seen.job = existing  # adopt: created earlier, by us or a previous operator process
             if state.jobs.create_sent.get(seen.key) == seen.uid:
@@ -424,6 +429,18 @@ async def _ensure_service(
         )
         return Derived(Phase.pending, "ServiceRejected", message), 60.0
     return None
+
+
+async def _conflicting_job(state: ReconcileState, jname: str, namespace: str) -> dict[str, Any]:
+    """The Job a 409 on its POST says exists. Gone by the time we look (deleted meanwhile,
+    or a 409 that no Job stood behind): create it again shortly, rather than letting the
+    NotFound read as "the FineTuneJob is gone"."""
+    try:
+        return await state.kube.get(*JOB_RESOURCE, jname, namespace)
+    except kube.NotFound:
+        raise kopf.TemporaryError(
+            f"Job {jname}: 409 on create, then not found", delay=1.0
+        ) from None
 
 
 def _rejected(err: kube.KubeError, jname: str) -> tuple[Derived, float | None]:

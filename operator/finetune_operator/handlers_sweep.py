@@ -185,24 +185,31 @@ def _failed_plan(reason: str, message: str, records: list[TrialRecord] | None = 
 
 
 async def _prune(state: ReconcileState, sweep_obj: dict[str, Any], plan: Plan, number: int) -> None:
+    """Suspend the trial and mark it pruned; its Event is queued first (once), so a PATCH
+    whose reply is lost still announces it."""
     meta = sweep_obj["metadata"]
-    child = trial_name(meta["name"], number)
-    body = {
-        "metadata": {"annotations": {ANNOTATION_STATE: STATE_PRUNED}},
-        "spec": {"suspend": True},
-    }
-    try:
-        await state.kube.patch(*FTJ_RESOURCE, child, body, meta.get("namespace"))
-    except kube.NotFound:
-        return
+    namespace, name, uid = meta.get("namespace") or "", meta["name"], str(meta.get("uid") or "")
+    child = trial_name(name, number)
     rec = next((r for r in plan.records if r.number == number), None)
     last = (
         f" at evaluation {len(rec.intermediate)} (value {rec.intermediate[-1]:.4g})"
         if (rec and rec.intermediate)
         else ""
     )
-    log.info("sweep %s/%s: pruned %s%s", meta.get("namespace"), meta["name"], child, last)
-    state.events.post(sweep_obj, "TrialPruned", f"Pruned trial {child}{last}.", "Normal")
+    owner, done = state.sweeps.pruned.get((namespace, name), (uid, set()))
+    done = done if owner == uid else set()
+    if number not in done:
+        state.events.post(sweep_obj, "TrialPruned", f"Pruned trial {child}{last}.", "Normal")
+        state.sweeps.pruned[(namespace, name)] = (uid, done | {number})
+    body = {
+        "metadata": {"annotations": {ANNOTATION_STATE: STATE_PRUNED}},
+        "spec": {"suspend": True},
+    }
+    try:
+        await state.kube.patch(*FTJ_RESOURCE, child, body, namespace)
+    except kube.NotFound:
+        return
+    log.info("sweep %s/%s: pruned %s%s", namespace, name, child, last)
 
 
 async def _write_status(
@@ -224,11 +231,18 @@ async def _write_status(
         state.publisher.publish_sweep(
             namespace, name, sweep.spec.objective.metric, best, plan.counts
         )
-    for patch in status_patch(previous, status):
-        await state.kube.patch_status(*SWEEP_RESOURCE, name, patch, namespace)
-    if previous.get("phase") != plan.phase.value:
+    # The phase-change Event is queued before the PATCH and once per (sweep, phase): after
+    # a PATCH whose reply was lost, the retry reads the new phase and sees no change.
+    announce = (str(meta.get("uid") or ""), plan.phase.value)
+    if (
+        previous.get("phase") != plan.phase.value
+        and state.sweeps.announced.get((namespace, name)) != announce
+    ):
         kind = "Warning" if plan.phase is Phase.failed else "Normal"
         state.events.post(obj, f"Sweep{plan.phase.value}", plan.message, kind)
+        state.sweeps.announced[(namespace, name)] = announce
+    for patch in status_patch(previous, status):
+        await state.kube.patch_status(*SWEEP_RESOURCE, name, patch, namespace)
 
 
 async def _forget(state: ReconcileState, key: Key, meta: dict[str, Any]) -> None:
@@ -236,6 +250,7 @@ async def _forget(state: ReconcileState, key: Key, meta: dict[str, Any]) -> None
     namespace, name = key
     state.publisher.forget_sweep(namespace, name)
     state.sweep_requeue.forget(key)
+    state.sweeps.forget(key)
     try:
         children = await list_trials(state.kube, namespace, name, str(meta.get("uid") or ""))
     except kube.KubeError as err:

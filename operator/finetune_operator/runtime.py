@@ -99,7 +99,9 @@ class Requeue:
                 await reconcile()
             self.attempts.pop(key, None)
         except kube.NotFound:
-            pass  # deleted meanwhile; the DELETED event cleans up
+            # The reconciled object itself is gone (a NotFound about anything else is turned
+            # into a TemporaryError where it is met); its DELETED event cleans up.
+            pass
         except kopf.TemporaryError as err:
             self.attempts.pop(key, None)
             self.later(err.delay or 0.0, key, reconcile)

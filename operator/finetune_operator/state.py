@@ -57,6 +57,21 @@ class JobMemory:
 
 
 @dataclass
+class SweepMemory:
+    """Events the sweep handler queued, so a retry after a write whose reply was lost does
+    not announce them twice (sweeps read everything else fresh from the API server)."""
+
+    # (sweep uid, phase) whose Sweep<Phase> Event was queued last.
+    announced: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    # Trials whose TrialPruned Event was queued, per sweep uid.
+    pruned: dict[Key, tuple[str, set[int]]] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        self.announced.pop(key, None)
+        self.pruned.pop(key, None)
+
+
+@dataclass
 class ReconcileState:
     """The operator's in-memory state, passed to every handler."""
 
@@ -65,6 +80,7 @@ class ReconcileState:
     events: EventPoster
     publisher: Publisher = field(default_factory=Publisher)
     jobs: JobMemory = field(default_factory=JobMemory)
+    sweeps: SweepMemory = field(default_factory=SweepMemory)
     job_requeue: Requeue = field(
         default_factory=lambda: Requeue("FineTuneJob", logging.getLogger("finetune_operator.jobs"))
     )

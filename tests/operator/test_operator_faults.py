@@ -128,7 +128,14 @@ async def _drive(cluster: Cluster, kubelet: Kubelet) -> None:
     assert len(cluster.objects(JOB, NAMESPACE)) == JOBS + TRIALS
     assert len([o for o in cluster.objects(FTJ, NAMESPACE) if o["metadata"]["name"] in trials]) == 3
     # Events reach the cluster once each, despite lost replies and retries.
-    await cluster.wait_for(lambda: _milestones(cluster, want) == want, 30, "milestone Events")
+    try:
+        await cluster.wait_for(lambda: _milestones(cluster, want) == want, 30, "milestone Events")
+    except AssertionError:
+        seen = {n: [e["reason"] for e in cluster.events(NAMESPACE, n)] for n in want}
+        raise AssertionError(f"Events per FineTuneJob: {seen}") from None
+    sweep_events = lambda: [e["reason"] for e in cluster.events(NAMESPACE, "flaky")]  # noqa: E731
+    await cluster.wait_for(lambda: "SweepSucceeded" in sweep_events(), 30, "the sweep's Event")
+    assert sweep_events().count("SweepSucceeded") == 1
 
 
 def _milestones(cluster: Cluster, want: dict[str, str]) -> dict[str, str]:

@@ -231,3 +231,22 @@ async def test_events_wait_for_a_pause_in_reconciles_but_not_forever() -> None:
     poster.post(FTJ, "Long", "m", "Normal")
     await busy(1.0)
     assert 0.6 <= posted["Long"] - start < 0.95  # at the deadline, before the pause
+
+
+async def test_a_409_without_a_job_behind_it_is_retried(
+    monkeypatch: pytest.MonkeyPatch, state: ReconcileState, fake: FakeKube
+) -> None:
+    """A 409 on the Job's POST, then no such Job: create it again shortly. (A bare
+    NotFound would read as "the FineTuneJob is gone" and the retry would be dropped.)"""
+
+    async def conflict(*args: Any) -> Any:
+        raise kube.Conflict(409, "Conflict", "injected")
+
+    async def missing(*args: Any) -> Any:
+        raise kube.NotFound(404, "NotFound", 'jobs.batch "rej-train" not found')
+
+    monkeypatch.setattr(fake, "create", conflict)
+    monkeypatch.setattr(fake, "get", missing)
+    with pytest.raises(kopf.TemporaryError) as again:
+        await handlers_job._reconcile(state, FTJ, [], [])
+    assert again.value.delay == 1.0
