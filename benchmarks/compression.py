@@ -10,7 +10,8 @@ Every training run is a FineTuneJob through `finetune_trainer.run.run` (what
   student            the same config cut to 2 layers, initialised from the pre-trained
                      MiniLM's first 2 layers (embeddings too), fine-tuned alone
                      (--student-lr, --student-epochs: cheaper per step, so more epochs)
-  distilled student  the same student and recipe, with the teacher (KD loss)
+  distilled student  the same student and recipe, with the teacher (KD loss; --kd T:alpha,
+                     --student-seeds for several seeds of both)
   gradual s          MiniLM fine-tuned with spec.pruning {sparsity: s} (magnitude, gradual)
   one-shot s         the fine-tuned teacher pruned after training (0% = the dense model) (pruning.prune_model,
                      the code a one-shot run ends with), evaluated on the same dev set
@@ -114,6 +115,28 @@ def one_shot(teacher_run: Path, spec: dict[str, Any], args: argparse.Namespace) 
     return {"accuracy": scores["accuracy"], "sparsity": round(sparsity, 4), **sizes}
 
 
+def students(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The student alone and distilled (each --kd T:alpha), for each --student-seeds seed."""
+    init = student_init(args.model, args.out / "student-init", args.student_layers)
+    results: dict[str, dict[str, float]] = {}
+    for seed in [int(x) for x in args.student_seeds.split(",")]:
+        hp = {"learningRate": args.student_lr, "epochs": args.student_epochs, "seed": seed}
+        suffix = "" if seed == args.seed else f"-s{seed}"
+        results[f"student{suffix}"] = train(f"student{suffix}", init, args, hyperparameters=hp)
+        for kd in args.kd.split(","):
+            temperature, alpha = (float(x) for x in kd.split(":"))
+            name = "distilled" + ("" if kd == "2:0.5" else f"-t{temperature:g}-a{alpha * 100:.0f}")
+            distillation = {
+                "teacher": {"path": str(args.out / "teacher")},
+                "temperature": temperature,
+                "alpha": alpha,
+            }
+            results[name + suffix] = train(
+                name + suffix, init, args, hyperparameters=hp, distillation=distillation
+            )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO / "examples" / "data" / "sst2")
@@ -126,6 +149,8 @@ def main() -> None:
     parser.add_argument("--student-lr", type=float, default=3e-4)
     parser.add_argument("--student-epochs", type=float, default=4)
     parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--student-seeds", default="42", help="comma-separated")
+    parser.add_argument("--kd", default="2:0.5", help="comma-separated temperature:alpha")
     parser.add_argument("--sparsities", default="0.3,0.5,0.7")
     parser.add_argument("--skip-gradual", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -143,19 +168,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, float]] = {}
     results["teacher"] = train("teacher", args.model, args)
-    student = student_init(args.model, args.out / "student-init", args.student_layers)
-    student_hp = {
-        "hyperparameters": {"learningRate": args.student_lr, "epochs": args.student_epochs}
-    }
-    results["student"] = train("student", student, args, **student_hp)
-    results["distilled"] = train(
-        "distilled",
-        student,
-        args,
-        distillation={"teacher": {"path": str(args.out / "teacher")}, "temperature": 2.0,
-                      "alpha": 0.5},
-        **student_hp,
-    )  # fmt: skip
+    results |= students(args)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     for s in [0.0, *sparsities]:
         results[f"one-shot {s:.0%}"] = one_shot(args.out / "teacher", {"sparsity": s,
