@@ -21,7 +21,6 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +28,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from finetune_api.conditions import now_rfc3339
 from finetune_api.manifest import UserError
 
 USER_AGENT = "finetune-operator/0.1.0"
@@ -316,7 +316,7 @@ def event_body(
     unique name so a retried POST is answered 409 instead of posting it twice."""
     meta = involved.get("metadata", {})
     namespace = meta.get("namespace") or "default"
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = now_rfc3339()
     return {
         "apiVersion": "v1",
         "kind": "Event",
