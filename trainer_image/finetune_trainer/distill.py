@@ -35,10 +35,11 @@ from transformers import (
 
 from finetune_api.models import Distillation, Task
 from finetune_trainer import sizes
-from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, tokenize
+from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, resolve, tokenize
 from finetune_trainer.errors import ModelError
 from finetune_trainer.evaluation import classification_scores
 from finetune_trainer.modeling import load_tokenizer, resolve_model
+from finetune_trainer.rundir import RUN_INFO
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def load_teacher(spec: Distillation, spec_dir: Path | None, label_map: LabelMap)
     a model directory or a hub id. Its labels must be the dataset's labels."""
     teacher_dir = _run_dir(spec, spec_dir)
     if teacher_dir is not None:
-        from finetune_trainer.predict import load_run  # predict imports run; load lazily
+        from finetune_trainer.predict import load_run  # peft/torchao only for such teachers
 
         info, model, tokenizer = load_run(teacher_dir)
         if info["task"] != Task.classification.value:
@@ -153,9 +154,6 @@ def load_teacher(spec: Distillation, spec_dir: Path | None, label_map: LabelMap)
 def _run_dir(spec: Distillation, spec_dir: Path | None) -> Path | None:
     if spec.teacher.path is None:
         return None
-    from finetune_trainer.data import resolve
-    from finetune_trainer.run import RUN_INFO
-
     path = resolve(spec.teacher.path, spec_dir)
     return path if (path / RUN_INFO).is_file() else None
 

@@ -16,7 +16,7 @@ from finetune_trainer import heads, weights
 from finetune_trainer.errors import RunDirError
 from finetune_trainer.evaluation import generate
 from finetune_trainer.modeling import AUTO_CLASSES
-from finetune_trainer.run import RUN_INFO
+from finetune_trainer.rundir import RUN_INFO
 
 BATCH = 32
 

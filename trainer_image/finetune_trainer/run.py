@@ -51,6 +51,7 @@ from finetune_trainer.report import (
     StdoutSink,
     status_metrics,
 )
+from finetune_trainer.rundir import RUN_INFO
 from finetune_trainer.training import (
     CHECKPOINTS,
     QuietProgressCallback,
@@ -64,7 +65,6 @@ from finetune_trainer.training import (
 
 log = logging.getLogger(__name__)
 
-RUN_INFO = "run.json"
 METRICS_FILE = "metrics.json"
 BLEU_LIMIT = 200  # eval rows generated from for BLEU (generation is slow)
 
