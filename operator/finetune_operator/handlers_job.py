@@ -30,7 +30,7 @@ import kopf
 
 from finetune_api.manifest import SpecError
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Phase
-from finetune_operator import kube, metrics
+from finetune_operator import kube, metrics, oom, usage
 from finetune_operator.config import (
     ANNOTATION_SPEC_HASH,
     KUEUE_QUEUE_LABEL,
@@ -234,7 +234,7 @@ async def _reconcile_if_changed(state: ReconcileState, key: Key, indexes: Indexe
     if not ftjs:
         return
     ftj, jobs = ftjs[0], _store(indexes.jobs_by_owner, key)
-    pods = _store(indexes.pods_by_job, (key[0], job_name(key[1])))
+    pods = _store(indexes.pods_by_job, (key[0], _current_job_name(state, key, ftj)))
     memory = state.jobs
     if memory.settled.get(key) == _inputs(state, key, ftj, jobs, pods):
         return
@@ -253,11 +253,12 @@ def _inputs(
     """Everything `_reconcile` reads, with this process's own writes laid over the indexes."""
     meta = ftj.get("metadata", {})
     uid = str(meta.get("uid") or "")
-    job = next((j for j in jobs if owned_by(j, uid)), None)
+    jname = _current_job_name(state, key, ftj)
+    job = next((j for j in jobs if owned_by(j, uid) and _named(j, jname)), None)
     if job is not None:
         state.jobs.created_jobs.pop(key, None)  # the index has caught up with our Job
     else:
-        job = state.jobs.created_jobs.get(key)
+        job = _cached_job(state, key, jname)
     return (
         uid,
         meta.get("generation"),
@@ -268,6 +269,22 @@ def _inputs(
         None if job is None else _job_view(job),
         pods,
     )
+
+
+def _current_job_name(state: ReconcileState, key: Key, ftj: dict[str, Any]) -> str:
+    """The current attempt's Job (an out-of-memory retry's, oom.py), from status.jobName."""
+    uid = str(ftj.get("metadata", {}).get("uid") or "")
+    status = _latest_status(state, key, uid, dict(ftj.get("status") or {}))
+    return oom.current_job_name(key[1], status.get("jobName"))
+
+
+def _named(job: dict[str, Any], name: str) -> bool:
+    return bool(job.get("metadata", {}).get("name") == name)
+
+
+def _cached_job(state: ReconcileState, key: Key, name: str) -> dict[str, Any] | None:
+    job = state.jobs.created_jobs.get(key)
+    return job if job is not None and _named(job, name) else None
 
 
 def _job_view(job: dict[str, Any]) -> tuple[Any, ...]:
@@ -329,7 +346,10 @@ async def _reconcile(
         return
     key, uid = (meta["namespace"], meta["name"]), str(meta.get("uid") or "")
     status = _latest_status(state, key, uid, dict(ftj.get("status") or {}))
-    job = next((j for j in jobs if owned_by(j, uid)), None) or state.jobs.created_jobs.get(key)
+    attempt = oom.attempt_of(key[1], status.get("jobName"))  # out-of-memory retries so far
+    jname = oom.retry_job_name(key[1], attempt)
+    job = next((j for j in jobs if owned_by(j, uid) and _named(j, jname)), None)
+    job = job or _cached_job(state, key, jname)
     seen = Observed(ftj, status, job if job is not None and owned_by(job, uid) else None)
     try:
         model = parse_job(ftj)
@@ -348,7 +368,7 @@ async def _reconcile(
             *key, status.get("phase"), status.get("metrics"), status.get("progress")
         )
         return
-    blocked = await _ensure_job(state, seen, model) if seen.job is None else None
+    blocked = await _ensure_job(state, seen, model, attempt) if seen.job is None else None
     if seen.job is not None:
         await _apply_suspend(state, seen, model)
         derived = derive(
@@ -358,22 +378,27 @@ async def _reconcile(
             kueue_queue=model.metadata.labels.get(KUEUE_QUEUE_LABEL),
             default_image=state.config.trainer_image,
         )
+        # out of memory: the next retry's Job (half the batch, twice the accumulation)
+        derived, attempt, jname = await _recover_from_oom(
+            state, seen, model, derived, pods, attempt, jname
+        )
     else:
         assert blocked is not None  # no Job: _ensure_job said why
         derived = blocked[0]
-    await _write_status(state, seen, derived, job_name(key[1]))
+    _count_usage(state, seen, model, derived, jname, attempt)
+    await _write_status(state, seen, derived, jname)
     if blocked is not None and blocked[1] is not None:
         raise kopf.TemporaryError(derived.reason, delay=blocked[1])
 
 
 async def _ensure_job(
-    state: ReconcileState, seen: Observed, model: FineTuneJob
+    state: ReconcileState, seen: Observed, model: FineTuneJob, attempt: int = 0
 ) -> tuple[Derived, float | None] | None:
     """Create the Job, or adopt ours on 409. Sets seen.job; else returns why there is no
     Job (a status to write) and when to look again (None: only on a new event)."""
     namespace, name = seen.key
-    jname = job_name(name)
-    manifest = build_job(model, seen.uid, state.config)
+    jname = oom.retry_job_name(name, attempt)
+    manifest = _job_manifest(state, seen, model, attempt)
     created = ("Normal", "JobCreated", f"Created Job {jname} (image {_image(manifest)}).")
     no_service = await _ensure_service(state, model, manifest, namespace)  # multi-node
     if no_service is not None:
@@ -441,6 +466,86 @@ async def _conflicting_job(state: ReconcileState, jname: str, namespace: str) ->
         raise kopf.TemporaryError(
             f"Job {jname}: 409 on create, then not found", delay=1.0
         ) from None
+
+
+def _job_manifest(
+    state: ReconcileState, seen: Observed, model: FineTuneJob, attempt: int
+) -> dict[str, Any]:
+    """build_job; an out-of-memory retry runs its halved batch under its own name (oom.py),
+    with the FineTuneJob's spec hash (its spec did not change)."""
+    if attempt == 0:
+        return build_job(model, seen.uid, state.config)
+    retry = model.model_copy(update={"spec": oom.retry_spec(model.spec, attempt)})
+    manifest = build_job(retry, seen.uid, state.config)
+    manifest["metadata"]["name"] = oom.retry_job_name(model.metadata.name, attempt)
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    annotations[ANNOTATION_SPEC_HASH] = spec_hash(model.spec)
+    return manifest
+
+
+async def _recover_from_oom(
+    state: ReconcileState,
+    seen: Observed,
+    model: FineTuneJob,
+    derived: Derived,
+    pods: list[dict[str, Any]],
+    attempt: int,
+    jname: str,
+) -> tuple[Derived, int, str]:
+    """When this Job's pods ran out of memory, replace it by the next retry's (oom.plan);
+    set the OOMRecovery condition while a retry Job runs. Returns (derived, attempt, Job)."""
+    assert seen.job is not None
+    uid = seen.job.get("metadata", {}).get("uid")
+    job_pods = [p for p in pods if _pod_of(p, uid)]
+    retry = oom.plan(model.spec, seen.key[1], attempt, job_pods, state.config.oom_max_retries)
+    if retry is not None and derived.phase is not Phase.succeeded:
+        derived = await _retry_after_oom(state, seen, model, retry)
+        attempt, jname = retry.attempt, retry.job_name
+    derived.oom_retry = oom.condition(model.spec, attempt, state.config.oom_max_retries)
+    if derived.oom_retry is not None and derived.reason != "OOMRetry":
+        derived.message = f"{derived.message} {derived.oom_retry[1]}"  # the run's history
+    return derived, attempt, jname
+
+
+async def _retry_after_oom(
+    state: ReconcileState, seen: Observed, model: FineTuneJob, retry: oom.Retry
+) -> Derived:
+    """Replace the Job that ran out of memory by the retry's (half the batch, twice the
+    accumulation); its status says so, and a Warning Event."""
+    assert seen.job is not None
+    namespace, old = seen.key[0], seen.job["metadata"]["name"]
+    await state.kube.delete(*JOB_RESOURCE, old, namespace, propagation="Background")
+    message = oom.retry_message(retry, model.spec, state.config.oom_max_retries)
+    seen.events.append(("Warning", "OOMRetry", message))
+    seen.job = None
+    blocked = await _ensure_job(state, seen, model, retry.attempt)
+    return blocked[0] if blocked is not None else Derived(Phase.pending, "OOMRetry", message)
+
+
+def _count_usage(
+    state: ReconcileState,
+    seen: Observed,
+    model: FineTuneJob,
+    derived: Derived,
+    jname: str,
+    attempt: int,
+) -> None:
+    """GPU-seconds (and cost) of the current Job into Prometheus; a finished run's cost
+    into status.metrics (usage.py)."""
+    config = state.config
+    seconds = usage.gpu_seconds(model.spec, seen.job, now())
+    state.publisher.publish_usage(
+        *seen.key,
+        jname,
+        seconds,
+        price=config.gpu_hour_price,
+        currency=config.cost_currency,
+        oom_retries=attempt,
+    )
+    total = sum(state.publisher.gpu_counted.get(seen.key, {}).values())
+    cost = usage.cost(total, config.gpu_hour_price)
+    if cost is not None and derived.phase.value in TERMINAL:
+        derived.metrics.setdefault("cost", cost)
 
 
 def _rejected(err: kube.KubeError, jname: str) -> tuple[Derived, float | None]:

@@ -121,9 +121,10 @@ class Publisher:
         key = (namespace, name)
         counted = self.gpu_counted.setdefault(key, {})
         delta = gpu_seconds - counted.get(job, 0.0)
+        series = JOB_GPU_SECONDS.labels(namespace, name)  # present from the first reconcile
         if delta > 0:
             counted[job] = gpu_seconds
-            JOB_GPU_SECONDS.labels(namespace, name).inc(delta)
+            series.inc(delta)
             if price is not None:
                 self.cost_currency[key] = currency
                 JOB_COST.labels(namespace, name, currency).inc(delta / 3600.0 * price)

@@ -2,8 +2,8 @@
 
 When a trainer pod of the current Job was OOMKilled (host memory: its container's
 terminated reason) or the trainer reported a GPU out-of-memory error (its termination
-message; the trainer first halves the batch in process, autobatch.py, and reports
-only when that is exhausted), the operator replaces the Job with one that runs half
+message: CUDA or CPU-allocator out-of-memory; the trainer first halves the batch in
+process, autobatch.py, and reports only when that is exhausted), the operator replaces the Job with one that runs half
 the per-device batch and twice gradientAccumulationSteps, so the effective batch and
 the optimisation stay the same (and a run with `output.pvc` resumes its checkpoints:
 the trainer's fingerprint counts the effective batch). At most `max_retries` times.
@@ -27,7 +27,9 @@ from finetune_operator.jobs import job_name
 AUTO_BASE = 16  # = finetune_trainer.autobatch.AUTO_BASE: auto's effective batch per step
 MAX_ATTEMPTS = 10
 CONDITION = "OOMRecovery"
-GPU_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "out of memory")
+# In the trainer's reported message: torch.OutOfMemoryError (CUDA), the CPU allocator's
+# RuntimeError, MemoryError (the trainer's in-process halving was exhausted).
+MEMORY_MARKERS = ("OutOfMemoryError", "out of memory", "can't allocate memory", "MemoryError")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def oom_cause(pods: list[dict[str, Any]]) -> str | None:
             if term.get("reason") == "OOMKilled":
                 return "the pod was OOMKilled (host memory limit)"
             reported = _reported_message(term.get("message"))
-            if any(marker in reported for marker in GPU_MARKERS):
+            if any(marker in reported for marker in MEMORY_MARKERS):
                 return f"the trainer reported: {reported[:200]}"
     return None
 

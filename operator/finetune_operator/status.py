@@ -24,6 +24,7 @@ from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, P
 from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
 
 CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
+OOM_CONDITION = "OOMRecovery"  # only while an out-of-memory retry Job runs (oom.py)
 # Waiting reasons that mean "this will not start until someone fixes something".
 IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
@@ -59,6 +60,9 @@ class Derived:
     artifacts: dict[str, str] = field(default_factory=dict)
     # Multi-node runs: trainer pods ready (the Job's status.ready) of spec.resources.nodes.
     workers: Workers | None = None
+    # While an out-of-memory retry Job runs (oom.py): the OOMRecovery condition's
+    # (reason, message).
+    oom_retry: tuple[str, str] | None = None
 
 
 @dataclass
@@ -418,6 +422,13 @@ def build_conditions(
         out.append(
             condition(
                 ctype, truth[ctype], reason, message, generation=generation, now=now, previous=prev
+            )
+        )
+    if derived.oom_retry is not None:
+        reason, message = derived.oom_retry
+        out.append(
+            condition(
+                OOM_CONDITION, True, reason, message, generation=generation, now=now, previous=prev
             )
         )
     return out

@@ -186,7 +186,8 @@ async def test_running_then_succeeded(
 async def test_failures_reach_status_message(
     cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
 ) -> None:
-    await cluster.create(FTJ, make_ftj("oom", SMALL_SPEC))
+    # batchSize 1: nothing to halve, so no out-of-memory retry (test_operator_oom.py)
+    await cluster.create(FTJ, make_ftj("oom", spec(hyperparameters={"batchSize": 1})))
     await cluster.create(FTJ, make_ftj("pull", spec(image="registry.example/nope:1")))
     await cluster.create(FTJ, make_ftj("late", spec(activeDeadlineSeconds=60)))
     await cluster.create(FTJ, make_ftj("crash", SMALL_SPEC))

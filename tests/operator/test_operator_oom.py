@@ -1,0 +1,110 @@
+"""Out-of-memory recovery: the real operator replaces an OOM'd Job by one at half the
+batch and twice the accumulation (oom.py), over the emulator."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from operator_harness import (
+    FTJ,
+    JOB,
+    NAMESPACE,
+    SMALL_SPEC,
+    Cluster,
+    Kubelet,
+    OperatorRunner,
+    make_ftj,
+    sample,
+)
+
+pytestmark = pytest.mark.operator
+
+
+def spec(**hp: Any) -> dict[str, Any]:
+    out = copy.deepcopy(SMALL_SPEC)
+    out["hyperparameters"] = hp
+    return out
+
+
+def trainer_hyperparameters(job: dict[str, Any]) -> dict[str, Any]:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return dict(json.loads(env["FINETUNE_JOB"])["spec"]["hyperparameters"])
+
+
+async def test_oomkilled_pod_gets_a_retry_job_with_half_the_batch(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    await cluster.create(FTJ, make_ftj("big", spec(batchSize=16, gradientAccumulationSteps=2)))
+    first = await cluster.wait_for_object(JOB, NAMESPACE, "big-train")
+    assert trainer_hyperparameters(first)["batchSize"] == 16
+    await kubelet.run_pod(first)
+    await cluster.wait_phase(NAMESPACE, "big", "Running")
+    await kubelet.terminate(first, exit_code=137, reason="OOMKilled")  # host memory
+
+    retry = await cluster.wait_for_object(JOB, NAMESPACE, "big-r1-train")
+    hp = trainer_hyperparameters(retry)
+    assert (hp["batchSize"], hp["gradientAccumulationSteps"]) == (8, 4)
+    spec_hash = "finetune.dev/spec-hash"  # the FineTuneJob's spec did not change
+    assert (
+        retry["metadata"]["annotations"][spec_hash] == (first["metadata"]["annotations"][spec_hash])
+    )
+    await cluster.wait_for(lambda: cluster.get_object(JOB, NAMESPACE, "big-train") is None)
+    await cluster.wait_for(
+        lambda: cluster.status(FTJ, NAMESPACE, "big").get("jobName") == "big-r1-train"
+    )
+    status = cluster.status(FTJ, NAMESPACE, "big")
+    assert "retry 1 of 3" in status["message"].lower()
+    recovery = cluster.condition(NAMESPACE, "big", "OOMRecovery")
+    assert recovery["status"] == "True" and recovery["reason"] == "RetriedAfterOOM"
+    assert "batchSize 8 x gradientAccumulationSteps 4" in recovery["message"]
+    await cluster.wait_for(
+        lambda: any(e["reason"] == "OOMRetry" for e in cluster.events(NAMESPACE, "big"))
+    )
+    event = next(e for e in cluster.events(NAMESPACE, "big") if e["reason"] == "OOMRetry")
+    assert event["type"] == "Warning" and "OOMKilled" in event["message"]
+    assert "batchSize 16 x gradientAccumulationSteps 2" in event["message"]
+
+    await kubelet.run_pod(retry)
+    await cluster.wait_phase(NAMESPACE, "big", "Running")
+    await kubelet.succeed(retry, {"accuracy": 0.9, "batchSize": 8.0})
+    await cluster.wait_phase(NAMESPACE, "big", "Succeeded")
+    assert cluster.condition(NAMESPACE, "big", "OOMRecovery")["status"] == "True"
+    assert cluster.count_creates(JOB) == 2
+    text = await operator.metrics()
+    assert sample(text, "finetune_job_oom_retries", namespace=NAMESPACE, name="big") == 1.0
+    gpu_seconds = sample(text, "finetune_job_gpu_seconds_total", namespace=NAMESPACE, name="big")
+    assert gpu_seconds is not None and gpu_seconds >= 0
+
+
+async def test_a_reported_gpu_oom_retries_up_to_the_bound_then_fails(
+    cluster: Cluster,
+    operator_factory: Callable[..., Awaitable[OperatorRunner]],
+    kubelet: Kubelet,
+) -> None:
+    from finetune_operator.config import OperatorConfig
+
+    config = OperatorConfig(trainer_image="finetune-trainer:test", oom_max_retries=1,
+                            gpu_hour_price=2.0, cost_currency="EUR")  # fmt: skip
+    await operator_factory(config=config)
+    await cluster.create(FTJ, make_ftj("gpu", spec(batchSize="auto")))
+    report = {"phase": "Failed", "message": "OutOfMemoryError: CUDA out of memory. Tried 4 GiB"}
+    first = await cluster.wait_for_object(JOB, NAMESPACE, "gpu-train")
+    await kubelet.run_pod(first)
+    await kubelet.terminate(first, exit_code=1, reason="Error", message=json.dumps(report))
+    retry = await cluster.wait_for_object(JOB, NAMESPACE, "gpu-r1-train")
+    hp = trainer_hyperparameters(retry)  # auto: its effective batch 16, halved
+    assert (hp["batchSize"], hp["gradientAccumulationSteps"]) == (8, 2)
+
+    await kubelet.run_pod(retry)
+    await kubelet.terminate(retry, exit_code=1, reason="Error", message=json.dumps(report))
+    await kubelet.fail_job(retry, "BackoffLimitExceeded", "backoff limit reached", 3)
+    status = await cluster.wait_phase(NAMESPACE, "gpu", "Failed")
+    assert "CUDA out of memory" in status["message"]
+    assert cluster.get_object(JOB, NAMESPACE, "gpu-r2-train") is None  # bound: 1 retry
+    assert cluster.count_creates(JOB) == 2
+    assert "cost" in status.get("metrics", {})
