@@ -1,0 +1,101 @@
+"""Pure parts of the cluster views: durations, ETA, phases, pod choice, failure reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from finetune_cli import cluster, views
+from finetune_cli.cluster import Details
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+
+
+def stamp(seconds_ago: float) -> str:
+    return (NOW - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ftj(status: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "j", **meta}, "spec": {"task": "classification"}, "status": status}
+
+
+def test_durations_read_like_kubectl() -> None:
+    assert [views.duration(s) for s in (5, 119, 125, 3599, 7500, 200000)] == [
+        "5s",
+        "119s",
+        "2m05s",
+        "59m",
+        "2h5m",
+        "2d",
+    ]
+
+
+def test_eta_from_the_pace_so_far_and_only_while_running() -> None:
+    running = {
+        "phase": "Running",
+        "startTime": stamp(100),
+        "progress": {"step": 50, "totalSteps": 150},
+    }
+    assert views.job_eta(ftj(running), NOW) == "3m20s"  # 100 s per 50 steps, 100 to go
+    assert views.job_eta(ftj({**running, "phase": "Succeeded"}), NOW) == ""
+    assert views.job_eta(ftj({**running, "progress": {"step": 0, "totalSteps": 150}}), NOW) == ""
+
+
+def test_key_metric_prefers_the_tasks_metric() -> None:
+    job = ftj({"metrics": {"evalLoss": 0.4, "accuracy": 0.8, "trainLoss": 0.3}})
+    assert views.key_metric(job) == ("accuracy", 0.8)
+    job["spec"]["task"] = "causal-lm"
+    job["status"]["metrics"] = {"evalLoss": 2.0, "perplexity": 7.4}
+    assert views.key_metric(job) == ("perplexity", 7.4)
+    assert views.key_metric(job, "evalLoss") == ("evalLoss", 2.0)
+
+
+def test_a_pruned_trial_shows_as_pruned() -> None:
+    trial = ftj({"phase": "Suspended"}, annotations={"finetune.dev/trial-state": "pruned"})
+    assert views.phase_of(trial) == "Pruned"
+    assert views.phase_of(ftj({})) == "Pending"
+
+
+def test_pick_pod_by_rank_newest_first() -> None:
+    def pod(name: str, index: str | None) -> dict[str, Any]:
+        labels = {} if index is None else {cluster.INDEX_LABEL: index}
+        return {"metadata": {"name": name, "labels": labels}}
+
+    pods = [pod("a-0", "0"), pod("a-1", "1"), pod("b-0", "0")]  # oldest first
+    assert cluster.pick_pod(pods, None)["metadata"]["name"] == "b-0"  # type: ignore[index]
+    assert cluster.pick_pod(pods, 1)["metadata"]["name"] == "a-1"  # type: ignore[index]
+    assert cluster.pick_pod(pods, 2) is None
+    plain = [pod("p", None)]
+    assert cluster.pick_pod(plain, 0) is plain[0] and cluster.pick_pod(plain, 1) is None
+
+
+def test_explain_says_each_reason_once() -> None:
+    job = ftj(
+        {"phase": "Failed", "message": "The trainer ran out of memory (OOMKilled, limit 8Gi)."}
+    )
+    job["spec"]["resources"] = {"memory": "8Gi"}
+    pull = {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}
+    pods = [
+        {
+            "status": {
+                "containerStatuses": [
+                    {"state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
+                ]
+            }
+        },
+        {"status": {"containerStatuses": [{"image": "trainer:9", "state": pull}]}},
+    ]
+    deadline = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}
+    details = Details(
+        job={"spec": {"activeDeadlineSeconds": 60}, "status": {"conditions": [deadline]}},
+        pods=pods,
+    )
+    reasons = views.explain(job, details)
+    assert reasons[0].startswith("The trainer ran out of memory")
+    assert "DeadlineExceeded: the Job ran longer than activeDeadlineSeconds (60 s)" in reasons[1]
+    assert reasons[2] == "ImagePullBackOff: cannot pull image 'trainer:9': not found"
+    assert len(reasons) == 3  # pods: the newest only
