@@ -356,11 +356,7 @@ async def _reconcile(
     except SpecError as err:
         await _write_status(state, seen, invalid_spec(str(err)), status.get("jobName"))
         return
-    if seen.job is not None and state.jobs.create_sent.pop(key, None) == uid:
-        # Our POST created it, but its reply was lost: the Job came back by its watch event.
-        image = model.spec.image or state.config.trainer_image
-        message = f"Created Job {seen.job['metadata']['name']} (image {image})."
-        seen.events.append(("Normal", "JobCreated", message))
+    _created_unanswered(state, seen, model)
     finished = status.get("phase") in TERMINAL and status.get("jobName")
     if seen.job is None and finished and not seen.new_generation:
         # The Job of a finished run is gone (TTL, manual cleanup): keep the result, no rerun.
@@ -371,13 +367,7 @@ async def _reconcile(
     blocked = await _ensure_job(state, seen, model, attempt) if seen.job is None else None
     if seen.job is not None:
         await _apply_suspend(state, seen, model)
-        derived = derive(
-            model.spec,
-            seen.job,
-            [p for p in pods if _pod_of(p, seen.job.get("metadata", {}).get("uid"))],
-            kueue_queue=model.metadata.labels.get(KUEUE_QUEUE_LABEL),
-            default_image=state.config.trainer_image,
-        )
+        derived = _derive(state, seen.job, pods, model)
         # out of memory: the next retry's Job (half the batch, twice the accumulation)
         derived, attempt, jname = await _recover_from_oom(
             state, seen, model, derived, pods, attempt, jname
@@ -389,6 +379,29 @@ async def _reconcile(
     await _write_status(state, seen, derived, jname)
     if blocked is not None and blocked[1] is not None:
         raise kopf.TemporaryError(derived.reason, delay=blocked[1])
+
+
+def _created_unanswered(state: ReconcileState, seen: Observed, model: FineTuneJob) -> None:
+    """Our Job POST landed but its reply was lost, and the Job came back by its watch event:
+    its JobCreated Event is still due."""
+    if seen.job is not None and state.jobs.create_sent.pop(seen.key, None) == seen.uid:
+        image = model.spec.image or state.config.trainer_image
+        message = f"Created Job {seen.job['metadata']['name']} (image {image})."
+        seen.events.append(("Normal", "JobCreated", message))
+
+
+def _derive(
+    state: ReconcileState, job: dict[str, Any], pods: list[dict[str, Any]], model: FineTuneJob
+) -> Derived:
+    """status.derive over this Job's own pods (a re-created Job's pods may linger)."""
+    uid = job.get("metadata", {}).get("uid")
+    return derive(
+        model.spec,
+        job,
+        [p for p in pods if _pod_of(p, uid)],
+        kueue_queue=model.metadata.labels.get(KUEUE_QUEUE_LABEL),
+        default_image=state.config.trainer_image,
+    )
 
 
 async def _ensure_job(

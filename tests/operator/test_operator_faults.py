@@ -102,7 +102,7 @@ async def _drive(cluster: Cluster, kubelet: Kubelet) -> None:
     want = {}
     # Play the node: every Job runs; the trials and every other FineTuneJob succeed.
     for i, name in enumerate(names + trials):
-        job = await cluster.wait_for_object(JOB, NAMESPACE, f"{name}-train", timeout=60)
+        job = await cluster.wait_for_object(JOB, NAMESPACE, f"{name}-train", timeout=90)
         await kubelet.run_pod(job)
         if name in trials or i % 2 == 0:
             await kubelet.succeed(job, metrics={"accuracy": 0.5 + i / 100})
@@ -111,14 +111,19 @@ async def _drive(cluster: Cluster, kubelet: Kubelet) -> None:
             want[name] = "Running"
 
     stale = lambda: sorted(n for n, p in want.items() if not current(cluster, n, p))  # noqa: E731
-    await cluster.wait_for(lambda: not stale(), 90, "every FineTuneJob status current")
+    try:  # retries back off up to 30 s after repeated failures of one object
+        await cluster.wait_for(lambda: not stale(), 120, "every FineTuneJob status current")
+    except AssertionError:
+        raise AssertionError(
+            f"stale: {[cluster.status(FTJ, NAMESPACE, n) for n in stale()]}"
+        ) from None
     sweep = lambda: cluster.status(SWEEP, NAMESPACE, "flaky")  # noqa: E731
     await cluster.wait_for(
         lambda: (
             sweep().get("phase") == "Succeeded"
             and (sweep().get("trials") or {}).get("succeeded") == TRIALS
         ),
-        60,
+        90,
         "the sweep Succeeded with every trial counted",
     )
     assert sweep()["bestTrial"]["name"] in trials
@@ -129,12 +134,12 @@ async def _drive(cluster: Cluster, kubelet: Kubelet) -> None:
     assert len([o for o in cluster.objects(FTJ, NAMESPACE) if o["metadata"]["name"] in trials]) == 3
     # Events reach the cluster once each, despite lost replies and retries.
     try:
-        await cluster.wait_for(lambda: _milestones(cluster, want) == want, 30, "milestone Events")
+        await cluster.wait_for(lambda: _milestones(cluster, want) == want, 90, "milestone Events")
     except AssertionError:
         seen = {n: [e["reason"] for e in cluster.events(NAMESPACE, n)] for n in want}
         raise AssertionError(f"Events per FineTuneJob: {seen}") from None
     sweep_events = lambda: [e["reason"] for e in cluster.events(NAMESPACE, "flaky")]  # noqa: E731
-    await cluster.wait_for(lambda: "SweepSucceeded" in sweep_events(), 30, "the sweep's Event")
+    await cluster.wait_for(lambda: "SweepSucceeded" in sweep_events(), 90, "the sweep's Event")
     assert sweep_events().count("SweepSucceeded") == 1
 
 
