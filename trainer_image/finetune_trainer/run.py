@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,12 @@ def run_local(
     output_dir = (output or default_output(job)).resolve()
     print(f"finetune: {job.metadata.name} -> {output_dir}", flush=True)
     metrics = run(
-        job, spec_dir=spec_dir, output_dir=output_dir, sinks=[StdoutSink()], progress_bar=True
+        job,
+        spec_dir=spec_dir,
+        output_dir=output_dir,
+        sinks=[StdoutSink()],
+        # A bar only on a terminal: in a log file its \r-updates would cut into the lines.
+        progress_bar=sys.stderr.isatty(),
     )
     headline = {
         k: metrics[k] for k in ("accuracy", "f1Macro", "perplexity", "bleu") if k in metrics
