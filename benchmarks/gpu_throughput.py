@@ -293,7 +293,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"device {device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     results: dict[str, Any] = {"device": device, "workloads": {}}
     for w in workloads:
-        results["workloads"][w.name] = run_workload(w, args)
+        try:
+            results["workloads"][w.name] = run_workload(w, args)
+        except Exception as err:  # one device window: report it, measure the others
+            if args.smoke:
+                raise
+            results.setdefault("errors", {})[w.name] = f"{type(err).__name__}: {err}"
+            print(f"  {w.name} failed: {type(err).__name__}: {err}", flush=True)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -327,6 +333,8 @@ def print_table(results: dict[str, Any]) -> None:
     print("| workload | recipe | samples/s | tokens/s | MFU | peak GiB | / plain-bf16 |")
     print("|---|---|---|---|---|---|---|")
     fmt: Callable[[float | None, str], str] = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for name, error in results.get("errors", {}).items():
+        print(f"| {name} | failed: {error[:120]} | | | | | |")
     for name, result in results["workloads"].items():
         base = result["median"]["plain-bf16"]["samples_per_s"]
         for recipe, m in result["median"].items():
