@@ -132,8 +132,6 @@ def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None
     steps = int(progress.get("step") or 0) if isinstance(progress, Mapping) else 0
     if not steps and history and isinstance(history[-1], Mapping):
         steps = int(history[-1].get("step") or 0)
-    metrics = status.get("metrics") or {}
-    phase = status.get("phase")
     message = str(status.get("message") or "")
     base = TrialRecord(
         number=number,
@@ -143,9 +141,20 @@ def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None
         message=message,
         name=name,
     )
-    if annotations.get(ANNOTATION_STATE) == STATE_PRUNED:
-        last = intermediate[-1] if intermediate else None
+    return _with_outcome(
+        base, status, metric, pruned=annotations.get(ANNOTATION_STATE) == STATE_PRUNED
+    )
+
+
+def _with_outcome(
+    base: TrialRecord, status: Mapping[str, Any], metric: str, *, pruned: bool
+) -> TrialRecord:
+    """The record's state and value from the child's phase (or the pruned annotation)."""
+    if pruned:
+        last = base.intermediate[-1] if base.intermediate else None
         return replace(base, status=TrialStatus.pruned, value=last)
+    metrics = status.get("metrics") or {}
+    phase = status.get("phase")
     if phase == Phase.succeeded:
         value = _finite(metrics.get(metric)) if isinstance(metrics, Mapping) else None
         if value is None:
@@ -157,7 +166,7 @@ def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None
             )
         return replace(base, status=TrialStatus.succeeded, value=value)
     if phase == Phase.failed:
-        return replace(base, status=TrialStatus.failed, message=message or "the trial failed")
+        return replace(base, status=TrialStatus.failed, message=base.message or "the trial failed")
     return base
 
 
