@@ -157,4 +157,3 @@ async def test_the_kubelet_runs_both_pods_trainers_from_the_pod_spec(
     report = json.loads((tmp_path / reports[0]).read_text())
     assert report["phase"] == "Succeeded" and report["metrics"]["worldSize"] == 2
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
-
