@@ -26,9 +26,10 @@ from finetune_trainer import distributed
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
-# |2 workers - 1 process| at the end of the same schedule (measured: 0.0 and about 0.06).
+# |2 workers - 1 process| at the end of the same schedule. Measured: accuracy 1.0 in both,
+# eval loss 0.2384 vs 0.2362 (a gap of 0.002); the bounds leave room for other seeds/CPUs.
 ACCURACY_TOLERANCE = 0.0625  # two eval rows of 32
-EVAL_LOSS_TOLERANCE = 0.15
+EVAL_LOSS_TOLERANCE = 0.05
 HP = {"learningRate": 3e-3, "epochs": 6, "maxLength": 32, "loggingSteps": 4, "seed": 7}
 
 
