@@ -489,8 +489,8 @@ def _job_manifest(
     if attempt == 0:
         return build_job(model, seen.uid, state.config)
     retry = model.model_copy(update={"spec": oom.retry_spec(model.spec, attempt)})
-    manifest = build_job(retry, seen.uid, state.config)
-    manifest["metadata"]["name"] = oom.retry_job_name(model.metadata.name, attempt)
+    name = oom.retry_job_name(model.metadata.name, attempt)
+    manifest = build_job(retry, seen.uid, state.config, name_override=name)
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_SPEC_HASH] = spec_hash(model.spec)
     return manifest

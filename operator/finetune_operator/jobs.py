@@ -181,8 +181,12 @@ def build_job(
     config: OperatorConfig,
     *,
     current_suspend: bool | None = None,
+    name_override: str | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job for a validated FineTuneJob (namespace from its metadata)."""
+    """The batch/v1 Job for a validated FineTuneJob (namespace from its metadata).
+
+    `name_override` names the Job otherwise (an out-of-memory retry): set here, before
+    the multi-node shape, so the pods' subdomain and rendezvous host follow the name."""
     spec = ftj.spec
     name = ftj.metadata.name
     labels = job_labels(ftj)
@@ -236,7 +240,7 @@ def build_job(
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
 
     metadata: dict[str, Any] = {
-        "name": job_name(name),
+        "name": name_override or job_name(name),
         "labels": labels,
         "annotations": {ANNOTATION_SPEC_HASH: spec_hash(spec)},
         "ownerReferences": [owner_reference("FineTuneJob", name, uid)],

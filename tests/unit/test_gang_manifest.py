@@ -202,3 +202,16 @@ def test_torchrun_reads_these_settings_from_the_environment(
     assert (args.master_addr, args.master_port) == ("demo-train-0.demo-train", 29500)
     assert (args.rdzv_conf, args.max_restarts, args.module) == ("timeout=1800", 0, True)
     assert args.training_script == "finetune_trainer" and not args.standalone
+
+
+def test_a_renamed_job_keeps_its_gang_consistent() -> None:
+    """An out-of-memory retry Job has its own name: the pods' subdomain, the rendezvous
+    host and the Service must follow it, or no pod would resolve pod 0."""
+    ftj, config = ftj_of("multinode-cpu")
+    job = build_job(ftj, UID, config, name_override="demo-r1-train")
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert job["metadata"]["name"] == pod["subdomain"] == "demo-r1-train"
+    assert env["PET_MASTER_ADDR"] == "demo-r1-train-0.demo-r1-train"
+    service = build_service(job, ftj)
+    assert service is not None and service["metadata"]["name"] == "demo-r1-train"
