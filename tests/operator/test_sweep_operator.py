@@ -268,7 +268,10 @@ async def test_failed_trials_fail_the_sweep_with_a_clear_message(
     await wait_trials(cluster, "fl", 1)
     job = await cluster.wait_for_object(JOB, NAMESPACE, "fl-trial-0-train")
     await kubelet.run_pod(job)
-    await kubelet.oom(job)
+    # A crash, not an OOMKill: an out-of-memory trial is first retried at half the batch
+    # (tests/operator/test_operator_oom.py).
+    await kubelet.terminate(job, exit_code=1, reason="Error", message='{"message": "boom"}')
+    await kubelet.fail_job(job, "BackoffLimitExceeded", "Job has reached the backoff limit", 3)
     st = await cluster.wait_for(
         lambda: (s := sweep_status(cluster, "fl")).get("phase") == "Failed" and s,
         15,
