@@ -10,8 +10,8 @@ the trainer's fingerprint counts the effective batch). At most `max_retries` tim
 
 Retry k's Job has a deterministic name, `job_name("<name>-r<k>")` (= `<name>-r<k>-train`,
 hashed like the first when long), so a repeated reconcile adopts it instead of
-creating another; the attempt is read back from status.jobName. Multi-node runs are
-not retried this way (their Service and rendezvous names derive from the Job name).
+creating another; the attempt is read back from status.jobName. A multi-node retry
+gets its own headless Service and rendezvous host (build_job's name_override).
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def plan(
     max_retries: int,
 ) -> Retry | None:
     """The next retry when the current attempt's pods ran out of memory and a retry is
-    possible (bound not reached, batch still halvable, single node); else None."""
+    possible (bound not reached, batch still halvable); else None."""
     cause = oom_cause(pods)
-    if cause is None or attempt >= min(max_retries, MAX_ATTEMPTS) or spec.resources.nodes > 1:
+    if cause is None or attempt >= min(max_retries, MAX_ATTEMPTS):
         return None
     batch, accumulation = batch_at(spec, attempt)
     if batch < 2:

@@ -62,6 +62,9 @@ def test_plan_halves_the_batch_doubles_accumulation_up_to_the_bound() -> None:
     assert oom.plan(s, "run", 0, [OTHER], max_retries=3) is None  # not out of memory
     assert oom.plan(spec(batchSize=1), "run", 0, [OOM_KILLED], max_retries=3) is None
     assert oom.plan(s, "run", 0, [OOM_KILLED], max_retries=0) is None  # recovery off
+    multi = spec(batchSize=32)
+    multi.resources.nodes = 2  # torchrun cannot halve in process: the retry Job does
+    assert oom.plan(multi, "run", 0, [OOM_KILLED], max_retries=3) is not None
 
 
 def test_auto_starts_from_its_effective_batch() -> None:

@@ -11,7 +11,7 @@ that fits and the accumulation that makes up the rest.
 - On CPU, and under torchrun (every rank must take the same split), there is no probe:
   the per-device batch is the largest divisor of the effective batch up to `CPU_CAP`
   (64). In-process recovery is off under torchrun too (one rank cannot halve alone);
-  the operator's retry Job covers single-node runs.
+  the operator's retry Job (half the batch, twice the accumulation) covers them.
 
 When training runs out of memory anyway (torch's OutOfMemoryError, the CPU
 allocator's RuntimeError, MemoryError), `train` saves a checkpoint of the last
