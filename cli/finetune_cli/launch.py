@@ -1,6 +1,6 @@
 """`finetune run` with `spec.resources.nodes > 1`: that many worker processes on this machine.
 
-The workers are started by torchrun in standalone mode (`python -m torch.distributed.run
+The workers are started by torchrun in standalone mode (`python -m finetune_trainer.torchrun
 --standalone --nproc-per-node=<nodes>`), each running the trainer image's entry point
 (`python -m finetune_trainer --spec FILE`), so a local multi-process run takes the same
 path as the pods of a multi-node Job: the same rendezvous, ranks and reporting (rank 0
@@ -35,7 +35,7 @@ def torchrun_command(nodes: int, spec_file: Path, spec_dir: Path, output: Path) 
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "finetune_trainer.torchrun",  # torchrun, one error line when a worker fails
         "--standalone",
         "--nnodes=1",
         f"--nproc-per-node={nodes}",

@@ -14,7 +14,8 @@
 
 torchrun takes every setting from its documented environment form, `PET_<FLAG>`
 (`PET_NNODES`, `PET_NODE_RANK`, `PET_MASTER_ADDR`, ...): the rendezvous is readable in
-the pod's env, and the command stays `python -m torch.distributed.run -m finetune_trainer`.
+the pod's env, and the command stays `python -m finetune_trainer.torchrun -m finetune_trainer` (torchrun
+itself, `torch.distributed.run`, with one error line instead of a traceback on failure).
 
 Failure policy (docs/distributed.md): a trainer that exits non-zero fails the whole Job at
 once (`podFailurePolicy` FailJob), which stops the other pods; the survivors of a lost
@@ -43,7 +44,7 @@ from finetune_operator.config import (
 SERVICE_RESOURCE = ("", "v1", "services")
 RENDEZVOUS_PORT = 29500
 RENDEZVOUS_TIMEOUT_S = 1800  # pod 0 waits this long for the others (image pulls, scheduling)
-TORCHRUN = ("python", "-m", "torch.distributed.run")
+TORCHRUN = ("python", "-m", "finetune_trainer.torchrun")  # torchrun, one error line on failure
 TRAINER_MODULE = ("-m", "finetune_trainer")
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"

@@ -49,7 +49,7 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == service["metadata"]["name"]
     (container,) = pod["containers"]
-    command = ["python", "-m", "torch.distributed.run", "-m", "finetune_trainer"]
+    command = ["python", "-m", "finetune_trainer.torchrun", "-m", "finetune_trainer"]
     assert container["command"] == command
     env = {e["name"]: e for e in container["env"]}
     # torchrun's flags in their environment form (PET_<FLAG>): the rendezvous on pod 0.

@@ -84,7 +84,7 @@ async def test_apply_creates_job_with_the_right_fields(
     (c,) = pod["containers"]
     assert c["image"] == "finetune-trainer:test"
     # 2 GPUs: one trainer process per GPU under torchrun standalone (docs/distributed.md).
-    assert c["command"] == ["python", "-m", "torch.distributed.run", "-m", "finetune_trainer"]
+    assert c["command"] == ["python", "-m", "finetune_trainer.torchrun", "-m", "finetune_trainer"]
     torchrun = {e["name"]: e["value"] for e in c["env"] if e["name"].startswith("PET_")}
     assert torchrun["PET_STANDALONE"] == "1" and torchrun["PET_NPROC_PER_NODE"] == "2"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"

@@ -114,6 +114,9 @@ def test_a_failing_worker_fails_the_local_run(tmp_path: Path) -> None:
     assert code == 2, output[-3000:]
     assert "missing.csv" in output
     assert "the training workers failed" in output
+    # Each worker's own error line, then one line from the agent: no torchrun traceback.
+    assert "Traceback" not in output and "ChildFailedError" not in output, output[-3000:]
+    assert "error: training worker rank" in output
 
 
 def _spec(**extra: Any) -> Any:

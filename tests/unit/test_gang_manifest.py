@@ -97,7 +97,7 @@ def test_two_nodes_of_four_gpus_make_an_indexed_gang() -> None:
     assert pod["subdomain"] == "demo-train"
     (container,) = pod["containers"]
     assert container["command"] == [
-        "python", "-m", "torch.distributed.run", "-m", "finetune_trainer"
+        "python", "-m", "finetune_trainer.torchrun", "-m", "finetune_trainer"
     ]  # fmt: skip
     env = {e["name"]: e for e in container["env"]}
     rendezvous = {k: v.get("value") for k, v in env.items() if k.startswith("PET_")}

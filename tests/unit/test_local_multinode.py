@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 def test_finetune_run_starts_the_trainer_entry_under_torchrun_standalone(tmp_path: Path) -> None:
     command = torchrun_command(3, tmp_path / "job.json", tmp_path, tmp_path / "out")
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "finetune_trainer.torchrun"]
     assert "--standalone" in command and "--nproc-per-node=3" in command
     # The same entry point as a pod: python -m finetune_trainer --spec FILE.
     module = command.index("-m", 3)
