@@ -290,7 +290,7 @@ def _compression_finish(state: RunState) -> None:
         from finetune_trainer import pruning
 
         state.final |= pruning.finish(state.trainer, spec.pruning, state.final)
-    if spec.pruning is not None or spec.distillation is not None:
+    if state.world.is_main and (spec.pruning is not None or spec.distillation is not None):
         from finetune_trainer import sizes
 
         path = state.output_dir / "size_table.md"
