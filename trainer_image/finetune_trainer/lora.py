@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
@@ -69,7 +71,12 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
             )
 
 
-def apply_lora(model: PreTrainedModel, spec: Lora, task: Task) -> PeftModel:
+def apply_lora(
+    model: PreTrainedModel, spec: Lora, task: Task, also_train: Sequence[str] = ()
+) -> PeftModel:
+    """LoRA adapters on `targets`; `also_train` (base modules that start random, such as a
+    pooler missing from the checkpoint) are trained in full and saved with the adapter, so
+    that the reloaded run is the trained one. peft adds the classification head itself."""
     targets = list(spec.target_modules) if spec.target_modules else default_targets(model)
     check_targets(model, targets)
     config = LoraConfig(
@@ -79,6 +86,7 @@ def apply_lora(model: PreTrainedModel, spec: Lora, task: Task) -> PeftModel:
         target_modules=targets,
         task_type=TASK_TYPES[task],
         fan_in_fan_out=isinstance(_first_match(model, targets), Conv1D),
+        modules_to_save=list(also_train) or None,
     )
     return get_peft_model(model, config)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import (
@@ -96,7 +96,13 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
 ) -> PreTrainedModel:
-    return load_model_noted(ref, task, tokenizer, label_map)[0]
+    return load_model_noted(ref, task, tokenizer, label_map).model
+
+
+class LoadedModel(NamedTuple):
+    model: PreTrainedModel
+    note: str  # "" when every weight came from the checkpoint
+    new_base_modules: list[str]
 
 
 def load_model_noted(
@@ -104,9 +110,10 @@ def load_model_noted(
     task: Task,
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
-) -> tuple[PreTrainedModel, str]:
-    """The model, and one line on weights initialised anew (weights.py), e.g. "new
-    classification head: 2 labels", instead of transformers' LOAD REPORT table."""
+) -> LoadedModel:
+    """The model, one line on weights initialised anew (weights.py), e.g. "new
+    classification head: 2 labels", instead of transformers' LOAD REPORT table, and the
+    base-model modules that start random (LoRA trains and saves them too)."""
     if ref.is_path and heads.is_pruned(Path(ref.location)):
         raise ModelError(
             f"model.path {ref.location}: its attention heads were pruned; `finetune predict` "
@@ -134,7 +141,11 @@ def load_model_noted(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     labels = len(label_map) if label_map is not None else None
-    return model, weights.new_weights_note(model, info, task, labels)
+    return LoadedModel(
+        model,
+        weights.new_weights_note(model, info, task, labels),
+        weights.new_base_modules(model, info),
+    )
 
 
 def effective_max_length(model: PreTrainedModel, max_length: int) -> int:

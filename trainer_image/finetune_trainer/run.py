@@ -152,6 +152,7 @@ class RunState:
     eval_ds: Any
     qat_layers: list[str] = field(default_factory=list)
     load_note: str = ""  # weights initialised anew (modeling.load_model_noted)
+    new_modules: list[str] = field(default_factory=list)  # base modules that start random
     world: distributed.World = field(default_factory=distributed.world)
     # _build_trainer
     trainer: Trainer = field(init=False)
@@ -210,7 +211,7 @@ def _load(
     ref = resolve_model(spec.model, spec_dir)
     tokenizer = load_tokenizer(ref, task)
     raw = load_raw(spec.dataset, task, spec_dir, hp.seed)
-    model, load_note = load_model_noted(ref, task, tokenizer, raw.label_map)
+    model, load_note, new_modules = load_model_noted(ref, task, tokenizer, raw.label_map)
     max_length = effective_max_length(model, hp.max_length)
     target = spec.dataset.target_column if task is Task.causal_lm else None
     train_ds, eval_ds = (
@@ -228,7 +229,7 @@ def _load(
         spec, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw, model,
         max_length, target, train_ds, eval_ds,
     )  # fmt: skip
-    state.load_note = load_note
+    state.load_note, state.new_modules = load_note, new_modules
     _compression_setup(state, spec_dir)
     _adapt_model(state)
     return state
@@ -245,7 +246,9 @@ def _adapt_model(state: RunState) -> None:
     if spec.lora is not None:
         from finetune_trainer import lora  # peft (and the torchao it pulls in) only for LoRA
 
-        state.model = lora.apply_lora(state.model, spec.lora, spec.task)
+        state.model = lora.apply_lora(
+            state.model, spec.lora, spec.task, also_train=state.new_modules
+        )
 
 
 def _compression_setup(state: RunState, spec_dir: Path | None) -> None:

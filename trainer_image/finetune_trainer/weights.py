@@ -43,12 +43,10 @@ def quiet_load_report() -> Iterator[None]:
 def new_weights_note(model: Any, info: dict[str, Any], task: Task, num_labels: int | None) -> str:
     """What `from_pretrained(..., output_loading_info=True)` initialised anew, in one line
     ("" when every weight came from the checkpoint)."""
-    new = set(info.get("missing_keys") or ())
-    new |= {key[0] for key in info.get("mismatched_keys") or ()}
+    new = _new_keys(info)
     if not new:
         return ""
-    prefix = str(getattr(model, "base_model_prefix", "") or "")
-    base = sorted(k for k in new if prefix and k.startswith(prefix + "."))
+    base = _base_keys(model, new)
     head = new - set(base)
     parts = []
     if head and task is Task.classification:
@@ -62,3 +60,20 @@ def new_weights_note(model: Any, info: dict[str, Any], task: Task, num_labels: i
             f"start random ({shown})"
         )
     return "; ".join(parts)
+
+
+def new_base_modules(model: Any, info: dict[str, Any]) -> list[str]:
+    """Modules of the base model whose weights start random, e.g. the pooler a masked-LM
+    checkpoint lacks. A LoRA run must train and save them with the adapter
+    (`modules_to_save`), or a reloaded adapter meets another random module."""
+    return sorted({key.rsplit(".", 1)[0] for key in _base_keys(model, _new_keys(info))})
+
+
+def _new_keys(info: dict[str, Any]) -> set[str]:
+    new = set(info.get("missing_keys") or ())
+    return new | {key[0] for key in info.get("mismatched_keys") or ()}
+
+
+def _base_keys(model: Any, keys: set[str]) -> list[str]:
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    return sorted(k for k in keys if prefix and k.startswith(prefix + "."))
