@@ -19,9 +19,11 @@ def test_new_head_in_one_line_and_no_load_report(
     ref = resolve_model(ModelSource(path=str(bert_dir)), None)
     tokenizer = load_tokenizer(ref, Task.classification)
     labels = LabelMap(labels=("neg", "neu", "pos"), values=("neg", "neu", "pos"))
-    model, note = load_model_noted(ref, Task.classification, tokenizer, labels)
+    model, note, new_modules = load_model_noted(ref, Task.classification, tokenizer, labels)
     assert model.config.num_labels == 3
     assert note.startswith("new classification head: 3 labels")
+    # The tiny BERT is a masked-LM checkpoint: its pooler starts random (LoRA must save it).
+    assert new_modules == ["bert.pooler.dense"]
     captured = capfd.readouterr()
     assert "LOAD REPORT" not in captured.out + captured.err
     assert "were not sharded" not in captured.out + captured.err  # no side effect of quieting
