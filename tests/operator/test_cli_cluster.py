@@ -78,12 +78,14 @@ def trial_body(sweep: str, n: int, params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-RUNNING = {
-    "phase": "Running",
-    "startTime": ago(60),
-    "progress": {"epoch": 0.48, "step": 120, "totalSteps": 250},
-    "metrics": {"trainLoss": 0.52, "accuracy": 0.81},
-}
+def running() -> dict[str, Any]:
+    """A job 60 s into training, stamped now (a module constant would age during the run)."""
+    return {
+        "phase": "Running",
+        "startTime": ago(60),
+        "progress": {"epoch": 0.48, "step": 120, "totalSteps": 250},
+        "metrics": {"trainLoss": 0.52, "accuracy": 0.81},
+    }
 
 
 async def session_for(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> cl.Session:
@@ -139,7 +141,7 @@ async def test_get_table_groups_trials_under_sweep(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = time.monotonic()
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     done = {"phase": "Succeeded", "progress": {"step": 250, "totalSteps": 250}}
     done["metrics"] = {"accuracy": 0.8372, "evalLoss": 0.37}
     await put(cluster, FTJ, make_ftj("finished", SMALL_SPEC), done)
@@ -152,7 +154,7 @@ async def test_get_table_groups_trials_under_sweep(
     await put(
         cluster, FTJ, trial_body("sw", 0, {}), {"phase": "Succeeded", "metrics": {"accuracy": 0.84}}
     )
-    await put(cluster, FTJ, trial_body("sw", 1, {}), RUNNING)
+    await put(cluster, FTJ, trial_body("sw", 1, {}), running())
     await put(cluster, FTJ, make_ftj("elsewhere", SMALL_SPEC, namespace="team-b"), done)
 
     session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
@@ -187,7 +189,7 @@ async def test_get_table_groups_trials_under_sweep(
 
 
 async def test_get_cli_over_kubeconfig(cluster: Cluster) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     rc, out, err = await cli(cluster, "get", "-n", NAMESPACE)
     assert rc == 0, err
     assert "demo" in out and "120/250" in out and "accuracy 0.8100" in out
@@ -200,11 +202,11 @@ async def test_watch_exits_0_when_the_job_succeeds(cluster: Cluster) -> None:
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), {"phase": "Pending"})
     task = asyncio.create_task(cli(cluster, "watch", "demo", "-n", NAMESPACE))
     await wait_watching(cluster, "finetunejobs")
-    await cluster.patch(FTJ, NAMESPACE, "demo", {"status": RUNNING}, status=True)
+    await cluster.patch(FTJ, NAMESPACE, "demo", {"status": running()}, status=True)
     evaluation = {"epoch": 0.8, "step": 200, "evalLoss": 0.41, "accuracy": 0.83}
-    running = {"progress": {"epoch": 0.8, "step": 200, "totalSteps": 250}, "history": [evaluation]}
+    later = {"progress": {"epoch": 0.8, "step": 200, "totalSteps": 250}, "history": [evaluation]}
     await asyncio.sleep(0.3)
-    await cluster.patch(FTJ, NAMESPACE, "demo", {"status": running}, status=True)
+    await cluster.patch(FTJ, NAMESPACE, "demo", {"status": later}, status=True)
     await asyncio.sleep(0.3)
     final = {"phase": "Succeeded", "progress": {"epoch": 1.0, "step": 250, "totalSteps": 250}}
     final["metrics"] = {"accuracy": 0.8372, "evalLoss": 0.3742}
@@ -219,7 +221,7 @@ async def test_watch_exits_0_when_the_job_succeeds(cluster: Cluster) -> None:
 
 
 async def test_watch_exits_1_with_the_message_when_the_job_fails(cluster: Cluster) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     task = asyncio.create_task(cli(cluster, "watch", "demo", "-n", NAMESPACE))
     await wait_watching(cluster, "finetunejobs")
     message = "The trainer ran out of memory and was killed (OOMKilled, limit 8Gi)."
@@ -236,7 +238,7 @@ async def test_watch_sweep_shows_trials_and_exits_on_the_sweep(cluster: Cluster)
     task = asyncio.create_task(cli(cluster, "watch", "sw", "-n", NAMESPACE))
     await wait_watching(cluster, "finetunejobs")
     await wait_watching(cluster, "hyperparametersweeps")
-    await put(cluster, FTJ, trial_body("sw", 0, {"hyperparameters.learningRate": 1e-4}), RUNNING)
+    await put(cluster, FTJ, trial_body("sw", 0, {"hyperparameters.learningRate": 1e-4}), running())
     await asyncio.sleep(0.3)
     done = {"phase": "Succeeded", "metrics": {"accuracy": 0.86}}
     await cluster.patch(FTJ, NAMESPACE, "sw-trial-0", {"status": done}, status=True)
@@ -251,7 +253,7 @@ async def test_watch_sweep_shows_trials_and_exits_on_the_sweep(cluster: Cluster)
 
 
 async def test_watch_uses_the_watch_api(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
     console, _out = render()
     task = asyncio.create_task(screens.watch_view(session, "demo", console))
@@ -421,7 +423,7 @@ async def trainer_pod(cluster: Cluster, name: str, index: int | None, created: f
 
 
 async def test_logs_reads_the_pod_log_subresource(cluster: Cluster) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     await trainer_pod(cluster, "demo-train-old", None, 300)
     await trainer_pod(cluster, "demo-train-new", None, 100)
     seen = log_route(
@@ -435,7 +437,7 @@ async def test_logs_reads_the_pod_log_subresource(cluster: Cluster) -> None:
 
 
 async def test_logs_follow_and_rank(cluster: Cluster) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     await trainer_pod(cluster, "demo-train-0-abc", 0, 100)
     await trainer_pod(cluster, "demo-train-1-def", 1, 100)
     logs = {
@@ -504,7 +506,7 @@ async def test_namespace_flags_exclude_each_other(cluster: Cluster) -> None:
 async def test_watch_on_a_terminal_renders_the_live_view(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), RUNNING)
+    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
     session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, color_system=None)
