@@ -25,7 +25,11 @@ def load_run(
     run_dir: Path | str,
 ) -> tuple[dict[str, Any], Any, PreTrainedTokenizerBase]:
     """run.json, the model (eval mode) and its tokenizer."""
+    from transformers.utils import logging as hf_logging
+
     from finetune_api.models import Task
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar before the answer
 
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_INFO
