@@ -18,6 +18,7 @@ Core-group resources use group "" (e.g. ("", "v1", "pods")).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -59,6 +60,8 @@ async def load_configuration(
 ) -> k8s_client.Configuration:
     """Credentials: in-cluster service account, else KUBECONFIG / ~/.kube/config."""
     configuration = k8s_client.Configuration()
+    # Its "Config not found" warning would precede our own error line, saying less.
+    logging.getLogger("kubernetes_asyncio.config.kube_config").setLevel(logging.ERROR)
     try:
         if kubeconfig is None and os.path.exists(SERVICE_ACCOUNT_TOKEN):
             k8s_config.load_incluster_config(client_configuration=configuration)
@@ -68,9 +71,15 @@ async def load_configuration(
             )
     except (k8s_config.ConfigException, OSError) as err:
         source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        paths = [os.path.expanduser(p) for p in source.split(os.pathsep) if p]
+        reason = (
+            "does not exist"
+            if not any(map(os.path.exists, paths))
+            else f"could not be used ({err})"
+        )
         raise UserError(
             f"no usable Kubernetes credentials: not running in a cluster, and the "
-            f"kubeconfig {source} could not be used ({err})"
+            f"kubeconfig {source} {reason}"
         ) from None
     return configuration
 

@@ -496,6 +496,7 @@ async def test_no_cluster(tmp_path: Path) -> None:
     assert "cannot reach the Kubernetes API server at http://127.0.0.1:" in err
     rc, _out, err = await cli(tmp_path / "missing.yaml", "get")
     assert rc == 2 and "no usable Kubernetes credentials" in err
+    assert "missing.yaml does not exist" in err and "Config not found" not in err
 
 
 async def test_namespace_flags_exclude_each_other(cluster: Cluster) -> None:
