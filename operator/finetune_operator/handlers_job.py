@@ -30,7 +30,7 @@ import kopf
 
 from finetune_api.manifest import SpecError
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Phase
-from finetune_operator import kube, metrics, oom, usage
+from finetune_operator import kube, oom, usage
 from finetune_operator.config import (
     ANNOTATION_SPEC_HASH,
     KUEUE_QUEUE_LABEL,
@@ -222,7 +222,7 @@ async def reconcile(state: ReconcileState, key: Key, indexes: Indexes) -> None:
         try:
             await _reconcile_if_changed(state, key, indexes)
         finally:
-            metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(
+            state.publisher.instruments.reconcile_seconds.labels(kind="FineTuneJob").observe(
                 time.perf_counter() - started
             )
 

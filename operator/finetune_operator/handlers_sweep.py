@@ -29,7 +29,7 @@ import kopf
 
 from finetune_api.manifest import SpecError
 from finetune_api.models import HyperparameterSweep, HyperparameterSweepSpec, Phase
-from finetune_operator import kube, metrics
+from finetune_operator import kube
 from finetune_operator.runtime import (
     FTJ_RESOURCE,
     SWEEP_RESOURCE,
@@ -89,9 +89,9 @@ async def reconcile(state: ReconcileState, key: Key) -> None:
         try:
             await _reconcile(state, key)
         finally:
-            metrics.RECONCILE_SECONDS.labels(kind="HyperparameterSweep").observe(
-                time.perf_counter() - started
-            )
+            state.publisher.instruments.reconcile_seconds.labels(
+                kind="HyperparameterSweep"
+            ).observe(time.perf_counter() - started)
 
     await state.sweep_requeue.run(key, once)
 

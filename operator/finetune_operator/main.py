@@ -15,12 +15,11 @@ from typing import Any
 
 import kopf
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 # Both kinds' handlers register themselves on kopf's default registry on import.
 from finetune_operator import handlers_job, handlers_sweep, kube
 from finetune_operator.config import OperatorConfig
-from finetune_operator.metrics import REGISTRY
 from finetune_operator.state import ReconcileState
 
 __all__ = ("handlers_job", "handlers_sweep", "run_operator", "serve")
@@ -74,11 +73,13 @@ def configure_settings(
         settings.peering.standalone = True
 
 
-async def start_metrics_server(port: int, host: str = "0.0.0.0") -> web.AppRunner:
+async def start_metrics_server(
+    port: int, registry: CollectorRegistry, host: str = "0.0.0.0"
+) -> web.AppRunner:
     """/metrics (Prometheus text format) and a trivial /healthz on the same port."""
 
     async def metrics_view(_: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY)
+        body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health_view(_: web.Request) -> web.Response:
@@ -112,7 +113,7 @@ async def serve(
         os.environ["KUBECONFIG"] = kubeconfig
     client = await kube.connect(await kube.load_configuration(kubeconfig=kubeconfig))
     state = ReconcileState.create(cfg, client)
-    runner = await start_metrics_server(metrics_port, host)
+    runner = await start_metrics_server(metrics_port, state.publisher.instruments.registry, host)
     settings = kopf.OperatorSettings()
     configure_settings(settings, peering=peering, namespaces=namespaces)
     log.info(

@@ -332,10 +332,9 @@ class OperatorRunner:
     error: BaseException | None = None
 
     async def start(self) -> None:
-        from finetune_operator import main, metrics
+        from finetune_operator import main
         from finetune_operator.config import OperatorConfig
 
-        metrics.clear()  # a fresh process has no series (its ReconcileState is new anyway)
         stop, ready = threading.Event(), threading.Event()
         self.stop_flag, self.error = stop, None
         config = self.config or OperatorConfig(trainer_image="finetune-trainer:test")

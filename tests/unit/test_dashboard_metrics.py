@@ -41,7 +41,7 @@ def exported_labels() -> dict[str, set[str]]:
     from prometheus_client.metrics import MetricWrapperBase
 
     out: dict[str, set[str]] = {}
-    for obj in vars(metrics).values():
+    for obj in vars(metrics.Instruments()).values():
         if isinstance(obj, MetricWrapperBase):
             labels = set(obj._labelnames)
             out[obj._name] = labels

@@ -117,13 +117,12 @@ def test_gpu_seconds_and_cost() -> None:
 
 
 def test_usage_counters_only_grow_and_are_forgotten() -> None:
-    metrics.clear()
-    pub = metrics.Publisher()
+    pub = metrics.Publisher()  # its own registry: nothing left over from other tests
     pub.publish_usage("ns", "a", "a-train", 100.0, price=3.6, currency="EUR")
     pub.publish_usage("ns", "a", "a-train", 160.0, price=3.6, currency="EUR")
     pub.publish_usage("ns", "a", "a-train", 150.0, price=3.6, currency="EUR")  # never back
     pub.publish_usage("ns", "a", "a-r1-train", 40.0, price=3.6, currency="EUR", oom_retries=1)
-    value = metrics.REGISTRY.get_sample_value
+    value = pub.instruments.registry.get_sample_value
     assert value("finetune_job_gpu_seconds_total", {"namespace": "ns", "name": "a"}) == 200.0
     cost = value("finetune_job_cost_total", {"namespace": "ns", "name": "a", "currency": "EUR"})
     assert cost == pytest.approx(0.2)

@@ -48,17 +48,21 @@ def test_importing_every_operator_module_leaves_out_the_ml_stack() -> None:
 
 BUILTIN_CONTAINERS = frozenset({"dict", "list", "set"})
 COLLECTIONS = frozenset({"defaultdict", "OrderedDict", "Counter", "deque"})
+# Series and registries keep values too: they live in metrics.Instruments, per process.
+PROMETHEUS = frozenset({"CollectorRegistry", "Counter", "Gauge", "Histogram", "Summary"})
 
 
 def _container_calls(tree: ast.Module) -> set[str]:
-    """Call names that build a mutable container in this module (collections' only when
-    imported from collections: prometheus_client has a Counter too)."""
+    """Call names that build mutable state in this module: containers, and collections'
+    or prometheus_client's classes where the module imports them from there."""
     names = set(BUILTIN_CONTAINERS)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "collections":
             names |= {a.asname or a.name for a in node.names if a.name in COLLECTIONS}
         if isinstance(node, ast.Import) and any(a.name == "collections" for a in node.names):
             names |= COLLECTIONS  # collections.X
+        if isinstance(node, ast.ImportFrom) and node.module == "prometheus_client":
+            names |= {a.asname or a.name for a in node.names if a.name in PROMETHEUS}
     return names
 
 
