@@ -72,11 +72,14 @@ def all_words() -> list[str]:
     return sorted(words)
 
 
-def build_tokenizer(directory: Path, kind: str) -> Any:
+def build_tokenizer(directory: Path, kind: str, *, reverse: bool = False) -> Any:
+    """A word-level tokenizer over all_words(); `reverse` numbers the same words in the
+    opposite order (a vocabulary incompatible with the default one)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + all_words())}
+    words = all_words()[::-1] if reverse else all_words()
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if kind == "bert":
@@ -97,13 +100,13 @@ def build_tokenizer(directory: Path, kind: str) -> Any:
     return fast
 
 
-def tiny_bert(directory: Path) -> Path:
+def tiny_bert(directory: Path, *, reverse_vocab: bool = False, seed: int = 0) -> Path:
     """A tiny random BERT with a masked-LM head (classification adds its own head)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    tokenizer = build_tokenizer(directory, "bert")
-    torch.manual_seed(0)
+    tokenizer = build_tokenizer(directory, "bert", reverse=reverse_vocab)
+    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import MakeJob, topic_rows, write_rows
 
+from support.tiny_models import tiny_bert
+
 pytestmark = pytest.mark.trainer
 
 HP = {"learningRate": 3e-3, "epochs": 6, "batchSize": 8, "loggingSteps": 2}
@@ -100,42 +102,6 @@ def test_distilled_student_reports_teacher_and_sizes_and_predicts(
     assert predict(out, ["great good movie", "awful bad film"]) == ["pos", "neg"]
 
 
-def _bert_with_reversed_vocab(directory: Path) -> Path:
-    """A tiny BERT whose tokenizer numbers the same words in the opposite order."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
-
-    from support.tiny_models import SPECIALS, all_words
-
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + all_words()[::-1])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    ).save_pretrained(directory)
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    BertForMaskedLM(config).save_pretrained(directory)
-    return directory
-
-
 def test_teacher_with_another_tokenizer_reads_the_text_itself(
     bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -144,7 +110,7 @@ def test_teacher_with_another_tokenizer_reads_the_text_itself(
     from finetune_trainer.distill import shares_input_ids
     from finetune_trainer.run import run
 
-    other = _bert_with_reversed_vocab(tmp_path / "reversed")
+    other = tiny_bert(tmp_path / "reversed", reverse_vocab=True, seed=1)
     texts = ["good movie", "bad plot"]
     assert not shares_input_ids(
         AutoTokenizer.from_pretrained(bert_dir), AutoTokenizer.from_pretrained(other), texts
