@@ -15,6 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from finetune_api.conditions import parse_rfc3339
 from finetune_cli.cluster import (
     INDEX_LABEL,
     SWEEP_LABEL,
@@ -44,15 +45,6 @@ TRIAL_PARAMS = "finetune.dev/trial-params"
 # --------------------------------------------------------------------------- small cells
 
 
-def parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def duration(seconds: float) -> str:
     """kubectl-style: 45s, 6m, 2h5m, 3d."""
     s = max(int(seconds), 0)
@@ -66,7 +58,7 @@ def duration(seconds: float) -> str:
 
 
 def age(obj: Obj, now: datetime | None = None) -> str:
-    created = parse_time(meta(obj).get("creationTimestamp"))
+    created = parse_rfc3339(meta(obj).get("creationTimestamp"))
     if created is None:
         return ""
     return duration(((now or datetime.now(UTC)) - created).total_seconds())
@@ -130,7 +122,7 @@ def metric_cell(ftj: Obj, metric: str | None = None) -> str:
 def job_eta(ftj: Obj, now: datetime | None = None) -> str:
     """Remaining time from the pace so far (Running jobs with some steps done)."""
     step, total = job_progress(ftj)
-    started = parse_time(status(ftj).get("startTime"))
+    started = parse_rfc3339(status(ftj).get("startTime"))
     if phase_of(ftj) != "Running" or not started or step <= 0 or total <= step:
         return ""
     elapsed = ((now or datetime.now(UTC)) - started).total_seconds()
@@ -168,7 +160,7 @@ def sweep_best(sweep: Obj, *, with_name: bool = True) -> str:
 
 def sweep_eta(sweep: Obj, now: datetime | None = None) -> str:
     done, total = sweep_counts(sweep)
-    created = parse_time(meta(sweep).get("creationTimestamp"))
+    created = parse_rfc3339(meta(sweep).get("creationTimestamp"))
     if phase_of(sweep) != "Running" or not created or done <= 0 or total <= done:
         return ""
     elapsed = ((now or datetime.now(UTC)) - created).total_seconds()
@@ -416,7 +408,7 @@ def conditions_table(obj: Obj) -> Table:
     for column in ("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"):
         table.add_column(column, overflow="fold")
     for cond in status(obj).get("conditions") or []:
-        since = parse_time(cond.get("lastTransitionTime"))
+        since = parse_rfc3339(cond.get("lastTransitionTime"))
         table.add_row(
             str(cond.get("type", "")),
             str(cond.get("status", "")),

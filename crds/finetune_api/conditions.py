@@ -18,6 +18,16 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(value: Any) -> datetime | None:
+    """A metav1.Time string as an aware datetime (None when absent or malformed)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def safe_reason(reason: str) -> str:
     """A metav1.Condition-legal reason (CamelCase letters, digits, _ , :)."""
     if _REASON_RE.match(reason):

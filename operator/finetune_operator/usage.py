@@ -12,16 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from finetune_api.conditions import parse_rfc3339 as _parse
 from finetune_api.models import FineTuneJobSpec
-
-
-def _parse(stamp: Any) -> datetime | None:
-    if not isinstance(stamp, str) or not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def gpus(spec: FineTuneJobSpec) -> int:
