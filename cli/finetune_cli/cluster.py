@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.manifest import UserError
+from finetune_api.models import GROUP, VERSION
 from finetune_operator import kube
+from finetune_operator.config import LABEL_JOB as JOB_LABEL
+from finetune_operator.gang import INDEX_ANNOTATION as INDEX_LABEL  # also a pod label
+from finetune_operator.sweep_space import LABEL_SWEEP as SWEEP_LABEL
+from finetune_operator.sweep_space import LABEL_TRIAL as TRIAL_LABEL
 
-GROUP, VERSION = "finetune.dev", "v1alpha1"
 FTJ, SWEEP = "finetunejobs", "hyperparametersweeps"
 KINDS = {FTJ: "FineTuneJob", SWEEP: "HyperparameterSweep"}
-SWEEP_LABEL = "finetune.dev/sweep"
-TRIAL_LABEL = "finetune.dev/trial"
-JOB_LABEL = "finetune.dev/job"
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 Obj = dict[str, Any]
