@@ -30,7 +30,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,31 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-class StepTimer:
-    """Timestamps optimizer steps (a TrainerCallback built lazily)."""
-
-    def __init__(self, warmup: int) -> None:
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Callback(TrainerCallback):
-            def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                timer.stamps = [time.perf_counter()]
-
-            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                timer.stamps.append(time.perf_counter())
-
-        self.warmup = warmup
-        self.stamps: list[float] = []
-        self.callback = _Callback()
-
-    def samples_per_second(self, batch_size: int) -> float:
-        stamps = self.stamps[self.warmup :]
-        if len(stamps) < 2:
-            raise RuntimeError("too few steps to time; lower --warmup or raise --steps")
-        return batch_size * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+from trainer_throughput import StepTimer  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
 def tiny_model_dir(workdir: Path, hidden: int = 64, layers: int = 2) -> Path:
