@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up, then a real local fine-tune on the bundled SST-2 sample
-#   make test   - set up, then lint, type-check and the whole test suite
+#   make test   - set up, then lint, type-check and the whole test suite (on a real control plane)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -11,7 +11,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell cat $(CHECKOV_REQ) | cksum |
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint checkov unit crds clean
+.PHONY: setup demo test lint checkov unit crds clean cluster cluster-down cluster-build
 
 setup: $(STAMP)
 
@@ -47,7 +47,20 @@ $(CHECKOV_STAMP): $(CHECKOV_REQ)
 	rm -f $(CHECKOV_VENV)/.installed-*
 	touch $@
 
-test: lint
+# etcd, kube-apiserver, controller manager, scheduler and kubectl, built from the Go modules
+# pinned in cluster/*/go.mod, once per machine (~/.cache/finetune/cluster/<version>/bin).
+cluster-build: setup
+	$(PY) -m finetune_cluster.build
+
+# A local cluster with the chart installed; KUBECONFIG=.cluster/kubeconfig (docs/cluster.md).
+cluster: cluster-build
+	$(PY) -m finetune_cluster up --dir .cluster
+
+cluster-down:
+	$(PY) -m finetune_cluster down --dir .cluster
+
+# The operator tests start their own control plane (tests/support/plane.py).
+test: lint cluster-build
 	$(PY) -m pytest
 
 unit: setup
@@ -57,4 +70,4 @@ crds: setup
 	$(VENV)/bin/finetune crds --write
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) runs .cluster .pytest_cache .mypy_cache .ruff_cache

@@ -7,3 +7,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The session's real control plane (support/plane.py), started on first use."""
+    from finetune_cluster.controlplane import stop
+    from support.plane import start_plane
+
+    root = tmp_path_factory.mktemp("cluster")
+    plane = start_plane(root)
+    try:
+        yield plane
+    finally:
+        stop(plane.cp.dir)

@@ -1,31 +1,31 @@
-"""Helpers for operator tests over HTTP against kmock's KubernetesEmulator.
+"""Helpers for operator tests against the session's real control plane (tests/support/plane.py).
 
 Import them as `from operator_harness import ...`; the fixtures live in conftest.py.
 
     async def test_x(cluster, operator, kubelet):
         ftj = await cluster.create(FTJ, make_ftj("demo", spec))
         job = await cluster.wait_for_object(JOB, "team-a", "demo-train")
-        await kubelet.run_pod(job)                       # pod Running, Job active
+        await kubelet.run_pod(job)                    # the Job controller's pod is Running
         await kubelet.succeed(job, metrics={"accuracy": 0.9})
-        await cluster.wait_for(lambda: cluster.status(FTJ, "team-a", "demo").get("phase") == "Succeeded")
+        await cluster.wait_phase("team-a", "demo", "Succeeded")
 
 Fixtures:
-- `cluster`   a started emulator with every resource the operator needs declared, a kubeconfig
-              pointing at it (`cluster.kubeconfig`), HTTP helpers for writes (writes must go over
-              HTTP so watchers see them) and in-memory reads (`cluster.get_object`, `cluster.objects`).
-- `operator`  an `OperatorRunner` already started in-process (kopf + /metrics + /healthz) on free
-              ports; `await operator.restart()`, `await operator.stop()`, `await operator.metrics()`.
-              Use `operator_factory` for custom settings (namespaces, config).
-- `kubelet`   a `Kubelet` that plays kubelet + job controller: creates Pods for a Job and flips
-              Job/Pod statuses (running, succeeded, OOMKilled, image pull backoff, ...).
-              `await kubelet.run_process(job, env=..., cwd=...)` runs the Job's container command
-              as a local process, like a node would, and reports the result into Job/Pod status.
+- `cluster`   the real kube-apiserver (etcd, controller manager with the Job controller and
+              the garbage collector, scheduler, node agent), reached as admin over HTTPS:
+              writes (`create`, `patch`, `delete`) and reads (`get_object`, `objects`,
+              `status`, `events`) are API calls. `cluster.kubeconfig` is the admin's,
+              `cluster.operator_kubeconfig` the chart's operator ServiceAccount's.
+              `cluster.audit()` lists the API server's audit events of this test.
+              The test's objects in team-a/team-b are deleted after it.
+- `operator`  an `OperatorRunner`: the real operator (kopf + /metrics + /healthz) in-process
+              on free ports, authenticated as the chart's ServiceAccount, so RBAC is the real
+              authorizer. `await operator.restart()`, `await operator.stop()`, `await operator.metrics()`.
+- `kubelet`   a `Kubelet` that gives orders to the stand-in trainer (support/stub_trainer.py)
+              running in the Job controller's pods: exit with a code and a termination message,
+              or allocate memory until the node agent OOM-kills it. Trainer pods use the stub
+              image `STUB_IMAGE` (the operator fixture's default trainer image); the real trainer
+              is image `TRAINER_IMAGE` (test_operator_e2e_trainer.py).
 - `make_ftj(name, spec, namespace=..., labels=...)` a FineTuneJob body to create.
-
-The emulator is `support.apiserver.ApiServerEmulator`: kmock's emulator with kube-apiserver's
-write semantics for FineTuneJobs and sweeps (schema, CEL, pruning, defaults, status
-subresource, generation, resourceVersion conflicts). `cluster.emulator.pruned` lists every
-field a write lost to pruning; the `cluster` fixture fails a test that leaves any.
 """
 
 from __future__ import annotations
@@ -38,86 +38,29 @@ import socket
 import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kmock
+import httpx
 
 from finetune_operator import kube
-from support.apiserver import ApiServerEmulator
+from support.plane import STUB_IMAGE, TRAINER_IMAGE, Plane
+
+__all__ = ["STUB_IMAGE", "TRAINER_IMAGE"]
 
 FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
 SWEEP = ("finetune.dev", "v1alpha1", "hyperparametersweeps")
 JOB = ("batch", "v1", "jobs")
 POD = ("", "v1", "pods")
+SERVICE = ("", "v1", "services")
 EVENT = ("", "v1", "events")
 NAMESPACE = "team-a"
 
 Resource = tuple[str, str, str]
-
-RESOURCES: dict[str, kmock.ResourceInfo] = {
-    "finetune.dev/v1alpha1/finetunejobs": kmock.ResourceInfo(
-        kind="FineTuneJob",
-        singular="finetunejob",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        shortnames={"ftj"},
-        categories={"finetune"},
-        subresources={"status"},
-    ),
-    "finetune.dev/v1alpha1/hyperparametersweeps": kmock.ResourceInfo(
-        kind="HyperparameterSweep",
-        singular="hyperparametersweep",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        shortnames={"hps", "sweep"},
-        categories={"finetune"},
-        subresources={"status"},
-    ),
-    "batch/v1/jobs": kmock.ResourceInfo(
-        kind="Job",
-        singular="job",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        subresources={"status"},
-    ),
-    "v1/pods": kmock.ResourceInfo(
-        kind="Pod",
-        singular="pod",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        subresources={"status", "log"},
-    ),
-    "v1/services": kmock.ResourceInfo(  # multi-node runs: the headless Service
-        kind="Service",
-        singular="service",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-    ),
-    "v1/events": kmock.ResourceInfo(
-        kind="Event",
-        singular="event",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-    ),
-    "v1/namespaces": kmock.ResourceInfo(
-        kind="Namespace",
-        singular="namespace",
-        namespaced=False,
-        verbs={"get", "list", "watch"},
-    ),
-    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
-        kind="CustomResourceDefinition",
-        singular="customresourcedefinition",
-        namespaced=False,
-        verbs={"get", "list", "watch"},
-    ),
-}
 
 
 def free_port() -> int:
@@ -141,19 +84,16 @@ def make_ftj(
     namespace: str = NAMESPACE,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A FineTuneJob body; the emulator assigns uid, resourceVersion and generation itself."""
+    """A FineTuneJob body; the apiserver assigns uid, resourceVersion and generation."""
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels or {},
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
         "spec": spec,
     }
 
 
+# Small enough for the stub's pods to fit on a node agent node; the stub never loads it.
 SMALL_SPEC: dict[str, Any] = {
     "task": "classification",
     "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
@@ -162,27 +102,47 @@ SMALL_SPEC: dict[str, Any] = {
 }
 
 
+class ApiError(AssertionError):
+    """A refused API call: its HTTP status and the apiserver's Status body."""
+
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body}")
+        self.status = status
+        self.body = body
+
+
 # --------------------------------------------------------------------------- cluster
 
 
 @dataclass
 class Cluster:
-    """The emulator plus helpers. Writes go over HTTP so watch streams see them."""
+    """The real API server as admin, plus waiting helpers."""
 
-    emulator: kmock.KubernetesEmulator
-    url: str
-    kubeconfig: Path
+    plane: Plane
+    http: httpx.AsyncClient
+    sync: httpx.Client
     session: aiohttp.ClientSession
+    audit_start: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.plane.server
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        return self.plane.operator_kubeconfig
 
     async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
         headers = {"Content-Type": kw.pop("content_type", "application/json")}
-        async with self.session.request(
-            method, self.url + path, json=body, headers=headers, **kw
-        ) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise AssertionError(f"{method} {path} -> {resp.status}: {data}")
-            return dict(data) if isinstance(data, dict) else {}
+        resp = await self.http.request(method, path, json=body, headers=headers, **kw)
+        data = resp.json() if resp.content else {}
+        if resp.status_code >= 400:
+            raise ApiError(method, path, resp.status_code, data)
+        return dict(data) if isinstance(data, dict) else {}
 
     async def create(self, res: Resource, body: dict[str, Any]) -> dict[str, Any]:
         ns = body.get("metadata", {}).get("namespace")
@@ -203,33 +163,40 @@ class Cluster:
     async def delete(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any]:
         return await self.request("DELETE", api_path(res, namespace, name))
 
-    def requests(self) -> list[Any]:
-        """Every request the emulator served (kmock Request: .method, .resource, .data, ...)."""
-        return list(self.emulator)
+    def audit(self) -> list[dict[str, Any]]:
+        """The apiserver's audit events (verb, objectRef, user, responseStatus) of this test."""
+        return self.plane.audit(self.audit_start)
 
-    def count_creates(self, res: Resource) -> int:
+    def count_creates(self, res: Resource, user: str | None = None) -> int:
+        """Successful creates of res during this test (by `user`, default the operator)."""
+        group, _, plural = res
+        who = user or self.plane.operator_user
         return sum(
             1
-            for r in self.requests()
-            if r.method.value == "POST"
-            and r.resource is not None
-            and (r.resource.group, r.resource.version, r.resource.plural) == res
+            for e in self.audit()
+            if e.get("verb") == "create"
+            and e.get("user", {}).get("username") == who
+            and (e.get("objectRef") or {}).get("resource") == plural
+            and (e.get("objectRef") or {}).get("apiGroup", "") == group
+            and not (e.get("objectRef") or {}).get("subresource")
+            and e.get("responseStatus", {}).get("code") == 201
         )
 
     def get_object(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
-        """The stored object, read from the emulator's memory (no HTTP), or None."""
-        for (r, ns, n), obj in self.emulator.objects.items():
-            if (r.group, r.version, r.plural) == res and ns == namespace and n == name:
-                return None if obj.deleted else dict(obj.raw)
-        return None
+        """The stored object (a GET), or None; an object being deleted still counts."""
+        resp = self.sync.get(api_path(res, namespace, name))
+        if resp.status_code == 404:
+            return None
+        resp.raise_for_status()
+        return dict(resp.json())
 
-    def objects(self, res: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for (r, ns, _), obj in self.emulator.objects.items():
-            matches = (r.group, r.version, r.plural) == res
-            if matches and (namespace is None or ns == namespace) and not obj.deleted:
-                out.append(dict(obj.raw))
-        return out
+    def objects(
+        self, res: Resource, namespace: str | None = None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector else None
+        resp = self.sync.get(api_path(res, namespace), params=params)
+        resp.raise_for_status()
+        return [dict(o) for o in resp.json().get("items") or []]
 
     def status(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
         obj = self.get_object(res, namespace, name) or {}
@@ -249,7 +216,7 @@ class Cluster:
         return {}
 
     async def wait_for(
-        self, predicate: Callable[[], Any], timeout: float = 20.0, message: str = ""
+        self, predicate: Callable[[], Any], timeout: float = 30.0, message: str = ""
     ) -> Any:
         deadline = time.monotonic() + timeout
         while True:
@@ -260,18 +227,25 @@ class Cluster:
                 raise AssertionError(
                     f"timed out after {timeout}s waiting for {message or predicate}"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
 
     async def wait_for_object(
-        self, res: Resource, namespace: str, name: str, timeout: float = 20.0
+        self, res: Resource, namespace: str, name: str, timeout: float = 30.0
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self.wait_for(
             lambda: self.get_object(res, namespace, name), timeout, f"{res[2]} {namespace}/{name}"
         )
         return result
 
+    async def wait_gone(self, res: Resource, namespace: str, name: str, timeout: float = 30.0) -> None:
+        await self.wait_for(
+            lambda: self.get_object(res, namespace, name) is None,
+            timeout,
+            f"{res[2]} {namespace}/{name} to be deleted",
+        )
+
     async def wait_phase(
-        self, namespace: str, name: str, phase: str, timeout: float = 20.0
+        self, namespace: str, name: str, phase: str, timeout: float = 30.0
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self.wait_for(
             lambda: (s := self.status(FTJ, namespace, name)).get("phase") == phase and s,
@@ -281,32 +255,21 @@ class Cluster:
         )
         return result
 
+    def pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Job controller's pods of a Job, oldest first."""
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        pods = self.objects(POD, ns, f"batch.kubernetes.io/job-name={name}")
+        return sorted(pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
 
-def write_kubeconfig(path: Path, url: str) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-        "users": [{"name": "kmock", "user": {"token": "kmock"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        "current-context": "kmock",
-    }
-    path.write_text(json.dumps(config))
-    return path
-
-
-@contextlib.asynccontextmanager
-async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
-    """An emulator on 127.0.0.1 with the operator's resources declared."""
-    async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
-        for key, info in RESOURCES.items():
-            emulator.resources[key] = info
-        url = str(server.url).rstrip("/")
-        kubeconfig = write_kubeconfig(tmp / "kubeconfig.json", url)
-        async with aiohttp.ClientSession() as session:
-            # NB: the emulator cannot create cluster-scoped core objects over HTTP
-            # (it parses /api/v1/namespaces as a namespaced path); none are needed.
-            yield Cluster(emulator, url, kubeconfig, session)
+    def pod_log(self, pod: dict[str, Any], container: str = "trainer") -> str:
+        """The container's log through the real pods/log path (apiserver -> node agent)."""
+        meta = pod["metadata"]
+        resp = self.sync.get(
+            f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log",
+            params={"container": container},
+        )
+        resp.raise_for_status()
+        return resp.text
 
 
 # --------------------------------------------------------------------------- operator
@@ -314,10 +277,11 @@ async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
 
 @dataclass
 class OperatorRunner:
-    """The real operator (kopf + /metrics + /healthz) in a thread with its own event loop.
+    """The real operator (kopf + /metrics + /healthz) in a thread with its own event loop,
+    authenticated as the chart's operator ServiceAccount.
 
     A thread, not a task: when kopf stops it cancels every task of its loop that it did
-    not see at startup, which would include the emulator's connection handlers.
+    not see at startup, which would include the test's own connection handlers.
     `stop()` + `start()` behaves like a process restart: the operator's in-memory caches
     and Prometheus series are dropped first.
     """
@@ -337,7 +301,7 @@ class OperatorRunner:
 
         stop, ready = threading.Event(), threading.Event()
         self.stop_flag, self.error = stop, None
-        config = self.config or OperatorConfig(trainer_image="finetune-trainer:test")
+        config = self.config or OperatorConfig(trainer_image=STUB_IMAGE)
 
         def run() -> None:
             try:
@@ -346,7 +310,7 @@ class OperatorRunner:
                         namespaces=self.namespaces,
                         metrics_port=self.metrics_port,
                         health_port=self.health_port,
-                        kubeconfig=str(self.cluster.kubeconfig),
+                        kubeconfig=str(self.cluster.operator_kubeconfig),
                         host="127.0.0.1",
                         stop_flag=stop,
                         ready_flag=ready,
@@ -398,7 +362,8 @@ class OperatorRunner:
 
 @dataclass
 class OperatorProcess:
-    """`finetune operator` as a real subprocess (KUBECONFIG -> the emulator); kill() is SIGKILL."""
+    """`finetune operator` as a real subprocess (KUBECONFIG: the operator ServiceAccount's);
+    kill() is SIGKILL."""
 
     cluster: Cluster
     namespaces: list[str] = field(default_factory=lambda: [NAMESPACE])
@@ -412,9 +377,9 @@ class OperatorProcess:
         args = ["operator", "--metrics-port", str(self.metrics_port)]
         args += ["--health-port", str(self.health_port), "--log-level", "info"]
         args += [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]
-        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), **self.env)
-        env.setdefault("FINETUNE_TRAINER_IMAGE", "finetune-trainer:test")
-        self.log = self.cluster.kubeconfig.parent / f"operator-{self.metrics_port}.log"
+        env = dict(os.environ, KUBECONFIG=str(self.cluster.operator_kubeconfig), **self.env)
+        env.setdefault("FINETUNE_TRAINER_IMAGE", STUB_IMAGE)
+        self.log = self.cluster.plane.cp.dir.parent / f"operator-{self.metrics_port}.log"
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -472,242 +437,126 @@ def sample(text: str, metric_name: str, /, **labels: str) -> float | None:
 # --------------------------------------------------------------------------- kubelet
 
 
-def local_empty_dirs(job: dict[str, Any], root: Path) -> dict[str, Path]:
-    """The kubelet's part for a local run: each emptyDir mount (but /dev/shm) of the Job's
-    container becomes a fresh folder under root. Returns {mountPath: folder}."""
-    pod = job["spec"]["template"]["spec"]
-    empty = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
-    mounts: dict[str, Path] = {}
-    for mount in pod["containers"][0].get("volumeMounts") or []:
-        if mount["name"] in empty and mount["mountPath"] != "/dev/shm":
-            mounts[mount["mountPath"]] = root / mount["name"]
-            mounts[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
-    return mounts
-
-
-def in_local_mount(value: str, mounts: dict[str, Path]) -> str:
-    """An env value that is a path inside a mount, moved to the mount's local folder."""
-    for path, folder in mounts.items():
-        if value == path or value.startswith(path.rstrip("/") + "/"):
-            return str(folder / value[len(path) :].lstrip("/"))
-    return value
+def report_message(phase: str, metrics: dict[str, float] | None = None, **extra: Any) -> str:
+    """A trainer's termination message (the JSON report the operator reads)."""
+    return json.dumps({"phase": phase, "metrics": metrics or {}, **extra})
 
 
 @dataclass
 class Kubelet:
-    """Plays the node and the Job controller: Pods for a Job, Job/Pod status flips."""
+    """Orders for the stub trainer in the Job controller's pods (support/stub_trainer.py).
+
+    The pods are real: the Job controller creates them, the scheduler binds them and the
+    node agent runs them; Job and Pod status are theirs. Each order names one pod.
+    """
 
     cluster: Cluster
-    pods: dict[str, int] = field(default_factory=dict)
+    ordered: set[str] = field(default_factory=set)
 
-    def _pod_name(self, job: dict[str, Any]) -> str:
-        return f"{job['metadata']['name']}-{self.pods.get(job['metadata']['name'], 0)}"
+    def _order(self, pod: dict[str, Any], order: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        folder = self.cluster.plane.stub_dir / meta["namespace"]
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{meta['name']}.tmp"
+        tmp.write_text(json.dumps(order))
+        tmp.chmod(0o644)
+        tmp.rename(folder / f"{meta['name']}.json")
+        self.ordered.add(meta["uid"])
 
-    async def create_pod(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        """A new Pod of the Job (labels from its template) with the given status."""
-        jname = job["metadata"]["name"]
-        n = self.pods.get(jname, 0) + 1
-        self.pods[jname] = n
-        labels = dict(job["spec"]["template"]["metadata"].get("labels") or {})
-        labels["batch.kubernetes.io/job-name"] = jname
-        if job["metadata"].get("uid"):
-            labels["batch.kubernetes.io/controller-uid"] = job["metadata"]["uid"]
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{jname}-{n}",
-                "namespace": job["metadata"]["namespace"],
-                "uid": str(uuid.uuid4()),
-                "labels": labels,
-                "creationTimestamp": f"{now_iso()[:-1]}.{n:03d}Z",
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": jname,
-                        "uid": job["metadata"].get("uid"),
-                    }
-                ],
-            },
-            "spec": job["spec"]["template"]["spec"],
-            "status": status,
-        }
-        return await self.cluster.create(POD, pod)
+    def _running(self, pod: dict[str, Any]) -> bool:
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            if "running" in (cs.get("state") or {}):
+                return True
+        return False
 
-    async def pod_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch the status of the Job's latest pod."""
-        jname = job["metadata"]["name"]
-        name = f"{jname}-{self.pods[jname]}"
-        return await self.cluster.patch(
-            POD, job["metadata"]["namespace"], name, {"status": status}, status=True
+    async def pod(self, job: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """The Job's newest pod that has no order yet, once its container runs."""
+
+        def ready() -> dict[str, Any] | None:
+            for pod in reversed(self.cluster.pods(job)):
+                if pod["metadata"]["uid"] not in self.ordered and self._running(pod):
+                    return pod
+            return None
+
+        result: dict[str, Any] = await self.cluster.wait_for(
+            ready, timeout, f"a running pod of Job {job['metadata']['name']}"
         )
+        return result
 
-    async def job_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        return await self.cluster.patch(
-            JOB,
-            job["metadata"]["namespace"],
-            job["metadata"]["name"],
-            {"status": status},
-            status=True,
+    async def run_pod(self, job: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """Wait for the Job's pod to run and the Job controller to count it active."""
+        pod = await self.pod(job, timeout)
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        await self.cluster.wait_for(
+            lambda: (self.cluster.status(JOB, ns, name).get("active") or 0) >= 1,
+            timeout,
+            f"Job {name} active",
         )
-
-    # ------------------------------------------------------------ scenarios
-
-    async def pending_pod(self, job: dict[str, Any], waiting: dict[str, Any] | None = None) -> None:
-        cs = {"name": "trainer", "ready": False, "restartCount": 0, "image": _image(job)}
-        cs["state"] = {"waiting": waiting or {"reason": "ContainerCreating"}}
-        await self.create_pod(job, {"phase": "Pending", "containerStatuses": [cs]})
-        await self.job_status(job, {"active": 1, "ready": 0, "startTime": now_iso()})
-
-    async def run_pod(self, job: dict[str, Any]) -> None:
-        cs = {
-            "name": "trainer",
-            "ready": True,
-            "restartCount": 0,
-            "image": _image(job),
-            "state": {"running": {"startedAt": now_iso()}},
-        }
-        await self.create_pod(job, {"phase": "Running", "containerStatuses": [cs]})
-        await self.job_status(job, {"active": 1, "ready": 1, "startTime": now_iso()})
+        return pod
 
     async def terminate(
-        self, job: dict[str, Any], *, exit_code: int, reason: str, message: str = ""
+        self, job: dict[str, Any], *, exit_code: int, message: str = "", log: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The pod's trainer exits with exit_code (and termination message); returns the
+        pod as the node agent reported it."""
+        pod = await self.pod(job)
+        self._order(pod, {"exit": exit_code, "message": message, "log": log or []})
+        return await self.wait_terminated(pod)
+
+    async def oom_kill(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The pod's trainer allocates until the node agent kills it at its memory limit."""
+        pod = await self.pod(job)
+        self._order(pod, {"oom": True})
+        return await self.wait_terminated(pod, timeout=60)
+
+    async def wait_terminated(self, pod: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        meta = pod["metadata"]
+
+        def done() -> dict[str, Any] | None:
+            now = self.cluster.get_object(POD, meta["namespace"], meta["name"])
+            if now is None:
+                return {"metadata": meta, "status": {}}
+            for cs in now.get("status", {}).get("containerStatuses") or []:
+                if "terminated" in (cs.get("state") or {}):
+                    return now
+            return None
+
+        result: dict[str, Any] = await self.cluster.wait_for(done, timeout, f"pod {meta['name']} to end")
+        return result
+
+    async def succeed(
+        self, job: dict[str, Any], metrics: dict[str, float] | None = None, timeout: float = 30
     ) -> None:
-        """The latest pod's trainer container ends (pod Succeeded/Failed)."""
-        term = {"exitCode": exit_code, "reason": reason, "finishedAt": now_iso()}
-        if message:
-            term["message"] = message
-        cs = {"name": "trainer", "ready": False, "restartCount": 0, "state": {"terminated": term}}
-        phase = "Succeeded" if exit_code == 0 else "Failed"
-        await self.pod_status(job, {"phase": phase, "containerStatuses": [cs]})
+        """The trainer reports success; waits for the Job controller's Complete."""
+        report = {"phase": "Succeeded", "metrics": metrics or {}, "artifacts": {"model": "/output/model"}}
+        await self.terminate(job, exit_code=0, message=json.dumps(report))
+        await self.wait_job_condition(job, "Complete", timeout)
 
-    async def succeed(self, job: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        report = {
-            "phase": "Succeeded",
-            "metrics": metrics or {},
-            "artifacts": {"model": "/output/model"},
-        }
-        await self.terminate(job, exit_code=0, reason="Completed", message=json.dumps(report))
-        t = now_iso()
-        await self.job_status(
-            job,
-            {
-                "active": 0,
-                "ready": 0,
-                "succeeded": 1,
-                "completionTime": t,
-                "conditions": [
-                    {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": t},
-                    {"type": "Complete", "status": "True", "lastTransitionTime": t},
-                ],
-            },
-        )
-
-    async def fail_job(
-        self, job: dict[str, Any], reason: str, message: str = "", failed: int = 1
+    async def fail(
+        self, job: dict[str, Any], *, exit_code: int = 1, message: str = "", timeout: float = 60
     ) -> None:
-        t = now_iso()
-        await self.job_status(
-            job,
-            {
-                "active": 0,
-                "ready": 0,
-                "failed": failed,
-                "conditions": [
-                    {
-                        "type": "FailureTarget",
-                        "status": "True",
-                        "reason": reason,
-                        "lastTransitionTime": t,
-                    },
-                    {
-                        "type": "Failed",
-                        "status": "True",
-                        "reason": reason,
-                        "message": message,
-                        "lastTransitionTime": t,
-                    },
-                ],
-            },
+        """Every pod of the Job fails with exit_code until the Job controller fails the Job
+        (backoffLimit; give such tests `backoffLimit: 0` to keep them fast)."""
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        deadline = time.monotonic() + timeout
+        while not self.job_condition(job, "Failed"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Job {name} did not fail in {timeout}s")
+            with contextlib.suppress(AssertionError):
+                pod = await self.pod(job, timeout=2)
+                self._order(pod, {"exit": exit_code, "message": message})
+            await asyncio.sleep(0.1)
+        del ns
+
+    def job_condition(self, job: dict[str, Any], ctype: str) -> dict[str, Any]:
+        status = self.cluster.status(JOB, job["metadata"]["namespace"], job["metadata"]["name"])
+        for c in status.get("conditions") or []:
+            if c.get("type") == ctype and c.get("status") == "True":
+                return dict(c)
+        return {}
+
+    async def wait_job_condition(self, job: dict[str, Any], ctype: str, timeout: float = 30) -> dict[str, Any]:
+        result: dict[str, Any] = await self.cluster.wait_for(
+            lambda: self.job_condition(job, ctype), timeout, f"Job {job['metadata']['name']} {ctype}"
         )
-
-    async def oom(self, job: dict[str, Any], attempts: int = 1) -> None:
-        """Every attempt is OOMKilled; the Job gives up with BackoffLimitExceeded."""
-        await self.terminate(job, exit_code=137, reason="OOMKilled")
-        await self.fail_job(
-            job, "BackoffLimitExceeded", "Job has reached the specified backoff limit", attempts
-        )
-
-    # ------------------------------------------------------------ a node running the command
-
-    async def run_process(
-        self,
-        job: dict[str, Any],
-        *,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-        timeout: float = 240,
-        python: str = sys.executable,
-    ) -> tuple[int, str]:
-        """Run the Job's container command locally with its env, report into Pod/Job status.
-
-        `python` in the command is replaced by this interpreter; valueFrom env (secrets) is
-        skipped; the termination message goes to a temporary file and into the pod's
-        terminated state, as the kubelet does. Returns (exit code, combined output).
-        """
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        command = [python if c == "python" else c for c in container["command"]] + list(
-            container.get("args") or []
-        )
-        term_log = (cwd or Path.cwd()) / f"termination-{job['metadata']['name']}.log"
-        proc_env = dict(os.environ)
-        mounts = local_empty_dirs(job, (cwd or Path.cwd()) / f"volumes-{job['metadata']['name']}")
-        for item in container.get("env") or []:
-            if "value" in item:
-                proc_env[item["name"]] = in_local_mount(item["value"], mounts)
-        proc_env["FINETUNE_TERMINATION_LOG"] = str(term_log)
-        proc_env["FINETUNE_KUBE_API_URL"] = self.cluster.url
-        proc_env.update(env or {})
-        await self.run_pod(job)
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=str(cwd) if cwd else None,
-            env=proc_env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            out, _ = await proc.communicate()
-        code = proc.returncode if proc.returncode is not None else -9
-        output = out.decode(errors="replace")
-        message = term_log.read_text()[:4096] if term_log.exists() else ""
-        if not message and code != 0:
-            message = "\n".join(output.splitlines()[-20:])[-4096:]  # FallbackToLogsOnError
-        await self.terminate(
-            job, exit_code=code, reason="Completed" if code == 0 else "Error", message=message
-        )
-        if code == 0:
-            t = now_iso()
-            await self.job_status(
-                job,
-                {
-                    "active": 0,
-                    "ready": 0,
-                    "succeeded": 1,
-                    "completionTime": t,
-                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": t}],
-                },
-            )
-        else:
-            await self.fail_job(
-                job, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-            )
-        return code, output
-
-
-def _image(job: dict[str, Any]) -> str:
-    return str(job["spec"]["template"]["spec"]["containers"][0].get("image", ""))
+        return result

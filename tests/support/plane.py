@@ -1,0 +1,152 @@
+"""The session's real control plane: etcd, kube-apiserver, controller manager, scheduler and
+the node agent (finetune_cluster), with the CRDs and the chart's RBAC installed.
+
+`start_plane(root)` is what the `control_plane` session fixture (tests/conftest.py) calls.
+It installs, as `helm install` would (the chart rendered by the real Helm library,
+helm-python-sdk, and applied with the real kubectl):
+
+- the CRDs from crds/, waited on until Established;
+- the chart in namespace `finetune-system`, cluster-wide mode, with the trainer
+  ServiceAccount and Role in every test namespace, but without the operator Deployment:
+  tests run the operator in-process, authenticated as the chart's ServiceAccount
+  (`plane.operator_kubeconfig`), so every call it makes goes through the real RBAC
+  authorizer. `tests/cluster/test_make_cluster.py` runs the Deployment itself;
+- the test namespaces, each enforcing `pod-security.kubernetes.io/enforce: restricted`.
+
+Images: the node agent maps `finetune-trainer:test` to this Python environment (the real
+trainer) and `finetune-stub-trainer:test` to `tests/support/stub_trainer.py`, a stand-in
+workload that does what a test tells it through files in `plane.stub_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from finetune_cluster.controlplane import ControlPlane, start, start_node_agent, stop, write_kubeconfig
+from finetune_cluster.install import (
+    SYSTEM_NAMESPACE,
+    apply,
+    install_crds,
+    namespace_doc,
+    render_chart,
+    service_account_token,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_NAMESPACES = ("team-a", "team-b")
+OPERATOR_SA = "finetune"  # the chart's fullname for release "finetune"
+TRAINER_IMAGE = "finetune-trainer:test"
+STUB_IMAGE = "finetune-stub-trainer:test"
+STUB_TRAINER = REPO / "tests" / "support" / "stub_trainer.py"
+
+
+@dataclass
+class Plane:
+    """A started plane plus what the tests need to drive it."""
+
+    cp: ControlPlane
+    stub_dir: Path
+    operator_kubeconfig: Path
+    operator_user: str
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cp.kubeconfig
+
+    @property
+    def server(self) -> str:
+        return self.cp.server
+
+    @property
+    def audit_log(self) -> Path:
+        return self.cp.dir / "logs" / "audit.log"
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cp.kubectl(*args, input=input, check=check)
+
+    def client(self) -> httpx.Client:
+        """A sync client as admin (reads in tests are plain GETs)."""
+        return httpx.Client(
+            base_url=self.server,
+            verify=str(self.cp.ca_file),
+            headers={"Authorization": f"Bearer {self.cp.admin_token}"},
+            timeout=30,
+        )
+
+    def async_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.server,
+            verify=str(self.cp.ca_file),
+            headers={"Authorization": f"Bearer {self.cp.admin_token}"},
+            timeout=30,
+        )
+
+    def audit(self, since: int = 0) -> list[dict[str, Any]]:
+        """Audit events (ResponseComplete) written after byte offset `since`."""
+        if not self.audit_log.exists():
+            return []
+        with self.audit_log.open("rb") as f:
+            f.seek(since)
+            lines = f.read().splitlines()
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            if event.get("stage") == "ResponseComplete":
+                events.append(event)
+        return events
+
+    def audit_offset(self) -> int:
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
+
+
+def chart_values() -> dict[str, Any]:
+    return {
+        "trainer": {"namespaces": list(TEST_NAMESPACES)},
+        "image": {"repository": "finetune-operator", "tag": "test"},
+    }
+
+
+def image_map(stub_dir: Path) -> dict[str, Any]:
+    return {
+        STUB_IMAGE: {
+            "python": sys.executable,
+            "command": ["python", str(STUB_TRAINER)],
+            "env": {"STUB_DIR": str(stub_dir)},
+        },
+    }
+
+
+def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
+    started = time.monotonic()
+    cp = start(root / "cp")
+    try:
+        stub_dir = root / "stub"
+        stub_dir.mkdir(parents=True, exist_ok=True)
+        stub_dir.chmod(0o777)
+        images = root / "images.json"
+        images.write_text(json.dumps(image_map(stub_dir)))
+        agent_args = [f"--images={images}", f"--gpus={gpus}", "--cpu=64", "--memory=256Gi"]
+        agent_args += [f"--node=node-{i}" for i in range(nodes)]
+        start_node_agent(cp, agent_args)
+        apply(cp, [namespace_doc(n) for n in (SYSTEM_NAMESPACE, *TEST_NAMESPACES)])
+        install_crds(cp)
+        docs = [d for d in render_chart(chart_values()) if d["kind"] not in ("Deployment", "ServiceMonitor")]
+        apply(cp, docs)
+        token = service_account_token(cp, SYSTEM_NAMESPACE, OPERATOR_SA)
+        kubeconfig = write_kubeconfig(root / "operator.kubeconfig", cp.server, cp.ca_file, token, OPERATOR_SA)
+    except BaseException:
+        stop(cp.dir)
+        raise
+    print(f"control plane ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return Plane(cp, stub_dir, kubeconfig, f"system:serviceaccount:{SYSTEM_NAMESPACE}:{OPERATOR_SA}")
