@@ -581,10 +581,13 @@ class FineTuneJobStatus(ApiModel):
 class Distribution(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
+            # No CEL on `choices`: its items are untyped (numbers, strings or booleans),
+            # and kube-apiserver's CEL compiler drops a field it cannot type, refusing
+            # the whole CRD ("undefined field 'choices'"). Its presence is checked by
+            # the operator (InvalidSpec) and min_length by the schema.
             (
-                "self.type == 'categorical' ? has(self.choices) && size(self.choices) > 0"
-                " : has(self.low) && has(self.high) && self.low < self.high",
-                "categorical needs choices; int and float need low < high",
+                "self.type == 'categorical' || (has(self.low) && has(self.high) && self.low < self.high)",
+                "int and float need low < high",
             ),
             ("!(has(self.log) && self.log && has(self.step))", "log and step cannot be combined"),
             (
@@ -600,7 +603,10 @@ class Distribution(ApiModel):
     step: float | None = Field(None, gt=0)
     log: bool = False
     choices: list[Any] | None = Field(
-        None, max_length=1000, description="categorical: the values (numbers, strings or booleans)."
+        None,
+        min_length=1,
+        max_length=1000,
+        description="categorical: the values (numbers, strings or booleans).",
     )
 
     @model_validator(mode="after")
