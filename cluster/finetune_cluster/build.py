@@ -77,7 +77,15 @@ def build() -> Path:
     _go(["build", "-trimpath", "-ldflags", ldflags, "-o", f"{out}/", *pkgs], HERE / "k8s")
     # The module root of go.etcd.io/etcd/server/v3 is etcd's `main` package.
     _go(
-        ["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"],
+        [
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
         HERE / "etcd",
     )
     (cache_dir() / "pins.sha256").write_text(_pins() + "\n")

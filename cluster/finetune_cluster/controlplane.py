@@ -101,7 +101,9 @@ class ControlPlane:
     def bin_dir(self) -> Path:
         return bin_dir()
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this plane as admin."""
         return subprocess.run(
             [str(bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
@@ -175,10 +177,15 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "finetune-local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+            {
+                "name": "finetune-local",
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
         ],
         "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "finetune-local", "context": {"cluster": "finetune-local", "user": user}}],
+        "contexts": [
+            {"name": "finetune-local", "context": {"cluster": "finetune-local", "user": user}}
+        ],
         "current-context": "finetune-local",
     }
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -220,7 +227,9 @@ def _wait(what: str, ok: Any, cp: ControlPlane, name: str, timeout: float) -> No
             if ok():
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (see {cp.dir}/logs/{name}.log)")
+    raise RuntimeError(
+        f"timed out after {timeout:.0f} s waiting for {what} (see {cp.dir}/logs/{name}.log)"
+    )
 
 
 def start(root: Path, *, timeout: float = 120) -> ControlPlane:
@@ -229,7 +238,9 @@ def start(root: Path, *, timeout: float = 120) -> ControlPlane:
     if (root / "state.json").exists():
         old = ControlPlane.load(root)
         if any(_alive(p) for p in old.pids.values()):
-            raise RuntimeError(f"a control plane is already running from {root} (stop it: down --dir {root})")
+            raise RuntimeError(
+                f"a control plane is already running from {root} (stop it: down --dir {root})"
+            )
     build()
     bins = bin_dir()
     for sub in ("logs", "etcd"):
@@ -255,10 +266,18 @@ def start(root: Path, *, timeout: float = 120) -> ControlPlane:
         f"--initial-cluster=local=http://127.0.0.1:{cp.etcd_peer_port}",
         "--unsafe-no-fsync", "--quota-backend-bytes=2147483648", "--log-level=warn",
     ])  # fmt: skip
-    _wait("etcd /health", lambda: b"true" in urllib.request.urlopen(etcd_url + "/health", timeout=2).read(), cp, "etcd", 30)
+    _wait(
+        "etcd /health",
+        lambda: b"true" in urllib.request.urlopen(etcd_url + "/health", timeout=2).read(),
+        cp,
+        "etcd",
+        30,
+    )
     (root / "audit-policy.yaml").write_text(AUDIT_POLICY)
     _spawn(cp, "kube-apiserver", apiserver_args(cp, etcd_url))
-    _wait("kube-apiserver /readyz", lambda: cp.get("/readyz")[0] == 200, cp, "kube-apiserver", timeout)
+    _wait(
+        "kube-apiserver /readyz", lambda: cp.get("/readyz")[0] == 200, cp, "kube-apiserver", timeout
+    )
 
     kcm = write_kubeconfig(root / "kcm.kubeconfig", cp.server, cp.ca_file, tokens["kcm"], "kcm")
     _spawn(cp, "kube-controller-manager", [
@@ -348,7 +367,9 @@ def restart_apiserver(cp: ControlPlane, timeout: float = 120) -> None:
     """Stop kube-apiserver and start it again on the same port and etcd (a fault test)."""
     _stop_pid(cp.pids["kube-apiserver"])
     _spawn(cp, "kube-apiserver", apiserver_args(cp, f"http://127.0.0.1:{cp.etcd_port}"))
-    _wait("kube-apiserver /readyz", lambda: cp.get("/readyz")[0] == 200, cp, "kube-apiserver", timeout)
+    _wait(
+        "kube-apiserver /readyz", lambda: cp.get("/readyz")[0] == 200, cp, "kube-apiserver", timeout
+    )
 
 
 def _stop_pid(pid: int, grace: float = 10) -> None:
@@ -389,7 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     except (RuntimeError, subprocess.CalledProcessError) as err:
         stop(args.dir)
         sys.exit(f"error: {err}")
-    print(f"control plane up in {time.monotonic() - started:.1f} s: {cp.server}; KUBECONFIG={cp.kubeconfig}")
+    print(
+        f"control plane up in {time.monotonic() - started:.1f} s: {cp.server}; KUBECONFIG={cp.kubeconfig}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def clean(c: Cluster, namespace: str) -> None:
         "delete", ",".join(CLEANUP_TOO), "-n", namespace, "--all", "--wait=false",
         "--field-selector=metadata.name!=kube-root-ca.crt", check=False,
     )  # fmt: skip
-    c.plane.kubectl("wait", "--for=delete", "pods,jobs", "--all", "-n", namespace, "--timeout=60s", check=False)
+    c.plane.kubectl(
+        "wait", "--for=delete", "pods,jobs", "--all", "-n", namespace, "--timeout=60s", check=False
+    )
     for res in (FTJ, SWEEP):
         assert not c.objects(res, namespace), f"{res[2]} left in {namespace}"
 

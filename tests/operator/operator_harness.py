@@ -237,7 +237,9 @@ class Cluster:
         )
         return result
 
-    async def wait_gone(self, res: Resource, namespace: str, name: str, timeout: float = 30.0) -> None:
+    async def wait_gone(
+        self, res: Resource, namespace: str, name: str, timeout: float = 30.0
+    ) -> None:
         await self.wait_for(
             lambda: self.get_object(res, namespace, name) is None,
             timeout,
@@ -259,7 +261,9 @@ class Cluster:
         """The Job controller's pods of a Job, oldest first."""
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         pods = self.objects(POD, ns, f"batch.kubernetes.io/job-name={name}")
-        return sorted(pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
+        return sorted(
+            pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"])
+        )
 
     def pod_log(self, pod: dict[str, Any], container: str = "trainer") -> str:
         """The container's log through the real pods/log path (apiserver -> node agent)."""
@@ -495,7 +499,12 @@ class Kubelet:
         return pod
 
     async def terminate(
-        self, job: dict[str, Any], *, exit_code: int, message: str = "", log: list[str] | None = None
+        self,
+        job: dict[str, Any],
+        *,
+        exit_code: int,
+        message: str = "",
+        log: list[str] | None = None,
     ) -> dict[str, Any]:
         """The pod's trainer exits with exit_code (and termination message); returns the
         pod as the node agent reported it."""
@@ -521,14 +530,20 @@ class Kubelet:
                     return now
             return None
 
-        result: dict[str, Any] = await self.cluster.wait_for(done, timeout, f"pod {meta['name']} to end")
+        result: dict[str, Any] = await self.cluster.wait_for(
+            done, timeout, f"pod {meta['name']} to end"
+        )
         return result
 
     async def succeed(
         self, job: dict[str, Any], metrics: dict[str, float] | None = None, timeout: float = 30
     ) -> None:
         """The trainer reports success; waits for the Job controller's Complete."""
-        report = {"phase": "Succeeded", "metrics": metrics or {}, "artifacts": {"model": "/output/model"}}
+        report = {
+            "phase": "Succeeded",
+            "metrics": metrics or {},
+            "artifacts": {"model": "/output/model"},
+        }
         await self.terminate(job, exit_code=0, message=json.dumps(report))
         await self.wait_job_condition(job, "Complete", timeout)
 
@@ -555,8 +570,12 @@ class Kubelet:
                 return dict(c)
         return {}
 
-    async def wait_job_condition(self, job: dict[str, Any], ctype: str, timeout: float = 30) -> dict[str, Any]:
+    async def wait_job_condition(
+        self, job: dict[str, Any], ctype: str, timeout: float = 30
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self.cluster.wait_for(
-            lambda: self.job_condition(job, ctype), timeout, f"Job {job['metadata']['name']} {ctype}"
+            lambda: self.job_condition(job, ctype),
+            timeout,
+            f"Job {job['metadata']['name']} {ctype}",
         )
         return result

@@ -30,7 +30,13 @@ from typing import Any
 
 import httpx
 
-from finetune_cluster.controlplane import ControlPlane, start, start_node_agent, stop, write_kubeconfig
+from finetune_cluster.controlplane import (
+    ControlPlane,
+    start,
+    start_node_agent,
+    stop,
+    write_kubeconfig,
+)
 from finetune_cluster.install import (
     SYSTEM_NAMESPACE,
     apply,
@@ -69,7 +75,9 @@ class Plane:
     def audit_log(self) -> Path:
         return self.cp.dir / "logs" / "audit.log"
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return self.cp.kubectl(*args, input=input, check=check)
 
     def client(self) -> httpx.Client:
@@ -90,7 +98,8 @@ class Plane:
         )
 
     def audit(self, since: int = 0) -> list[dict[str, Any]]:
-        """Audit events (ResponseComplete) written after byte offset `since`."""
+        """Audit events written after byte offset `since`: each request once, at
+        ResponseComplete (a watch at ResponseStarted, since it may never complete)."""
         if not self.audit_log.exists():
             return []
         with self.audit_log.open("rb") as f:
@@ -102,7 +111,10 @@ class Plane:
                 event = json.loads(line)
             except ValueError:  # a line being written
                 continue
-            if event.get("stage") == "ResponseComplete":
+            stage = event.get("stage")
+            if (stage == "ResponseComplete" and event.get("verb") != "watch") or (
+                stage == "ResponseStarted" and event.get("verb") == "watch"
+            ):
                 events.append(event)
         return events
 
@@ -141,12 +153,20 @@ def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
         start_node_agent(cp, agent_args)
         apply(cp, [namespace_doc(n) for n in (SYSTEM_NAMESPACE, *TEST_NAMESPACES)])
         install_crds(cp)
-        docs = [d for d in render_chart(chart_values()) if d["kind"] not in ("Deployment", "ServiceMonitor")]
+        docs = [
+            d
+            for d in render_chart(chart_values())
+            if d["kind"] not in ("Deployment", "ServiceMonitor")
+        ]
         apply(cp, docs)
         token = service_account_token(cp, SYSTEM_NAMESPACE, OPERATOR_SA)
-        kubeconfig = write_kubeconfig(root / "operator.kubeconfig", cp.server, cp.ca_file, token, OPERATOR_SA)
+        kubeconfig = write_kubeconfig(
+            root / "operator.kubeconfig", cp.server, cp.ca_file, token, OPERATOR_SA
+        )
     except BaseException:
         stop(cp.dir)
         raise
     print(f"control plane ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return Plane(cp, stub_dir, kubeconfig, f"system:serviceaccount:{SYSTEM_NAMESPACE}:{OPERATOR_SA}")
+    return Plane(
+        cp, stub_dir, kubeconfig, f"system:serviceaccount:{SYSTEM_NAMESPACE}:{OPERATOR_SA}"
+    )
