@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         yield plane
     finally:
         stop(plane.cp.dir)
+
+
+@pytest.fixture(scope="session")
+def server_validate(control_plane):  # type: ignore[no-untyped-def]
+    """doc -> the real kube-apiserver's refusal messages for a dry-run create (empty when it
+    would be stored), with kubectl's strict field validation: what `kubectl apply
+    --dry-run=server` reports. Each message is `field: reason` from the 422's causes."""
+    from support.plane import dry_run_create
+
+    with control_plane.client() as client:
+        yield lambda doc: dry_run_create(client, doc)

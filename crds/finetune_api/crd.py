@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from finetune_api import models
+from finetune_api.models import STRUCTURAL_ANY_OF
 
 CRD_DIR = Path(__file__).resolve().parent.parent  # crds/ in a checkout
 _DROP = {"title", "additionalProperties", "$defs", "discriminator"}
@@ -71,7 +72,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return out
 
     for key, value in schema.items():
-        if key in _DROP or key in ("properties", "items", "const", "anyOf"):
+        if key in _DROP or key in ("properties", "items", "const", "anyOf", STRUCTURAL_ANY_OF):
             continue
         if key == "default" and value is None:
             continue
@@ -103,6 +104,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 out["x-kubernetes-preserve-unknown-fields"] = True
     if schema.get("type") == "array":
         out["items"] = structural(schema.get("items", {}), defs)
+    if STRUCTURAL_ANY_OF in schema:
+        out["anyOf"] = schema[STRUCTURAL_ANY_OF]
     return out
 
 

@@ -36,6 +36,11 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+# json_schema_extra key for value-validation branches that go into the CRD as `anyOf`
+# verbatim (pydantic's own anyOf means a union of types, which crd.py unwraps).
+STRUCTURAL_ANY_OF = "x-finetune-any-of"
+
+
 def cel(*rules: tuple[str, str]) -> dict[str, Any]:
     """json_schema_extra carrying CEL rules (rule, message) into the CRD."""
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
@@ -580,14 +585,14 @@ class FineTuneJobStatus(ApiModel):
 
 class Distribution(ApiModel):
     model_config = ConfigDict(
+        # "categorical needs choices" as a structural anyOf (no CEL on `choices`, whose
+        # items are untyped: kube-apiserver's CEL compiler drops a field it cannot type
+        # and refuses the whole CRD with "undefined field 'choices'").
         json_schema_extra=cel(
-            # No CEL on `choices`: its items are untyped (numbers, strings or booleans),
-            # and kube-apiserver's CEL compiler drops a field it cannot type, refusing
-            # the whole CRD ("undefined field 'choices'"). Its presence is checked by
-            # the operator (InvalidSpec) and min_length by the schema.
             (
-                "self.type == 'categorical' || (has(self.low) && has(self.high) && self.low < self.high)",
-                "int and float need low < high",
+                "self.type == 'categorical' ? !has(self.low) && !has(self.high)"
+                " : has(self.low) && has(self.high) && self.low < self.high",
+                "categorical takes choices (not low/high); int and float need low < high",
             ),
             ("!(has(self.log) && self.log && has(self.step))", "log and step cannot be combined"),
             (
@@ -595,6 +600,7 @@ class Distribution(ApiModel):
                 "log needs low > 0",
             ),
         )
+        | {STRUCTURAL_ANY_OF: [{"required": ["choices"]}, {"required": ["low", "high"]}]}
     )
 
     type: Literal["float", "int", "categorical"]
@@ -614,6 +620,8 @@ class Distribution(ApiModel):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty choices list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("categorical takes choices, not low/high")
         elif self.low is None or self.high is None or not self.low < self.high:
             raise ValueError(f"{self.type} needs low < high")
         if self.log and self.step is not None:

@@ -139,6 +139,31 @@ def image_map(stub_dir: Path) -> dict[str, Any]:
     }
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1 (the nodes' kubelet ports)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range for the node agent")
+
+
 def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
     started = time.monotonic()
     cp = start(root / "cp")
@@ -149,6 +174,7 @@ def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
         images = root / "images.json"
         images.write_text(json.dumps(image_map(stub_dir)))
         agent_args = [f"--images={images}", f"--gpus={gpus}", "--cpu=64", "--memory=256Gi"]
+        agent_args.append(f"--port-base={free_ports(nodes)}")
         agent_args += [f"--node=node-{i}" for i in range(nodes)]
         start_node_agent(cp, agent_args)
         apply(cp, [namespace_doc(n) for n in (SYSTEM_NAMESPACE, *TEST_NAMESPACES)])
@@ -170,3 +196,23 @@ def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
     return Plane(
         cp, stub_dir, kubeconfig, f"system:serviceaccount:{SYSTEM_NAMESPACE}:{OPERATOR_SA}"
     )
+
+
+PLURALS = {"FineTuneJob": "finetunejobs", "HyperparameterSweep": "hyperparametersweeps"}
+
+
+def dry_run_create(
+    client: httpx.Client, doc: dict[str, Any], namespace: str = "team-a"
+) -> list[str]:
+    """The apiserver's refusal of a create with dryRun=All and fieldValidation=Strict, as
+    `field: message` lines (the 422's causes), or [] when it would be stored."""
+    group, version = doc["apiVersion"].split("/")
+    ns = doc.get("metadata", {}).get("namespace") or namespace
+    path = f"/apis/{group}/{version}/namespaces/{ns}/{PLURALS[doc['kind']]}"
+    resp = client.post(path, params={"dryRun": "All", "fieldValidation": "Strict"}, json=doc)
+    if resp.status_code in (200, 201):
+        return []
+    body = resp.json()
+    causes = (body.get("details") or {}).get("causes") or []
+    lines = [f"{c.get('field', '')}: {c.get('message', '')}" for c in causes]
+    return lines or [str(body.get("message", resp.text))]

@@ -3,15 +3,18 @@ accepted by the CRD (the bad specs are in test_api_bad_manifests.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from finetune_api.models import TUNABLE_PATHS, FineTuneJobSpec
 from finetune_operator.sweep_space import apply_params
-from support import crdcheck
 
 pytestmark = pytest.mark.unit
+
+# The real kube-apiserver's dry-run create (tests/conftest.py server_validate).
+Validate = Callable[[dict[str, Any]], list[str]]
 
 SPEC: dict[str, Any] = {
     "task": "classification",
@@ -45,7 +48,8 @@ def test_sweeps_can_search_temperature_alpha_and_sparsity() -> None:
     assert trial.pruning.sparsity == 0.3
 
 
-def test_crd_accepts_a_sweep_over_the_new_paths() -> None:
+@pytest.mark.cluster
+def test_crd_accepts_a_sweep_over_the_new_paths(server_validate: Validate) -> None:
     sweep = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "HyperparameterSweep",
@@ -60,4 +64,4 @@ def test_crd_accepts_a_sweep_over_the_new_paths() -> None:
             "maxTrials": 4,
         },
     }
-    assert crdcheck.validate(sweep) == []
+    assert server_validate(sweep) == []

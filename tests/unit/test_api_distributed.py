@@ -4,15 +4,18 @@ every node must reach the model (checked as the apiserver would, with crdcheck).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from finetune_api.models import FineTuneJobSpec, FineTuneJobStatus
-from support import crdcheck
 
 pytestmark = pytest.mark.unit
+
+# The real kube-apiserver's dry-run create (tests/conftest.py server_validate).
+Validate = Callable[[dict[str, Any]], list[str]]
 
 
 def manifest(**spec: Any) -> dict[str, Any]:
@@ -38,16 +41,18 @@ def test_defaults_single_node_ddp_no_cache() -> None:
 
 
 @pytest.mark.parametrize("nodes", [0, 65])
-def test_nodes_bounds(nodes: int) -> None:
+@pytest.mark.cluster
+def test_nodes_bounds(nodes: int, server_validate: Validate) -> None:
     doc = manifest(resources={"nodes": nodes})
-    assert any("nodes" in e for e in crdcheck.validate(doc))
+    assert any("nodes" in e for e in server_validate(doc))
     with pytest.raises(ValidationError, match="nodes"):
         FineTuneJobSpec.model_validate(doc["spec"])
 
 
-def test_unknown_strategy_is_refused() -> None:
+@pytest.mark.cluster
+def test_unknown_strategy_is_refused(server_validate: Validate) -> None:
     doc = manifest(distributed={"strategy": "deepspeed"})
-    assert any("strategy" in e for e in crdcheck.validate(doc))
+    assert any("strategy" in e for e in server_validate(doc))
 
 
 SHARED = [{"claimName": "models", "mountPath": "/models"}]
@@ -92,10 +97,11 @@ SHARED = [{"claimName": "models", "mountPath": "/models"}]
         ),
     ],
 )
+@pytest.mark.cluster
 def test_multi_node_model_must_be_reachable_from_every_node(
-    case: str, spec: dict[str, Any], ok: bool
+    case: str, spec: dict[str, Any], ok: bool, server_validate: Validate
 ) -> None:
-    errors = crdcheck.validate(manifest(**spec))
+    errors = server_validate(manifest(**spec))
     if ok:
         assert errors == [], case
     else:
@@ -114,10 +120,11 @@ def test_status_workers_round_trip() -> None:
 
 
 @pytest.mark.parametrize("extra", [{"lora": {"rank": 4}}, {"quantization": {"mode": "qat"}}])
-def test_fsdp_is_for_full_fine_tuning(extra: dict[str, Any]) -> None:
+@pytest.mark.cluster
+def test_fsdp_is_for_full_fine_tuning(extra: dict[str, Any], server_validate: Validate) -> None:
     doc = manifest(distributed={"strategy": "fsdp"}, **extra)
-    assert any("fsdp is for full fine-tuning" in e for e in crdcheck.validate(doc))
+    assert any("fsdp is for full fine-tuning" in e for e in server_validate(doc))
     with pytest.raises(ValidationError, match="fsdp is for full fine-tuning"):
         FineTuneJobSpec.model_validate(doc["spec"])
     doc = manifest(distributed={"strategy": "ddp"}, **extra)
-    assert crdcheck.validate(doc) == []
+    assert server_validate(doc) == []
