@@ -13,11 +13,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-
-from support import crdcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E = ROOT / "tests" / "e2e"
@@ -52,14 +51,15 @@ def test_kind_end_to_end() -> None:
 
 
 @pytest.mark.unit
-def test_e2e_manifests_are_valid_resources() -> None:
+@pytest.mark.cluster
+def test_e2e_manifests_are_valid_resources(server_validate: Any) -> None:
     from finetune_api.models import FineTuneJob, HyperparameterSweep
 
     models = {"FineTuneJob": FineTuneJob, "HyperparameterSweep": HyperparameterSweep}
     seen = set()
     for path in ("finetunejob.yaml", "sweep.yaml"):
         for doc in yaml.safe_load_all((E2E / "manifests" / path).read_text()):
-            assert crdcheck.validate(doc) == [], path
+            assert server_validate(doc) == [], path
             models[doc["kind"]].model_validate(doc)
             seen.add(doc["kind"])
             spec = doc["spec"].get("template", doc["spec"])

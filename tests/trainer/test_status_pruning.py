@@ -1,13 +1,11 @@
 """Nothing the trainer writes to a FineTuneJob's status may be lost to pruning.
 
 Each routine runs the real trainer on tiny models with its Kubernetes status sink pointed
-at `ApiServerEmulator` (kube-apiserver's write path over the committed CRD: pruning,
-defaults, schema, CEL). Every status PATCH must be accepted whole: no field pruned, no
-422. And what the cluster then holds equals the trainer's metrics.json for every key the
-sink writes, so metrics.json keeps holding exactly the status the trainer writes.
-
-The operator's FineTuneJob and sweep status writes are checked the same way by every
-operator test: its `cluster` fixture fails a test whose writes lost a field.
+at the session's real kube-apiserver, authenticated as the chart's trainer ServiceAccount
+(RBAC: patch finetunejobs/status only). Every status PATCH must be accepted: no error,
+no warning (kube-apiserver answers a write that lost an unknown field with a `Warning`
+header). And what the server then holds equals the trainer's metrics.json for every key
+the sink writes, so metrics.json keeps holding exactly the status the trainer writes.
 """
 
 from __future__ import annotations
@@ -19,8 +17,8 @@ from typing import Any
 import pytest
 from conftest import DOMAIN, QA, MakeJob, write_rows
 
-from support import crdcheck
-from support.apiserver import BackgroundApiServer
+from finetune_cluster.install import service_account_token
+from support.plane import Plane
 
 pytestmark = pytest.mark.trainer
 
@@ -59,12 +57,30 @@ ROUTINES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def _status_patches(api: BackgroundApiServer) -> list[dict[str, Any]]:
-    return [
-        r.data["status"]
-        for r in api.emulator
-        if r.method.value == "PATCH" and r.subresource == "status" and isinstance(r.data, dict)
-    ]
+class RecordingSink:
+    """The real KubernetesSink, with each PATCH's outcome kept: (HTTP status, warnings)."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.results: list[tuple[int, list[str], dict[str, Any]]] = []
+
+    def emit(self, event: Any, state: Any) -> None:
+        import urllib.request
+
+        opener = urllib.request.urlopen
+        results = self.results
+
+        def recording(request: Any, **kw: Any) -> Any:
+            resp = opener(request, **kw)
+            warnings = resp.headers.get_all("Warning") or []
+            results.append((resp.status, warnings, json.loads(request.data)["status"]))
+            return resp
+
+        urllib.request.urlopen = recording  # type: ignore[assignment]
+        try:
+            self.sink.emit(event, state)
+        finally:
+            urllib.request.urlopen = opener
 
 
 @pytest.mark.parametrize("routine", sorted(ROUTINES))
@@ -74,7 +90,10 @@ def test_every_status_write_survives_the_apiserver(
     make_job: MakeJob,
     sentiment_data: tuple[Path, Path],
     tmp_path: Path,
+    control_plane: Plane,
 ) -> None:
+    import ssl
+
     from finetune_trainer.report import KubernetesSink
     from finetune_trainer.run import run
 
@@ -98,17 +117,32 @@ def test_every_status_write_survives_the_apiserver(
     out = tmp_path / "out"
     manifest = job.dump()
     manifest["metadata"]["namespace"] = NAMESPACE
-    with BackgroundApiServer() as api:
-        api.request("POST", api.path(NAMESPACE), manifest)
-        sink = KubernetesSink(api_url=api.url, namespace=NAMESPACE, name="status", interval=0)
-        run(job, spec_dir=tmp_path, output_dir=out, sinks=[sink])
-        patches = _status_patches(api)
-        failures = api.failures()
-        stored = api.request("GET", api.path(NAMESPACE, "status"))["status"]
-        pruned = list(api.emulator.pruned)
-
-    assert failures == [], failures  # e.g. a 422: the sink would only log it
-    assert pruned == [], f"{routine}: the apiserver would drop {pruned}"
+    name = f"status-{routine}"
+    manifest["metadata"]["name"] = name
+    path = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs/{name}"
+    cp = control_plane.cp
+    token = service_account_token(cp, NAMESPACE, "finetune-trainer", 600)
+    context = ssl.create_default_context(cafile=str(cp.ca_file))
+    with control_plane.client() as client:
+        created = client.post(path.rsplit("/", 1)[0], json=manifest)
+        assert created.status_code == 201, created.text
+        try:
+            sink = KubernetesSink(
+                api_url=cp.server,
+                namespace=NAMESPACE,
+                name=name,
+                token=token,
+                ssl_context=context,
+                interval=0,
+            )
+            recording = RecordingSink(sink)
+            run(job, spec_dir=tmp_path, output_dir=out, sinks=[recording])  # type: ignore[list-item]
+            stored = client.get(path).json()["status"]
+        finally:
+            client.delete(path)
+    patches = [status for _, _, status in recording.results]
+    refused = [(code, warn) for code, warn, _ in recording.results if code != 200 or warn]
+    assert refused == [], f"{routine}: kube-apiserver refused or pruned {refused}"
     assert len(patches) >= 3, patches  # start, evaluations, end
     assert stored["artifacts"]["model"] and stored["history"], stored
     written = json.loads((out / "metrics.json").read_text())
@@ -116,11 +150,33 @@ def test_every_status_write_survives_the_apiserver(
         assert stored[key] == written[key], key
 
 
-def test_the_check_catches_a_field_the_crd_does_not_know() -> None:
-    """status_loss/admit report an unknown field (the failure the test above guards)."""
-    dropped, causes = crdcheck.status_loss(
-        "FineTuneJob", {"progress": {"step": 1, "eta": "soon"}, "metrics": {"accuracy": 0.5}}
-    )
-    assert dropped == ["status.progress.eta"] and causes == []
-    dropped, causes = crdcheck.status_loss("FineTuneJob", {"progress": {"step": "one"}})
-    assert dropped == [] and causes[0].field == "status.progress.step"
+def test_the_check_catches_a_field_the_crd_does_not_know(control_plane: Plane) -> None:
+    """kube-apiserver drops an unknown status field with a Warning header, and refuses a
+    mistyped one: the two failures the test above guards against."""
+    path = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs/unknown-field"
+    body = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "unknown-field", "namespace": NAMESPACE},
+        "spec": {
+            "task": "classification",
+            "model": {"name": "m"},
+            "dataset": {"train": {"path": "/t.csv"}},
+        },
+    }
+    merge = {"Content-Type": "application/merge-patch+json"}
+    with control_plane.client() as client:
+        assert client.post(path.rsplit("/", 1)[0], json=body).status_code == 201
+        try:
+            status = {"progress": {"step": 1, "eta": "soon"}, "metrics": {"accuracy": 0.5}}
+            resp = client.patch(f"{path}/status", json={"status": status}, headers=merge)
+            assert resp.status_code == 200
+            assert "unknown field" in resp.headers.get("Warning", "")
+            assert "eta" not in client.get(path).json()["status"]["progress"]
+            resp = client.patch(
+                f"{path}/status", json={"status": {"progress": {"step": "one"}}}, headers=merge
+            )
+            assert resp.status_code == 422
+            assert resp.json()["details"]["causes"][0]["field"] == "status.progress.step"
+        finally:
+            client.delete(path)

@@ -1,5 +1,5 @@
 """The multi-node API: resources.nodes, distributed.strategy, cache, and the CEL rule that
-every node must reach the model (checked as the apiserver would, with crdcheck)."""
+every node must reach the model (checked by the real kube-apiserver)."""
 
 from __future__ import annotations
 
