@@ -74,7 +74,7 @@ def expand(value: str, env: Mapping[str, str]) -> str:
                     advance = 1
                 else:
                     name = value[cursor + 2 : close]
-                    out.append(env[name] if name in env else f"$({name})")
+                    out.append(env.get(name, f"$({name})"))
                     advance = close - cursor
             else:
                 out.append("$" + nxt)

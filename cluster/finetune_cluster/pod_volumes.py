@@ -163,9 +163,7 @@ def _select(
     return out
 
 
-def write_files(
-    folder: Path, files: Mapping[str, tuple[bytes, int]], fs_group: int | None
-) -> None:
+def write_files(folder: Path, files: Mapping[str, tuple[bytes, int]], fs_group: int | None) -> None:
     """Write files (atomically: temp + rename), group-owned by fsGroup where set."""
     folder.mkdir(parents=True, exist_ok=True)
     for rel, (content, mode) in files.items():
@@ -212,7 +210,9 @@ async def request_token(api: Api, pod: dict[str, Any], audience: str | None, sec
     return str(answer["status"]["token"])
 
 
-async def write_token(api: Api, pod: dict[str, Any], token: TokenFile, fs_group: int | None) -> None:
+async def write_token(
+    api: Api, pod: dict[str, Any], token: TokenFile, fs_group: int | None
+) -> None:
     value = await request_token(api, pod, token.audience, token.expiration_seconds)
     write_files(token.path.parent, {token.path.name: (value.encode(), token.mode)}, fs_group)
 
@@ -359,7 +359,9 @@ async def _projected(
             files |= _select(data, ref.get("items"), mode, f"{kind} {ref.get('name')}")
         elif "downwardAPI" in part:
             try:
-                files |= _downward_files(pod, part["downwardAPI"].get("items") or [], mode, allocatable)
+                files |= _downward_files(
+                    pod, part["downwardAPI"].get("items") or [], mode, allocatable
+                )
             except EnvError as err:
                 raise VolumeError(str(err)) from err
         else:
