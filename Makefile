@@ -64,7 +64,7 @@ test: lint cluster-build
 	$(PY) -m pytest
 
 unit: setup
-	$(PY) -m pytest -m unit
+	$(PY) -m pytest -m 'unit and not cluster'
 
 crds: setup
 	$(VENV)/bin/finetune crds --write
