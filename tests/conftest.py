@@ -15,6 +15,8 @@ import pytest
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The session's real control plane (support/plane.py), started on first use."""
+    import shutil
+
     from finetune_cluster.controlplane import stop
     from support.plane import start_plane
 
@@ -24,6 +26,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         yield plane
     finally:
         stop(plane.cp.dir)
+        shutil.rmtree(plane.stub_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

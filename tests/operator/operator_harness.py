@@ -461,10 +461,13 @@ class Kubelet:
         meta = pod["metadata"]
         folder = self.cluster.plane.stub_dir / meta["namespace"]
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{meta['name']}.tmp"
+        # The stub knows its pod by $HOSTNAME: spec.hostname where set (an Indexed Job's
+        # `<job>-<index>`), else the pod name, cut as the node agent cuts it.
+        host = str(pod["spec"].get("hostname") or meta["name"])[:63].rstrip("-.")
+        tmp = folder / f".{host}.tmp"
         tmp.write_text(json.dumps(order))
         tmp.chmod(0o644)
-        tmp.rename(folder / f"{meta['name']}.json")
+        tmp.rename(folder / f"{host}.json")
         self.ordered.add(meta["uid"])
 
     def _running(self, pod: dict[str, Any]) -> bool:

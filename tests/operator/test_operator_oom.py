@@ -1,5 +1,6 @@
 """Out-of-memory recovery: the real operator replaces an OOM'd Job by one at half the
-batch and twice the accumulation (oom.py), over the emulator."""
+batch and twice the accumulation (oom.py), on the real control plane: the node agent
+OOM-kills the pod at its memory limit, the Job controller fails Jobs at their backoffLimit."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from operator_harness import (
     JOB,
     NAMESPACE,
     SMALL_SPEC,
+    STUB_IMAGE,
     Cluster,
     Kubelet,
     OperatorRunner,
@@ -24,9 +26,15 @@ from operator_harness import (
 pytestmark = pytest.mark.operator
 
 
-def spec(**hp: Any) -> dict[str, Any]:
+def spec(
+    *, backoff_limit: int | None = None, memory: str | None = None, **hp: Any
+) -> dict[str, Any]:
     out = copy.deepcopy(SMALL_SPEC)
     out["hyperparameters"] = hp
+    if backoff_limit is not None:
+        out["backoffLimit"] = backoff_limit
+    if memory is not None:
+        out["resources"] = {**out["resources"], "cpu": "1", "memory": memory}
     return out
 
 
@@ -39,12 +47,17 @@ def trainer_hyperparameters(job: dict[str, Any]) -> dict[str, Any]:
 async def test_oomkilled_pod_gets_a_retry_job_with_half_the_batch(
     cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
 ) -> None:
-    await cluster.create(FTJ, make_ftj("big", spec(batchSize=16, gradientAccumulationSteps=2)))
+    # 256Mi: the stub trainer's allocations reach the container's limit in a moment.
+    big = spec(batchSize=16, gradientAccumulationSteps=2, memory="256Mi")
+    await cluster.create(FTJ, make_ftj("big", big))
     first = await cluster.wait_for_object(JOB, NAMESPACE, "big-train")
     assert trainer_hyperparameters(first)["batchSize"] == 16
     await kubelet.run_pod(first)
     await cluster.wait_phase(NAMESPACE, "big", "Running")
-    await kubelet.terminate(first, exit_code=137, reason="OOMKilled")  # host memory
+    killed = await kubelet.oom_kill(first)  # host memory: the node agent kills it at 256Mi
+    (cs,) = killed["status"]["containerStatuses"]
+    assert cs["state"]["terminated"]["reason"] == "OOMKilled"
+    assert cs["state"]["terminated"]["exitCode"] == 137
 
     retry = await cluster.wait_for_object(JOB, NAMESPACE, "big-r1-train")
     hp = trainer_hyperparameters(retry)
@@ -88,21 +101,24 @@ async def test_a_reported_gpu_oom_retries_up_to_the_bound_then_fails(
 ) -> None:
     from finetune_operator.config import OperatorConfig
 
-    config = OperatorConfig(trainer_image="finetune-trainer:test", oom_max_retries=1,
+    config = OperatorConfig(trainer_image=STUB_IMAGE, oom_max_retries=1,
                             gpu_hour_price=2.0, cost_currency="EUR")  # fmt: skip
     await operator_factory(config=config)
-    await cluster.create(FTJ, make_ftj("gpu", spec(batchSize="auto")))
+    # backoffLimit 0: the Job controller fails each Job at its first failed pod.
+    await cluster.create(FTJ, make_ftj("gpu", spec(batchSize="auto", backoff_limit=0)))
     report = {"phase": "Failed", "message": "OutOfMemoryError: CUDA out of memory. Tried 4 GiB"}
     first = await cluster.wait_for_object(JOB, NAMESPACE, "gpu-train")
     await kubelet.run_pod(first)
-    await kubelet.terminate(first, exit_code=1, reason="Error", message=json.dumps(report))
+    ended = await kubelet.terminate(first, exit_code=1, message=json.dumps(report))
+    (cs,) = ended["status"]["containerStatuses"]
+    assert cs["state"]["terminated"]["reason"] == "Error"  # not OOMKilled: the trainer reported it
     retry = await cluster.wait_for_object(JOB, NAMESPACE, "gpu-r1-train")
     hp = trainer_hyperparameters(retry)  # auto: its effective batch 16, halved
     assert (hp["batchSize"], hp["gradientAccumulationSteps"]) == (8, 2)
 
     await kubelet.run_pod(retry)
-    await kubelet.terminate(retry, exit_code=1, reason="Error", message=json.dumps(report))
-    await kubelet.fail_job(retry, "BackoffLimitExceeded", "backoff limit reached", 3)
+    await kubelet.fail(retry, exit_code=1, message=json.dumps(report))
+    assert kubelet.job_condition(retry, "Failed")["reason"] == "BackoffLimitExceeded"
     status = await cluster.wait_phase(NAMESPACE, "gpu", "Failed")
     assert "CUDA out of memory" in status["message"]
     assert cluster.get_object(JOB, NAMESPACE, "gpu-r2-train") is None  # bound: 1 retry

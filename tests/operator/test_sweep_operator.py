@@ -1,13 +1,18 @@
-"""HyperparameterSweep through the real operator (kopf, in-process) against kmock's emulator.
+"""HyperparameterSweep through the real operator (kopf, in-process, as the chart's
+ServiceAccount) against the real control plane.
 
-Trials are child FineTuneJobs; the FineTuneJob handler turns them into Jobs, and the
-test `kubelet` plays the node: it runs and finishes their pods. The trainer's live
-status (history, metrics) is patched onto the child like the trainer's sink would.
+Trials are child FineTuneJobs; the FineTuneJob handler turns them into Jobs, the Job
+controller makes their pods and the node agent runs them (the stub trainer, told by the
+test `kubelet` how to end). The trainer's live status (history, metrics) is patched onto
+the child like the trainer's sink would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -17,9 +22,11 @@ from operator_harness import (
     NAMESPACE,
     SMALL_SPEC,
     SWEEP,
+    ApiError,
     Cluster,
     Kubelet,
     OperatorRunner,
+    api_path,
     sample,
 )
 
@@ -56,6 +63,60 @@ def make_sweep(name: str, **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
+
+
+CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+
+
+def _without_rules(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_rules(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+    if isinstance(node, list):
+        return [_without_rules(v) for v in node]
+    return node
+
+
+async def create_under_laxer_crd(
+    cluster: Cluster, res: tuple[str, str, str], body: dict[str, Any], timeout: float = 30
+) -> dict[str, Any]:
+    """Store `body`, which today's CRD refuses, as an older CRD without its CEL rules
+    would have: the CRD is replaced by one without x-kubernetes-validations, the object
+    created, and the CRD put back (checked with a dry-run create that is refused again)."""
+    crd_name = f"{res[2]}.{res[0]}"
+    crd_path = api_path(CRD, None, crd_name)
+    original = cluster.get_object(CRD, None, crd_name)
+    assert original is not None, crd_name
+    lax = copy.deepcopy(original)
+    lax["spec"]["versions"] = _without_rules(lax["spec"]["versions"])
+    await cluster.request("PUT", crd_path, lax)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:  # the apiserver serves the new schema a moment after the update
+            try:
+                return await cluster.create(res, body)
+            except ApiError as err:
+                if err.status != 422 or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
+    finally:
+        current = cluster.get_object(CRD, None, crd_name) or original
+        current["spec"] = original["spec"]
+        await cluster.request("PUT", crd_path, current)
+        probe = copy.deepcopy(body)
+        probe["metadata"] = {**body["metadata"], "name": body["metadata"]["name"] + "-probe"}
+        deadline = time.monotonic() + timeout
+        while True:  # the CEL rules are in force again
+            try:
+                await cluster.request(
+                    "POST", api_path(res, probe["metadata"]["namespace"]), probe,
+                    params={"dryRun": "All"},
+                )  # fmt: skip
+            except ApiError as err:
+                if err.status == 422:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {crd_name}: its CEL rules did not come back")
+            await asyncio.sleep(0.2)
 
 
 def trials(cluster: Cluster, sweep: str) -> dict[str, dict[str, Any]]:
@@ -264,14 +325,18 @@ async def test_raising_max_trials_continues_a_finished_sweep(
 async def test_failed_trials_fail_the_sweep_with_a_clear_message(
     cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
 ) -> None:
-    await cluster.create(SWEEP, make_sweep("fl", maxTrials=4, parallelism=1, maxFailedTrials=0))
+    # backoffLimit 0: the Job controller fails the trial's Job at its first failed pod.
+    template = {**SMALL_SPEC, "backoffLimit": 0}
+    sweep = make_sweep("fl", maxTrials=4, parallelism=1, maxFailedTrials=0, template=template)
+    await cluster.create(SWEEP, sweep)
     await wait_trials(cluster, "fl", 1)
     job = await cluster.wait_for_object(JOB, NAMESPACE, "fl-trial-0-train")
     await kubelet.run_pod(job)
     # A crash, not an OOMKill: an out-of-memory trial is first retried at half the batch
     # (tests/operator/test_operator_oom.py).
-    await kubelet.terminate(job, exit_code=1, reason="Error", message='{"message": "boom"}')
-    await kubelet.fail_job(job, "BackoffLimitExceeded", "Job has reached the backoff limit", 3)
+    await kubelet.fail(job, exit_code=1, message='{"message": "boom"}')
+    assert kubelet.job_condition(job, "Failed")["reason"] == "BackoffLimitExceeded"
+    await cluster.wait_phase(NAMESPACE, "fl-trial-0", "Failed")
     st = await cluster.wait_for(
         lambda: (s := sweep_status(cluster, "fl")).get("phase") == "Failed" and s,
         15,
@@ -291,10 +356,10 @@ async def test_invalid_specs_fail_the_sweep_without_trials(
     await cluster.create(SWEEP, make_sweep("bad-space", searchSpace=space))
     bad = make_sweep("bad-spec")
     bad["spec"]["searchSpace"] = {"hyperparameters.nope": {"type": "int", "low": 1, "high": 2}}
-    with pytest.raises(AssertionError, match=r"422.*spec: .*searchSpace keys must be tunable"):
+    with pytest.raises(ApiError, match=r"422.*spec: .*searchSpace keys must be tunable"):
         await cluster.create(SWEEP, bad)  # the CRD's CEL rule refuses it
     # One stored under an older, laxer CRD still reaches a Failed status.
-    await cluster.emulator.store_unchecked(SWEEP, bad)
+    await create_under_laxer_crd(cluster, SWEEP, bad)
     st = await cluster.wait_for(
         lambda: (s := sweep_status(cluster, "bad-space")).get("phase") == "Failed" and s, 15
     )

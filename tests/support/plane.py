@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass
@@ -168,9 +169,10 @@ def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
     started = time.monotonic()
     cp = start(root / "cp")
     try:
-        stub_dir = root / "stub"
-        stub_dir.mkdir(parents=True, exist_ok=True)
-        stub_dir.chmod(0o777)
+        # Outside /tmp: pods see an emptyDir at /tmp, and pytest's folders are 0700 while
+        # trainer pods run as uid 10001. Readable by all, written by the tests (root).
+        stub_dir = Path(tempfile.mkdtemp(prefix="finetune-stub-", dir="/var/tmp"))
+        stub_dir.chmod(0o755)
         images = root / "images.json"
         images.write_text(json.dumps(image_map(stub_dir)))
         agent_args = [f"--images={images}", f"--gpus={gpus}", "--cpu=64", "--memory=256Gi"]
