@@ -216,17 +216,21 @@ class Cluster:
         return {}
 
     async def wait_for(
-        self, predicate: Callable[[], Any], timeout: float = 30.0, message: str = ""
+        self,
+        predicate: Callable[[], Any],
+        timeout: float = 30.0,
+        message: str | Callable[[], str] = "",
     ) -> Any:
+        """Poll predicate until truthy; `message` (or a callable, evaluated at the timeout)
+        says what was awaited."""
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for {message or predicate}"
-                )
+                said = message() if callable(message) else message
+                raise AssertionError(f"timed out after {timeout}s waiting for {said or predicate}")
             await asyncio.sleep(0.1)
 
     async def wait_for_object(
@@ -252,8 +256,10 @@ class Cluster:
         result: dict[str, Any] = await self.wait_for(
             lambda: (s := self.status(FTJ, namespace, name)).get("phase") == phase and s,
             timeout,
-            f"FineTuneJob {namespace}/{name} phase {phase} "
-            f"(now {self.status(FTJ, namespace, name).get('phase')})",
+            lambda: (
+                f"FineTuneJob {namespace}/{name} phase {phase} "
+                f"(now {self.status(FTJ, namespace, name).get('phase')})"
+            ),
         )
         return result
 

@@ -132,7 +132,8 @@ async def test_running_then_succeeded(
     await cluster.create(FTJ, make_ftj("ok", SMALL_SPEC))
     job = await cluster.wait_for_object(JOB, NAMESPACE, "ok-train")
     assert job["spec"]["suspend"] is False
-    await cluster.wait_phase(NAMESPACE, "ok", "Pending")
+    # Pending lasts as long as the pod takes to start: milliseconds on the node agent.
+    await cluster.wait_for(lambda: cluster.condition(NAMESPACE, "ok", "Failed"))
     failed_ltt = cluster.condition(NAMESPACE, "ok", "Failed")["lastTransitionTime"]
 
     await kubelet.run_pod(job)
@@ -275,7 +276,15 @@ async def test_suspend_and_resume(cluster: Cluster, operator: OperatorRunner) ->
     await cluster.wait_for(
         lambda: cluster.get_object(JOB, NAMESPACE, "sus-train")["spec"]["suspend"] is False
     )
-    status = await cluster.wait_phase(NAMESPACE, "sus", "Pending")
+    # Pending until the Job controller's pod runs, which takes milliseconds here.
+    status = await cluster.wait_for(
+        lambda: (
+            (s := cluster.status(FTJ, NAMESPACE, "sus")).get("phase") in ("Pending", "Running")
+            and s.get("observedGeneration") == 2
+            and s
+        ),
+        message="sus resumed at generation 2",
+    )
     assert status["observedGeneration"] == 2
     resumed = cluster.condition(NAMESPACE, "sus", "Suspended")
     assert resumed["status"] == "False"
