@@ -16,17 +16,23 @@ import pytest
 def control_plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The session's real control plane (support/plane.py), started on first use."""
     import shutil
+    import tempfile
+    from pathlib import Path
 
     from finetune_cluster.controlplane import stop
     from support.plane import start_plane
 
-    root = tmp_path_factory.mktemp("cluster")
+    # Not under /tmp: every trainer pod mounts an emptyDir at /tmp, which would hide the
+    # node agent's volume folders and the stub's orders from it.
+    root = Path(tempfile.mkdtemp(prefix="finetune-cluster-", dir="/var/tmp"))
+    root.chmod(0o755)
     plane = start_plane(root)
     try:
         yield plane
     finally:
         stop(plane.cp.dir)
         shutil.rmtree(plane.stub_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -324,6 +324,13 @@ async def log_lines(session: Session, pod: Obj, *, follow: bool) -> AsyncIterato
     url = kube.path("", "v1", "pods", meta(pod).get("namespace"), meta(pod)["name"], "log")
     with _translated(session, "read pods/log"):
         try:
+            # kube-apiserver answers pods/log of a pod no node holds yet with 200 and an
+            # empty body, not 400: ask for the log only once the pod is bound.
+            now = await session.client.get(
+                "", "v1", "pods", meta(pod)["name"], meta(pod).get("namespace")
+            )
+            if not (now.get("spec") or {}).get("nodeName"):
+                raise NoLogYet(f"no log yet from pod {meta(pod)['name']}: not scheduled to a node")
             async for line in session.client.stream(url, query=query):
                 yield line
         except kube.NotFound:

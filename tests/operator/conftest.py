@@ -32,7 +32,7 @@ def clean(c: Cluster, namespace: str) -> None:
     kinds = ",".join(CLEANUP)
     c.plane.kubectl("delete", kinds, "--all", "-n", namespace, "--wait=false", check=False)
     c.plane.kubectl(
-        "delete", ",".join(CLEANUP_TOO), "-n", namespace, "--all", "--wait=false",
+        "delete", ",".join(CLEANUP_TOO), "-n", namespace, "--wait=false",
         "--field-selector=metadata.name!=kube-root-ca.crt", check=False,
     )  # fmt: skip
     c.plane.kubectl(

@@ -1,9 +1,15 @@
-"""`finetune get / watch / describe / logs` against kmock's emulator over KUBECONFIG.
+"""`finetune get / watch / describe / logs` against the session's real control plane.
 
-The emulator holds the objects (written over HTTP, so watch streams see each change);
-the CLI runs as a real process with KUBECONFIG pointing at it, or its coroutines run
-in-process for the rendered content. kmock does not serve pods/log, so a reaction in
-`log_route` plays the kubelet's log endpoint.
+The CLI runs as a real process (or its coroutines in-process, for the rendered content)
+with KUBECONFIG for `viewer`, a ServiceAccount with a read-only ClusterRole (get, list and
+watch): the audit policy logs every request of a ServiceAccount, so the tests wait on the
+CLI's open watches and read its pods/log queries in the API server's audit log. The
+objects the views read are created as admin and given their status through the /status
+subresource (pods the test makes are bound to node "ghost", which no node agent serves,
+and Jobs are `managedBy` the test, so no controller touches them). The logs tests read real
+pods: the operator's Job, the Job controller's pods, run by the node agent (the stub
+trainer prints what the test orders), through kube-apiserver's pods/log proxy to the node
+agent's kubelet endpoint.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-import kmock
 import pytest
 from operator_harness import (
     FTJ,
@@ -27,17 +34,84 @@ from operator_harness import (
     NAMESPACE,
     POD,
     SMALL_SPEC,
+    STUB_IMAGE,
     SWEEP,
     Cluster,
+    Kubelet,
+    OperatorRunner,
+    free_port,
     make_ftj,
-    write_kubeconfig,
 )
 from rich.console import Console
 
 from finetune_cli import cluster as cl
 from finetune_cli import cluster_screens as screens
+from finetune_cluster import controlplane
+from finetune_cluster.controlplane import write_kubeconfig
+from finetune_cluster.install import SYSTEM_NAMESPACE, apply, service_account_token
+from finetune_operator.kube import USER_AGENT
+from support.plane import Plane
 
 pytestmark = pytest.mark.operator
+
+SECRET = ("", "v1", "secrets")
+VIEWER = "finetune-cli-viewer"
+VIEWER_USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{VIEWER}"
+READ = ["get", "list", "watch"]
+TEST_MANAGER = "finetune.dev/test"  # Job spec.managedBy: the Job controller leaves it alone
+
+
+def rbac_docs(
+    account: str, namespace: str, rules: list[dict[str, Any]], *, cluster_wide: bool
+) -> list[dict[str, Any]]:
+    """A ServiceAccount and a (Cluster)Role with `rules` bound to it."""
+    kind = "ClusterRole" if cluster_wide else "Role"
+    scope = {} if cluster_wide else {"namespace": namespace}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": namespace},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": kind,
+            "metadata": {"name": account, **scope},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": f"{kind}Binding",
+            "metadata": {"name": account, **scope},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
+
+
+def token_kubeconfig(plane: Plane, path: Path, namespace: str, account: str) -> Path:
+    token = service_account_token(plane.cp, namespace, account)
+    return write_kubeconfig(path, plane.server, plane.cp.ca_file, token, account)
+
+
+@pytest.fixture(scope="module")
+def viewer(control_plane: Plane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A kubeconfig for a user who may read what the CLI reads, in every namespace."""
+    rules = [
+        {"apiGroups": ["finetune.dev"], "resources": [cl.FTJ, cl.SWEEP], "verbs": READ},
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": READ},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": READ},
+    ]
+    apply(control_plane.cp, rbac_docs(VIEWER, SYSTEM_NAMESPACE, rules, cluster_wide=True))
+    path = tmp_path_factory.mktemp("viewer") / "kubeconfig.json"
+    yield token_kubeconfig(control_plane, path, SYSTEM_NAMESPACE, VIEWER)
+    control_plane.kubectl(
+        "delete", "clusterrolebinding,clusterrole", VIEWER, "--ignore-not-found", check=False
+    )
+    control_plane.kubectl(
+        "delete", "serviceaccount", VIEWER, "-n", SYSTEM_NAMESPACE, "--ignore-not-found",
+        check=False,
+    )  # fmt: skip
 
 
 def ago(seconds: float) -> str:
@@ -88,8 +162,30 @@ def running() -> dict[str, Any]:
     }
 
 
-async def session_for(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> cl.Session:
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+def restricted_pod_spec() -> dict[str, Any]:
+    """A pod spec that PodSecurity `restricted` (enforced in the test namespaces) admits."""
+    return {
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "trainer",
+                "image": STUB_IMAGE,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+    }
+
+
+async def session_for(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> cl.Session:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     return await cl.connect(kw.get("namespace"), kw.get("all_namespaces", False), None)
 
 
@@ -98,11 +194,8 @@ def render() -> tuple[Console, io.StringIO]:
     return Console(file=out, width=160, color_system=None), out
 
 
-async def cli(
-    cluster: Cluster | Path, *args: str, timeout: float = 60, started: asyncio.Event | None = None
-) -> tuple[int, str, str]:
-    """`finetune ARGS` as a process with KUBECONFIG -> the emulator: (rc, stdout, stderr)."""
-    kubeconfig = cluster if isinstance(cluster, Path) else cluster.kubeconfig
+async def cli(kubeconfig: Path, *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """`finetune ARGS` as a process with KUBECONFIG=kubeconfig: (rc, stdout, stderr)."""
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), COLUMNS="160")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -113,32 +206,90 @@ async def cli(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: no CLI outlives its test
+            proc.kill()
+            await proc.wait()
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def cli_calls(
+    cluster: Cluster,
+    plural: str,
+    *,
+    subresource: str = "",
+    verb: str | None = None,
+    name: str | None = None,
+) -> list[dict[str, Any]]:
+    """The CLI's requests on `plural` in this test, from the audit log (watches once,
+    when the stream starts; every other request once, when it completes)."""
+    found = []
+    for event in cluster.audit():
+        ref = event.get("objectRef") or {}
+        if (
+            event.get("user", {}).get("username") == VIEWER_USER
+            and event.get("userAgent") == USER_AGENT
+            and ref.get("resource") == plural
+            and (ref.get("subresource") or "") == subresource
+            and verb in (None, event.get("verb"))
+            and name in (None, ref.get("name"))
+        ):
+            found.append(event)
+    return found
+
+
+def query(event: dict[str, Any]) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(str(event.get("requestURI", ""))).query)
+
+
+def log_calls(cluster: Cluster, pod: str) -> list[dict[str, Any]]:
+    """The CLI's finished pods/log requests on `pod`."""
+    return cli_calls(cluster, "pods", subresource="log", name=pod)
+
+
+def log_streaming(cluster: Cluster, pod: str) -> bool:
+    """Whether the CLI's pods/log request on `pod` has its 200 headers (the node agent
+    answered and streams): the audit log's ResponseStarted stage of a long-running request,
+    which Plane.audit() leaves out for anything but watches."""
+    with cluster.plane.audit_log.open("rb") as f:
+        f.seek(cluster.audit_start)
+        lines = f.read().splitlines()
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        ref = event.get("objectRef") or {}
+        if (
+            event.get("stage") == "ResponseStarted"
+            and event.get("user", {}).get("username") == VIEWER_USER
+            and ref.get("subresource") == "log"
+            and ref.get("name") == pod
+            and event.get("responseStatus", {}).get("code") == 200
+        ):
+            return True
+    return False
 
 
 async def wait_watching(cluster: Cluster, plural: str, count: int = 1) -> None:
     """Until the CLI holds `count` open watch requests on `plural`."""
-
-    def watching() -> bool:
-        n = sum(
-            1
-            for r in cluster.requests()
-            if r.resource is not None
-            and r.resource.plural == plural
-            and r.params.get("watch") == "true"
-            and r.headers.get("User-Agent", "").startswith("finetune-operator/")
-        )
-        return n >= count
-
-    await cluster.wait_for(watching, timeout=30, message=f"a watch on {plural}")
+    await cluster.wait_for(
+        lambda: len(cli_calls(cluster, plural, verb="watch")) >= count,
+        timeout=30,
+        message=f"a watch on {plural}",
+    )
 
 
 # --------------------------------------------------------------------------- get
 
 
 async def test_get_table_groups_trials_under_sweep(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, viewer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = time.monotonic()
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
@@ -157,7 +308,7 @@ async def test_get_table_groups_trials_under_sweep(
     await put(cluster, FTJ, trial_body("sw", 1, {}), running())
     await put(cluster, FTJ, make_ftj("elsewhere", SMALL_SPEC, namespace="team-b"), done)
 
-    session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
+    session = await session_for(viewer, monkeypatch, namespace=NAMESPACE)
     console, out = render()
     assert await screens.get_view(session, console) == 0
     await cl.close(session)
@@ -178,7 +329,7 @@ async def test_get_table_groups_trials_under_sweep(
     assert "├─ sw-trial-0" in text and "└─ sw-trial-1" in text
     assert "elsewhere" not in text
 
-    session = await session_for(cluster, monkeypatch, all_namespaces=True)
+    session = await session_for(viewer, monkeypatch, all_namespaces=True)
     console, out = render()
     await screens.get_view(session, console)
     await cl.close(session)
@@ -188,9 +339,9 @@ async def test_get_table_groups_trials_under_sweep(
     )
 
 
-async def test_get_cli_over_kubeconfig(cluster: Cluster) -> None:
+async def test_get_cli_over_kubeconfig(cluster: Cluster, viewer: Path) -> None:
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
-    rc, out, err = await cli(cluster, "get", "-n", NAMESPACE)
+    rc, out, err = await cli(viewer, "get", "-n", NAMESPACE)
     assert rc == 0, err
     assert "demo" in out and "120/250" in out and "accuracy 0.8100" in out
 
@@ -198,9 +349,9 @@ async def test_get_cli_over_kubeconfig(cluster: Cluster) -> None:
 # --------------------------------------------------------------------------- watch
 
 
-async def test_watch_exits_0_when_the_job_succeeds(cluster: Cluster) -> None:
+async def test_watch_exits_0_when_the_job_succeeds(cluster: Cluster, viewer: Path) -> None:
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), {"phase": "Pending"})
-    task = asyncio.create_task(cli(cluster, "watch", "demo", "-n", NAMESPACE))
+    task = asyncio.create_task(cli(viewer, "watch", "demo", "-n", NAMESPACE))
     await wait_watching(cluster, "finetunejobs")
     await cluster.patch(FTJ, NAMESPACE, "demo", {"status": running()}, status=True)
     evaluation = {"epoch": 0.8, "step": 200, "evalLoss": 0.41, "accuracy": 0.83}
@@ -220,9 +371,11 @@ async def test_watch_exits_0_when_the_job_succeeds(cluster: Cluster) -> None:
     assert lines[-1].startswith("[Succeeded] step 250/250") and "accuracy=0.8372" in lines[-1]
 
 
-async def test_watch_exits_1_with_the_message_when_the_job_fails(cluster: Cluster) -> None:
+async def test_watch_exits_1_with_the_message_when_the_job_fails(
+    cluster: Cluster, viewer: Path
+) -> None:
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
-    task = asyncio.create_task(cli(cluster, "watch", "demo", "-n", NAMESPACE))
+    task = asyncio.create_task(cli(viewer, "watch", "demo", "-n", NAMESPACE))
     await wait_watching(cluster, "finetunejobs")
     message = "The trainer ran out of memory and was killed (OOMKilled, limit 8Gi)."
     failed = {"phase": "Failed", "message": message}
@@ -233,9 +386,11 @@ async def test_watch_exits_1_with_the_message_when_the_job_fails(cluster: Cluste
     assert out.splitlines()[-2].startswith("[Failed]")
 
 
-async def test_watch_sweep_shows_trials_and_exits_on_the_sweep(cluster: Cluster) -> None:
+async def test_watch_sweep_shows_trials_and_exits_on_the_sweep(
+    cluster: Cluster, viewer: Path
+) -> None:
     await put(cluster, SWEEP, sweep_body("sw"), {"phase": "Running", "trials": {"total": 0}})
-    task = asyncio.create_task(cli(cluster, "watch", "sw", "-n", NAMESPACE))
+    task = asyncio.create_task(cli(viewer, "watch", "sw", "-n", NAMESPACE))
     await wait_watching(cluster, "finetunejobs")
     await wait_watching(cluster, "hyperparametersweeps")
     await put(cluster, FTJ, trial_body("sw", 0, {"hyperparameters.learningRate": 1e-4}), running())
@@ -252,23 +407,21 @@ async def test_watch_sweep_shows_trials_and_exits_on_the_sweep(cluster: Cluster)
     assert out.splitlines()[-1] == "[Succeeded] 4/4 trials best accuracy 0.8600 (sw-trial-0)"
 
 
-async def test_watch_uses_the_watch_api(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_watch_uses_the_watch_api(
+    cluster: Cluster, viewer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
-    session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
+    session = await session_for(viewer, monkeypatch, namespace=NAMESPACE)
     console, _out = render()
     task = asyncio.create_task(screens.watch_view(session, "demo", console))
     await wait_watching(cluster, "finetunejobs")
     await cluster.patch(FTJ, NAMESPACE, "demo", {"status": {"phase": "Succeeded"}}, status=True)
     assert await asyncio.wait_for(task, 10) == 0
     await cl.close(session)
-    gets = [
-        r
-        for r in cluster.requests()
-        if r.resource is not None
-        and r.resource.plural == "finetunejobs"
-        and r.method.value == "GET"
-    ]
-    assert [r.params.get("watch") for r in gets] == [None, "true"]  # one get, then one stream
+    calls = cli_calls(cluster, "finetunejobs")
+    assert [e["verb"] for e in calls] == ["get", "watch"]  # one get, then one stream
+    assert calls[0]["objectRef"]["name"] == "demo"
+    assert query(calls[1])["fieldSelector"] == ["metadata.name=demo"]
 
 
 # --------------------------------------------------------------------------- describe
@@ -295,30 +448,34 @@ async def failed_job(cluster: Cluster) -> None:
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": "demo-train", "namespace": NAMESPACE, "uid": "j1"},
-        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600},
+        "metadata": {"name": "demo-train", "namespace": NAMESPACE},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 600,
+            "managedBy": TEST_MANAGER,
+            "suspend": True,
+            "template": {"spec": restricted_pod_spec()},
+        },
     }
-    conditions = [
-        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x"}
-    ]
-    await put(cluster, JOB, job, {"failed": 1, "conditions": conditions})
+    # The API server's rules for a Job's status: a Failed Job has a start time and was
+    # FailureTarget first, as the Job controller writes it.
+    failure = {"status": "True", "reason": "BackoffLimitExceeded", "message": "x"}
+    conditions = [{"type": "FailureTarget", **failure}, {"type": "Failed", **failure}]
+    await put(cluster, JOB, job, {"startTime": ago(90), "failed": 1, "conditions": conditions})
     term = {"exitCode": 137, "reason": "OOMKilled", "finishedAt": ago(31)}
+    labels = {"finetune.dev/job": "demo", "batch.kubernetes.io/job-name": "demo-train"}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": "demo-train-x7k2p",
-            "namespace": NAMESPACE,
-            "labels": {"finetune.dev/job": "demo", "batch.kubernetes.io/job-name": "demo-train"},
-            "creationTimestamp": ago(90),
-        },
+        "metadata": {"name": "demo-train-x7k2p", "namespace": NAMESPACE, "labels": labels},
+        "spec": {**restricted_pod_spec(), "nodeName": "ghost"},
     }
     cs = {"name": "trainer", "restartCount": 0, "state": {"terminated": term}}
     await put(cluster, POD, pod, {"phase": "Failed", "containerStatuses": [cs]})
     event = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": "demo.1", "namespace": NAMESPACE},
+        "metadata": {"generateName": "demo.", "namespace": NAMESPACE},
         "involvedObject": {"kind": "FineTuneJob", "name": "demo", "namespace": NAMESPACE},
         "reason": "Failed",
         "message": "OOMKilled: raise spec.resources.memory",
@@ -328,9 +485,9 @@ async def failed_job(cluster: Cluster) -> None:
     await cluster.create(("", "v1", "events"), event)
 
 
-async def test_describe_a_failed_job(cluster: Cluster) -> None:
+async def test_describe_a_failed_job(cluster: Cluster, viewer: Path) -> None:
     await failed_job(cluster)
-    rc, out, err = await cli(cluster, "describe", "demo", "-n", NAMESPACE)
+    rc, out, err = await cli(viewer, "describe", "demo", "-n", NAMESPACE)
     assert rc == 0, err
     sections = [line.strip() for line in out.splitlines()]
     why = sections.index("Why it failed")
@@ -345,7 +502,7 @@ async def test_describe_a_failed_job(cluster: Cluster) -> None:
     assert "demo-train: active 0, succeeded 0, failed 1" in out
 
 
-async def test_describe_explains_trainer_error_and_deadline(cluster: Cluster) -> None:
+async def test_describe_explains_trainer_error_and_deadline(cluster: Cluster, viewer: Path) -> None:
     await failed_job(cluster)
     report = {"phase": "Failed", "message": "train file data/x.tsv has no rows"}
     term = {"exitCode": 1, "reason": "Error", "message": json.dumps(report)}
@@ -353,17 +510,18 @@ async def test_describe_explains_trainer_error_and_deadline(cluster: Cluster) ->
     await cluster.patch(
         POD, NAMESPACE, "demo-train-x7k2p", {"status": {"containerStatuses": [cs]}}, status=True
     )
-    conditions = [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]
+    deadline = {"status": "True", "reason": "DeadlineExceeded"}
+    conditions = [{"type": "FailureTarget", **deadline}, {"type": "Failed", **deadline}]
     await cluster.patch(
         JOB, NAMESPACE, "demo-train", {"status": {"conditions": conditions}}, status=True
     )
-    rc, out, err = await cli(cluster, "describe", "demo", "-n", NAMESPACE)
+    rc, out, err = await cli(viewer, "describe", "demo", "-n", NAMESPACE)
     assert rc == 0, err
     assert "trainer error: train file data/x.tsv has no rows" in out
     assert "DeadlineExceeded: the Job ran longer than activeDeadlineSeconds (600 s)" in out
 
 
-async def test_describe_a_sweep_shows_best_and_trials(cluster: Cluster) -> None:
+async def test_describe_a_sweep_shows_best_and_trials(cluster: Cluster, viewer: Path) -> None:
     best = {"name": "sw-trial-1", "value": 0.86, "params": {"hyperparameters.learningRate": 2e-4}}
     status = {"phase": "Succeeded", "trials": {"total": 2, "succeeded": 1, "failed": 1}}
     await put(cluster, SWEEP, sweep_body("sw"), {**status, "bestTrial": best})
@@ -380,13 +538,13 @@ async def test_describe_a_sweep_shows_best_and_trials(cluster: Cluster) -> None:
         trial_body("sw", 1, {"hyperparameters.learningRate": 2e-4}),
         {"phase": "Succeeded", "metrics": {"accuracy": 0.86}},
     )
-    rc, out, err = await cli(cluster, "describe", "sw", "-n", NAMESPACE)
+    rc, out, err = await cli(viewer, "describe", "sw", "-n", NAMESPACE)
     assert rc == 0, err
     assert "accuracy 0.8600 (sw-trial-1)" in out
     assert "hyperparameters.learningRate: 0.0002" in out
     assert "learningRate=1e-05" in out and "learningRate=0.0002" in out
     assert "(identical in every trial)" in out  # failure messages wrap, never cut
-    rc, out, err = await cli(cluster, "describe", "sw-trial-1", "-n", NAMESPACE)
+    rc, out, err = await cli(viewer, "describe", "sw-trial-1", "-n", NAMESPACE)
     assert rc == 0, err
     assert "1 of sweep sw: learningRate=0.0002" in out
 
@@ -394,121 +552,234 @@ async def test_describe_a_sweep_shows_best_and_trials(cluster: Cluster) -> None:
 # --------------------------------------------------------------------------- logs
 
 
-def log_route(cluster: Cluster, logs: dict[str, list[bytes]], delay: float = 0.0) -> list[Any]:
-    """Serve GET .../pods/NAME/log from `logs` (kmock has no pods/log); returns the requests."""
-    seen: list[Any] = []
-
-    async def lines(request: Any) -> AsyncIterator[bytes]:
-        seen.append(request)
-        for line in logs.get(request.name, []):
-            if delay:
-                await asyncio.sleep(delay)
-            yield line
-
-    cluster.emulator[kmock.subresource("log")] << (lambda request: lines(request))
-    return seen
-
-
-async def trainer_pod(cluster: Cluster, name: str, index: int | None, created: float) -> None:
-    labels = {"finetune.dev/job": "demo", "batch.kubernetes.io/job-name": "demo-train"}
-    if index is not None:
-        labels["batch.kubernetes.io/job-completion-index"] = str(index)
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
-    }
-    pod["metadata"]["creationTimestamp"] = ago(created)
-    await cluster.create(POD, pod)
-
-
-async def test_logs_reads_the_pod_log_subresource(cluster: Cluster) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
-    await trainer_pod(cluster, "demo-train-old", None, 300)
-    await trainer_pod(cluster, "demo-train-new", None, 100)
-    seen = log_route(
-        cluster, {"demo-train-new": [b"[progress] step 10/250\n", b"[progress] step 20/250\n"]}
+def container_running(pod: dict[str, Any]) -> bool:
+    return any(
+        "running" in (cs.get("state") or {})
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []
     )
-    rc, out, err = await cli(cluster, "logs", "demo", "-n", NAMESPACE)
+
+
+def rank_of(pod: dict[str, Any]) -> int:
+    return int(pod["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"])
+
+
+async def test_logs_reads_the_pod_log_subresource(
+    cluster: Cluster, viewer: Path, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    await cluster.create(FTJ, make_ftj("demo", {**SMALL_SPEC, "backoffLimit": 1}))
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "demo-train")
+    old = await kubelet.terminate(job, exit_code=1, log=["attempt 1: CUDA error"])
+    # The Job controller's second attempt (after its 10 s pod-failure backoff).
+    lines = ["[progress] step 10/250", "[progress] step 20/250"]
+    new = await kubelet.terminate(job, exit_code=0, log=lines)
+    name = new["metadata"]["name"]
+    assert name != old["metadata"]["name"]
+    rc, out, err = await cli(viewer, "logs", "demo", "-n", NAMESPACE)
     assert rc == 0, err
-    assert "pod demo-train-new" in err  # names the pod it reads: the latest attempt
-    assert out == "[progress] step 10/250\n[progress] step 20/250\n"
-    assert seen[0].params.get("container") == "trainer" and "follow" not in seen[0].params
+    assert f"pod {name}" in err  # names the pod it reads: the latest attempt
+    assert out == cluster.pod_log(new)  # the container's whole log, as the node agent has it
+    assert out.startswith("stub: env ") and out.endswith("\n".join(lines) + "\n")
+    assert "attempt 1" not in out
+    (request,) = cli_calls(cluster, "pods", subresource="log")
+    assert request["objectRef"]["name"] == name
+    assert request["responseStatus"]["code"] == 200
+    assert query(request)["container"] == ["trainer"] and "follow" not in query(request)
 
 
-async def test_logs_follow_and_rank(cluster: Cluster) -> None:
+async def test_logs_follow_and_rank(cluster: Cluster, viewer: Path, kubelet: Kubelet) -> None:
+    # Two ranks: an Indexed Job with the trainer pods' labels, whose pods the Job controller
+    # makes (each with its completion index) and the node agent runs. Not the operator's
+    # 2-node Job: that needs a ReadWriteMany model cache PVC, and this plane binds none.
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
-    await trainer_pod(cluster, "demo-train-0-abc", 0, 100)
-    await trainer_pod(cluster, "demo-train-1-def", 1, 100)
-    logs = {
-        "demo-train-1-def": [b"rank 1 says a\n", b"rank 1 says b\n"],
-        "demo-train-0-abc": [b"rank 0\n"],
+    labels = {"finetune.dev/job": "demo"}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "demo-train", "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 2,
+            "parallelism": 2,
+            "backoffLimit": 0,
+            "template": {"metadata": {"labels": labels}, "spec": restricted_pod_spec()},
+        },
     }
-    seen = log_route(cluster, logs, delay=0.2)
-    rc, out, err = await cli(cluster, "logs", "demo", "-f", "--rank", "1", "-n", NAMESPACE)
-    assert rc == 0, err
-    assert "pod demo-train-1-def (rank 1)" in err
-    assert out == "rank 1 says a\nrank 1 says b\n"
-    assert seen[0].params.get("follow") == "true"
-    rc, out, err = await cli(cluster, "logs", "demo", "--rank", "3", "-n", NAMESPACE)
+    job = await cluster.create(JOB, job)
+    pods = await cluster.wait_for(
+        lambda: (
+            (ps := [p for p in cluster.pods(job) if container_running(p)])
+            and len(ps) == 2
+            and sorted(ps, key=rank_of)
+        ),
+        timeout=60,
+        message="both pods of the Indexed Job running",
+    )
+    assert [rank_of(p) for p in pods] == [0, 1]
+    rc, out, err = await cli(viewer, "logs", "demo", "--rank", "3", "-n", NAMESPACE)
     assert rc == 2 and "no trainer pod with rank 3 for demo yet (phase Running)" in err
+
+    rank1 = pods[1]
+    name = rank1["metadata"]["name"]
+    task = asyncio.create_task(cli(viewer, "logs", "demo", "-f", "--rank", "1", "-n", NAMESPACE))
+    await cluster.wait_for(
+        lambda: task.done() or log_streaming(cluster, name), message=f"the CLI following {name}"
+    )
+    assert not task.done(), f"the CLI stopped before the trainer wrote: {task.result()}"
+    # Lines written while the CLI follows; the trainer then exits, which ends the stream.
+    kubelet._order(rank1, {"exit": 0, "log": ["rank 1 says a", "rank 1 says b"]})
+    rc, out, err = await task
+    assert rc == 0, err
+    assert f"pod {name} (rank 1)" in err
+    assert out == cluster.pod_log(rank1)
+    assert out.endswith("rank 1 says a\nrank 1 says b\n")
+    env = json.loads(out.splitlines()[0].removeprefix("stub: env "))
+    assert env["JOB_COMPLETION_INDEX"] == "1"  # rank 1's own container
+    (request,) = log_calls(cluster, name)
+    assert query(request)["follow"] == ["true"] and query(request)["container"] == ["trainer"]
+
+
+async def test_logs_follow_waits_for_the_pod_and_its_container(
+    cluster: Cluster,
+    viewer: Path,
+    operator_factory: Callable[..., Awaitable[OperatorRunner]],
+    kubelet: Kubelet,
+) -> None:
+    # The pod waits first for a node (its nodeSelector matches none until the test labels
+    # one), then for its container, which cannot start until its secret exists
+    # (CreateContainerConfigError): meanwhile the API server answers pods/log with 400.
+    key, value = "cli-test.finetune.dev/logs", uuid.uuid4().hex[:12]
+    resources = {**SMALL_SPEC["resources"], "nodeSelector": {key: value}}
+    secrets = [{"env": "HF_TOKEN", "secretRef": {"name": "demo-hf", "key": "token"}}]
+    spec = {**SMALL_SPEC, "resources": resources, "secrets": secrets}
+    await cluster.create(FTJ, make_ftj("demo", spec))
+    task = asyncio.create_task(cli(viewer, "logs", "demo", "-f", "-n", NAMESPACE, timeout=120))
+    node = "node-0"
+    try:
+        await wait_watching(cluster, "pods")
+        assert not task.done(), task.result()
+        await operator_factory()  # only now: the CLI is waiting when the first pod appears
+        job = await cluster.wait_for_object(JOB, NAMESPACE, "demo-train")
+
+        def unschedulable() -> dict[str, Any] | None:
+            for pod in cluster.pods(job):
+                for c in (pod.get("status") or {}).get("conditions") or []:
+                    if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
+                        return pod
+            return None
+
+        pod = await cluster.wait_for(unschedulable, message="the pod waiting for a node")
+        name = pod["metadata"]["name"]
+        await asyncio.sleep(2 * screens.LOG_RETRY_SECONDS)  # the CLI's turn at a pod on no node
+        assert not task.done(), f"the CLI ended while {name} had no node: {task.result()}"
+        cluster.plane.kubectl("label", "node", node, f"{key}={value}")
+        await cluster.wait_for(
+            lambda: (
+                task.done()
+                or any(e["responseStatus"]["code"] == 400 for e in log_calls(cluster, name))
+            ),
+            message=f"the CLI's pods/log answered 400 while {name} starts",
+        )
+        assert not task.done(), f"the CLI ended while {name} was starting: {task.result()}"
+        assert (cluster.get_object(POD, NAMESPACE, name) or {})["spec"]["nodeName"] == node
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "demo-hf", "namespace": NAMESPACE},
+            "stringData": {"token": "hf_test"},
+        }
+        await cluster.create(SECRET, secret)
+        lines = ["[start] classification", "[progress] step 10/250"]
+        ran = await kubelet.terminate(job, exit_code=0, log=lines)
+        assert ran["metadata"]["name"] == name
+        rc, out, err = await task
+    finally:
+        task.cancel()
+        cluster.plane.kubectl("label", "node", node, f"{key}-", check=False)
+    assert rc == 0, err
+    assert "waiting for a trainer pod of demo" in err and f"pod {name}" in err
+    assert out == cluster.pod_log(ran) and out.endswith("\n".join(lines) + "\n")
+    codes = [e["responseStatus"]["code"] for e in log_calls(cluster, name)]
+    assert codes[-1] == 200 and 400 in codes[:-1], codes  # 400 while starting, then the stream
+    assert query(log_calls(cluster, name)[-1])["follow"] == ["true"]
 
 
 # --------------------------------------------------------------------------- errors
 
 
-async def test_unknown_name(cluster: Cluster) -> None:
-    rc, _out, err = await cli(cluster, "describe", "nope", "-n", NAMESPACE)
+async def test_unknown_name(cluster: Cluster, viewer: Path) -> None:
+    rc, _out, err = await cli(viewer, "describe", "nope", "-n", NAMESPACE)
     assert rc == 2
     assert "no FineTuneJob or HyperparameterSweep named 'nope' in namespace 'team-a'" in err
     assert "Traceback" not in err
 
 
-async def test_forbidden_by_rbac(cluster: Cluster) -> None:
-    forbidden = {
-        "kind": "Status",
-        "reason": "Forbidden",
-        "message": 'finetunejobs is forbidden: User "bob"',
-    }
-    cluster.emulator[kmock.resource("finetune.dev", "v1alpha1", "finetunejobs")] << 403 << forbidden
-    rc, _out, err = await cli(cluster, "get", "-n", NAMESPACE)
-    assert rc == 2
+async def test_forbidden_by_rbac(cluster: Cluster, tmp_path: Path) -> None:
+    # A user who may read sweeps and pods in team-a, but not FineTuneJobs.
+    account = "no-finetunejobs"
+    rules = [
+        {"apiGroups": ["finetune.dev"], "resources": [cl.SWEEP], "verbs": READ},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+    ]
+    apply(cluster.plane.cp, rbac_docs(account, NAMESPACE, rules, cluster_wide=False))
+    try:
+        kubeconfig = token_kubeconfig(cluster.plane, tmp_path / "kubeconfig", NAMESPACE, account)
+        rc, _out, err = await cli(kubeconfig, "get", "-n", NAMESPACE)
+    finally:
+        cluster.plane.kubectl(
+            "delete", "rolebinding,role,serviceaccount", account, "-n", NAMESPACE,
+            "--ignore-not-found", check=False,
+        )  # fmt: skip
+    assert rc == 2, err
     assert "not allowed to list finetunejobs in namespace 'team-a' (403 Forbidden" in err
-    assert "RBAC" in err
+    assert f'User "system:serviceaccount:{NAMESPACE}:{account}"' in err  # the server's words
+    assert "RBAC" in err and "Traceback" not in err
+    refused = [
+        e
+        for e in cluster.audit()
+        if e.get("user", {}).get("username") == f"system:serviceaccount:{NAMESPACE}:{account}"
+        and (e.get("objectRef") or {}).get("resource") == "finetunejobs"
+    ]
+    assert refused and all(e["responseStatus"]["code"] == 403 for e in refused)
 
 
 async def test_no_crds(tmp_path: Path) -> None:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-        emulator.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig.json", str(server.url).rstrip("/"))
+    """A second, bare control plane: kube-apiserver without the finetune.dev CRDs."""
+    root = tmp_path / "bare"
+    try:
+        bare = controlplane.start(root)
         for args in (("get",), ("watch", "demo"), ("describe", "demo")):
-            rc, out, err = await cli(kubeconfig, *args)
+            rc, out, err = await cli(bare.kubeconfig, *args)
             assert rc == 2, (args, out, err)
             assert "CRDs are not installed" in err, (args, err)
+            assert bare.server in err, (args, err)
+    finally:
+        controlplane.stop(root)
 
 
-async def test_no_cluster(tmp_path: Path) -> None:
-    from operator_harness import free_port
-
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig.json", f"http://127.0.0.1:{free_port()}")
+async def test_no_cluster(control_plane: Plane, tmp_path: Path) -> None:
+    token = "no-such-token"
+    server = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    kubeconfig = write_kubeconfig(
+        tmp_path / "kubeconfig.json", server, control_plane.cp.ca_file, token, "nobody"
+    )
     rc, _out, err = await cli(kubeconfig, "get")
     assert rc == 2
-    assert "cannot reach the Kubernetes API server at http://127.0.0.1:" in err
+    assert f"cannot reach the Kubernetes API server at {server}" in err
     rc, _out, err = await cli(tmp_path / "missing.yaml", "get")
     assert rc == 2 and "no usable Kubernetes credentials" in err
     assert "missing.yaml does not exist" in err and "Config not found" not in err
 
 
-async def test_namespace_flags_exclude_each_other(cluster: Cluster) -> None:
-    rc, _out, err = await cli(cluster, "get", "-n", NAMESPACE, "-A")
+async def test_namespace_flags_exclude_each_other(viewer: Path) -> None:
+    rc, _out, err = await cli(viewer, "get", "-n", NAMESPACE, "-A")
     assert rc == 2 and "exclude each other" in err
 
 
 async def test_watch_on_a_terminal_renders_the_live_view(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, viewer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), running())
-    session = await session_for(cluster, monkeypatch, namespace=NAMESPACE)
+    session = await session_for(viewer, monkeypatch, namespace=NAMESPACE)
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100, color_system=None)
     task = asyncio.create_task(screens.watch_view(session, "demo", console))
@@ -521,27 +792,3 @@ async def test_watch_on_a_terminal_renders_the_live_view(
     screen = out.getvalue()
     assert "demo  Failed" in screen and "evaluations" in screen and "0.83" in screen
     assert "error: demo failed: trainer error: CUDA out of memory" in screen
-
-
-async def test_logs_follow_waits_for_the_pod_and_its_container(cluster: Cluster) -> None:
-    await put(cluster, FTJ, make_ftj("demo", SMALL_SPEC), {"phase": "Pending"})
-    starting = {"kind": "Status", "reason": "BadRequest", "message": "ContainerCreating"}
-    calls: list[Any] = []
-
-    async def log(request: Any) -> AsyncIterator[bytes]:
-        calls.append(request)
-        yield b"[start] classification\n"
-        yield b"[progress] step 10/250\n"
-
-    # the first log request finds the container still starting (400), the next one streams
-    cluster.emulator[kmock.subresource("log")][:1] << 400 << starting
-    cluster.emulator[kmock.subresource("log")] << (lambda request: log(request))
-    task = asyncio.create_task(cli(cluster, "logs", "demo", "-f", "-n", NAMESPACE))
-    await wait_watching(cluster, "pods")
-    await trainer_pod(cluster, "demo-train-abc", None, 1)
-    rc, out, err = await task
-    assert rc == 0, err
-    assert "waiting for a trainer pod of demo" in err and "pod demo-train-abc" in err
-    assert out == "[start] classification\n[progress] step 10/250\n"
-    served = [r for r in cluster.requests() if r.subresource == "log"]
-    assert len(served) == 2 and len(calls) == 1  # a 400 while starting, then the stream
