@@ -66,8 +66,11 @@ def node_object(name: str, port: int, capacity: dict[str, str]) -> dict[str, Any
     }
 
 
-def node_status(name: str, port: int, capacity: dict[str, str]) -> dict[str, Any]:
-    """The Node's status (conditions' heartbeat now); sent whole as a merge patch."""
+def node_status(
+    name: str, port: int, capacity: dict[str, str], since: str | None = None
+) -> dict[str, Any]:
+    """The Node's status (conditions' heartbeat now, unchanged since `since`); sent whole
+    as a merge patch."""
     now = rfc3339()
     uname = platform.uname()
 
@@ -78,7 +81,7 @@ def node_status(name: str, port: int, capacity: dict[str, str]) -> dict[str, Any
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": now,
-            "lastTransitionTime": now,
+            "lastTransitionTime": since or now,
         }
 
     return {
@@ -143,6 +146,7 @@ class NodeAgent:
             "ephemeral-storage": "100Gi",
         }
         self.workers: dict[str, PodWorker] = {}
+        self.since = rfc3339()  # the conditions' last transition: this agent's start
         self.stop = asyncio.Event()
         self.ctx: NodeContext | None = None
 
@@ -173,7 +177,7 @@ class NodeAgent:
             await api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": keep or None}})
 
     async def post_status(self, api: Api, name: str) -> None:
-        status = node_status(name, self.ports[name], self.capacity)
+        status = node_status(name, self.ports[name], self.capacity, self.since)
         await api.merge_patch(f"/api/v1/nodes/{name}/status", {"status": status})
 
     async def renew_lease(self, api: Api, name: str, node_uid: str | None) -> None:

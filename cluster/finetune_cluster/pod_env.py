@@ -146,9 +146,7 @@ def resolve_resource_ref(
     if raw is None and kind == "requests":
         raw = (resources.get("limits") or {}).get(resource, 0)
     amount = parse_quantity(raw if raw is not None else 0)
-    divisor = parse_quantity(ref.get("divisor") or 1)
-    if divisor == 0:
-        raise EnvError("resourceFieldRef: divisor 0")
+    divisor = parse_quantity(ref.get("divisor") or 1) or Fraction(1)  # the API defaults "0"
     return str(math.ceil(amount / divisor))
 
 

@@ -28,6 +28,10 @@ class ImageEnv:
     python: str
     command: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    user: tuple[int, int] | None = None  # the image's USER uid:gid (default: root)
+    # Host paths bound into every container of the image, over its volumes (files "baked
+    # into the image", e.g. a test's stub program and its order folder): (host, path, ro).
+    mounts: tuple[tuple[str, str, bool], ...] = ()
 
     @property
     def bin_dir(self) -> str:
@@ -36,18 +40,33 @@ class ImageEnv:
 
 
 def load_images(path: Path, default_python: str) -> dict[str, ImageEnv]:
-    """Parse `{image: {"python": ..., "command": [...] | null, "env": {...}}}`."""
+    """Parse `{image: {"python": .., "command": [..] | null, "env": {..}, "user": "uid[:gid]",
+    "mounts": ["HOST[:PATH[:ro]]", ..]}}` (every key optional)."""
     raw: dict[str, Any] = json.loads(path.read_text())
     out: dict[str, ImageEnv] = {}
     for image, entry in raw.items():
         entry = entry or {}
         command = entry.get("command")
+        user = None
+        if entry.get("user") is not None:
+            uid, _, gid = str(entry["user"]).partition(":")
+            user = (int(uid), int(gid or 0))
         out[image] = ImageEnv(
             python=str(entry.get("python") or default_python),
             command=[str(c) for c in command] if command else None,
             env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+            user=user,
+            mounts=tuple(parse_mount(str(m)) for m in entry.get("mounts") or []),
         )
     return out
+
+
+def parse_mount(text: str) -> tuple[str, str, bool]:
+    """`HOST[:PATH[:ro]]` -> (host, path in the container, read-only)."""
+    parts = text.split(":")
+    host = parts[0]
+    path = parts[1] if len(parts) > 1 and parts[1] else host
+    return host, path, len(parts) > 2 and parts[2] == "ro"
 
 
 def image_repository(image: str) -> str:
@@ -56,6 +75,37 @@ def image_repository(image: str) -> str:
     slash = name.rfind("/")
     colon = name.rfind(":")
     return name[:colon] if colon > slash else name
+
+
+# Top-level domains that never resolve (RFC 2606/6761): an image from such a registry
+# fails to pull, deterministically and without a network, as it would on a real node.
+UNRESOLVABLE_TLDS = ("example", "invalid")
+
+
+def registry_host(image: str) -> str | None:
+    """The registry of an image that names one (`host.tld/...`, `host:port/...`)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def pull_error(image: str, images: Mapping[str, ImageEnv]) -> str | None:
+    """Why the image cannot be pulled (a containerd-style message), or None. Mapped images
+    and images of any other registry are "present": they run in a local environment."""
+    host = registry_host(image)
+    if host is None or image in images or image_repository(image) in images:
+        return None
+    name = host.split(":")[0]
+    if name.rsplit(".", 1)[-1] not in UNRESOLVABLE_TLDS:
+        return None
+    repo = image_repository(image)[len(host) + 1 :]
+    tag = image.split("@", 1)[0][len(image_repository(image)) + 1 :] or "latest"
+    return (
+        f'rpc error: code = Unknown desc = failed to pull and unpack image "{image}": '
+        f'failed to resolve reference "{image}": failed to do request: Head '
+        f'"https://{host}/v2/{repo}/manifests/{tag}": dial tcp: lookup {name}: no such host'
+    )
 
 
 def image_env(image: str, images: Mapping[str, ImageEnv], default_python: str) -> ImageEnv:

@@ -52,12 +52,16 @@ class Identity:
     drop_all_caps: bool = False
 
 
-def identity_of(pod: dict[str, Any], container: dict[str, Any]) -> Identity:
-    """runAsUser/runAsGroup (container overrides pod), fsGroup + supplementalGroups."""
+def identity_of(
+    pod: dict[str, Any], container: dict[str, Any], image_user: tuple[int, int] | None = None
+) -> Identity:
+    """runAsUser/runAsGroup (container overrides pod, both override the image's USER),
+    fsGroup + supplementalGroups."""
     pod_sc = pod["spec"].get("securityContext") or {}
     sc = container.get("securityContext") or {}
-    uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
-    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+    image_uid, image_gid = image_user if image_user else (None, None)
+    uid = sc.get("runAsUser", pod_sc.get("runAsUser", image_uid))
+    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", image_gid))
     non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
     if non_root and not uid:
         raise ValueError("container has runAsNonRoot and image will run as root")
@@ -172,6 +176,8 @@ def sandbox_script(box: Sandbox, tools: Mapping[str, str]) -> str:
         )
     for m in binds:
         dest = _q(f"{box.new_root}{_target(m.target)}")
+        if m.source.is_dir():  # a mountpoint inside a volume bound just before
+            lines.append(f"[ -e {dest} ] || {t['mkdir']} -p {dest}")
         lines.append(f"{t['mount']} --bind {_q(m.source)} {dest}")
         if m.read_only:
             lines.append(f"{t['mount']} -o remount,bind,ro {dest}")
@@ -225,8 +231,15 @@ def parse_vmrss(status: str) -> int:
     return 0
 
 
-def proc_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, pgid, starttime) for every process."""
+_TABLE: tuple[float, dict[int, tuple[int, int, int]]] = (0.0, {})
+
+
+def proc_table(max_age: float = 0.0) -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, pgid, starttime) for every process; a scan at most max_age seconds
+    old may be shared (the memory watches of all pods poll together)."""
+    global _TABLE
+    if max_age and time.monotonic() - _TABLE[0] <= max_age:
+        return _TABLE[1]
     out: dict[int, tuple[int, int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -236,6 +249,7 @@ def proc_table() -> dict[int, tuple[int, int, int]]:
                 out[int(entry)] = parse_stat(fh.read())
         except (OSError, ValueError, IndexError):
             continue
+    _TABLE = (time.monotonic(), out)
     return out
 
 
@@ -388,7 +402,8 @@ class ContainerProcess:
         try:
             while not waiter.done():
                 if limit is not None and not self.oom_killed:
-                    rss = tree_rss(tree_pids(proc_table(), self.proc.pid))
+                    table = proc_table(max_age=RSS_POLL_SECONDS / 2)
+                    rss = tree_rss(tree_pids(table, self.proc.pid))
                     if over_limit(rss, limit):
                         self.oom_killed = True
                         kill_tree(self.proc.pid, signal.SIGKILL)

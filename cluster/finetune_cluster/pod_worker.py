@@ -19,9 +19,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aiohttp import ClientError
+
 from .kube_rest import Api, ApiError
 from .pod_env import EnvError, build_env, referenced_objects
-from .pod_images import CommandError, ImageEnv, default_path, image_env, resolve_argv
+from .pod_images import (
+    CommandError,
+    ImageEnv,
+    default_path,
+    image_env,
+    pull_error,
+    resolve_argv,
+)
 from .pod_probes import probe_once, run_probe
 from .pod_runtime import (
     ContainerProcess,
@@ -132,7 +141,8 @@ class PodWorker:
         self.gone = False
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self._push_lock = asyncio.Lock()
+        self._dirty = False
+        self._flusher: asyncio.Task[None] | None = None
         self._cache: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     # ---- feeding -----------------------------------------------------------------
@@ -316,7 +326,7 @@ class PodWorker:
                     )
                 )
                 return True
-            except (VolumeError, EnvError, ApiError, OSError, ValueError) as err:
+            except (VolumeError, EnvError, ApiError, ClientError, OSError, ValueError) as err:
                 log.warning("pod %s/%s: volumes: %s", self.ns, self.name, err)
                 for cs in self.statuses.values():
                     waiting = cs["state"].get("waiting")
@@ -386,10 +396,11 @@ class PodWorker:
             host_ip=POD_IP,
         )
         env = {**base, **env}
-        ident = identity_of(self.pod, c)
+        ident = identity_of(self.pod, c, image.user)
         cwd = c.get("workingDir") or self.ctx.cwd
         argv = resolve_argv(c, image, env, cwd)
         mounts = container_mounts(c, self.volumes.volumes, env)
+        mounts += [Mount(Path(host), path, ro) for host, path, ro in image.mounts]
         term = self.paths.termination_log(c["name"])
         term.write_bytes(b"")
         os.chmod(term, 0o666)
@@ -438,10 +449,12 @@ class PodWorker:
         while not self.terminating:
             cs = table[name]
             cs["restartCount"] = restarts
+            if not await self._pull(c, cs):
+                break
             try:
                 await self._fetch_objects(c)
                 argv, env, _image, limit = self._launch(c)
-            except (EnvError, VolumeError, ValueError, ApiError) as err:
+            except (EnvError, VolumeError, ValueError, ApiError, ClientError, OSError) as err:
                 cs["state"] = {
                     "waiting": {"reason": "CreateContainerConfigError", "message": str(err)}
                 }
@@ -521,6 +534,25 @@ class PodWorker:
             await self._sleep(delay)
         return last
 
+    async def _pull(self, c: dict[str, Any], cs: dict[str, Any]) -> bool:
+        """ErrImagePull, then ImagePullBackOff, retried until the image "pulls" (never,
+        for an unresolvable registry) or the pod goes. False when the pod went first."""
+        image = str(c.get("image", ""))
+        attempts = 0
+        while not self.terminating:
+            error = pull_error(image, self.ctx.images)
+            if error is None:
+                return True
+            attempts += 1
+            cs["state"] = {"waiting": {"reason": "ErrImagePull", "message": error}}
+            await self.push()
+            await self._sleep(1.0)
+            message = f'Back-off pulling image "{image}": ErrImagePull: {error}'
+            cs["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
+            await self.push()
+            await self._sleep(backoff_seconds(attempts))
+        return False
+
     async def _started(self, name: str, *, init: bool) -> None:
         """Wait until a sidecar reports started (or the pod goes)."""
         table = self.init_statuses if init else self.statuses
@@ -536,7 +568,8 @@ class PodWorker:
         init: bool,
     ) -> None:
         """Startup, then liveness and readiness probes of one container start."""
-        ident = identity_of(self.pod, c)
+        image = image_env(c.get("image", ""), self.ctx.images, self.ctx.default_python)
+        ident = identity_of(self.pod, c, image.user)
 
         def attempt(probe: dict[str, Any]) -> Any:
             return lambda: probe_once(probe, c, env, proc.pid, (ident.uid, ident.gid))
@@ -640,11 +673,22 @@ class PodWorker:
         return {"status": status}
 
     async def push(self) -> None:
-        """PATCH the pod's status (skipped once the pod is gone)."""
+        """Write the current status; returns once it (or a newer one) is stored.
+
+        One flusher per pod sends the latest status, retrying through API outages (an
+        apiserver restart must not lose a pod's final state), so bursts coalesce."""
         if self.gone:
             return
-        async with self._push_lock:
-            path = f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status"
+        self._dirty = True
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        path = f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status"
+        delay = 0.5
+        while self._dirty and not self.gone:
+            self._dirty = False
             try:
                 answer = await self.ctx.api.merge_patch(path, self.status_body())
             except ApiError as err:
@@ -652,12 +696,18 @@ class PodWorker:
                     self.gone = True
                     return
                 log.warning("pod %s/%s: status: %s", self.ns, self.name, err)
-                return
-            except (OSError, TimeoutError) as err:
-                log.warning("pod %s/%s: status: %s", self.ns, self.name, err)
-                return
-            if answer.get("metadata", {}).get("uid") == self.uid:
-                self.pod = {**self.pod, "status": answer.get("status", {})}
+                if err.status < 500 and err.status != 429:
+                    continue  # refused as invalid: retrying the same body would not help
+            except (OSError, TimeoutError, ClientError) as err:
+                log.warning("pod %s/%s: status (retrying): %s", self.ns, self.name, err)
+            else:
+                delay = 0.5
+                if answer.get("metadata", {}).get("uid") == self.uid:
+                    self.pod = {**self.pod, "status": answer.get("status", {})}
+                continue
+            self._dirty = True
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     async def _final_delete(self) -> None:
         """The kubelet's last word: delete the terminated pod with grace period 0."""
@@ -667,9 +717,17 @@ class PodWorker:
             "gracePeriodSeconds": 0,
             "preconditions": {"uid": self.uid},
         }
-        try:
-            await self.ctx.api.delete(f"/api/v1/namespaces/{self.ns}/pods/{self.name}", body)
-        except ApiError as err:
-            if err.status not in (404, 409):
-                log.warning("pod %s/%s: final delete: %s", self.ns, self.name, err)
+        path = f"/api/v1/namespaces/{self.ns}/pods/{self.name}"
+        for attempt in range(30):  # through an apiserver restart
+            try:
+                await self.ctx.api.delete(path, body)
+                break
+            except ApiError as err:
+                if err.status not in (404, 409):
+                    log.warning("pod %s/%s: final delete: %s", self.ns, self.name, err)
+                if err.status < 500:
+                    break
+            except (ClientError, OSError, TimeoutError) as err:
+                log.warning("pod %s/%s: final delete (retrying): %s", self.ns, self.name, err)
+            await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
         cleanup_pod_dir(self.paths, keep_logs=True)

@@ -29,6 +29,9 @@ from finetune_cluster.pod_images import (
     image_env,
     image_repository,
     load_images,
+    parse_mount,
+    pull_error,
+    registry_host,
     resolve_argv,
 )
 from finetune_cluster.pod_probes import probe_port
@@ -471,3 +474,30 @@ def test_kubeconfig_token_and_inline_ca(tmp_path: Path) -> None:
         "abc",
     )
     assert config.ca_file is not None and Path(config.ca_file).read_bytes().startswith(b"-----")
+
+
+def test_unresolvable_registries_fail_to_pull() -> None:
+    error = pull_error("registry.example/nope:1", {})
+    assert error is not None
+    assert '"registry.example/nope:1"' in error and "lookup registry.example: no such host" in error
+    assert "/v2/nope/manifests/1" in error
+    assert pull_error("reg.invalid:5000/a/b", {}) is not None
+    assert pull_error("python:3.11", {}) is None  # no registry: present locally
+    assert pull_error("ghcr.io/org/trainer:1", {}) is None
+    assert (
+        pull_error("registry.example/mapped:1", {"registry.example/mapped": ImageEnv("/p")}) is None
+    )
+    assert registry_host("localhost/x") == "localhost" and registry_host("team/x") is None
+
+
+def test_image_mounts_and_user(tmp_path: Path) -> None:
+    spec = {"stub": {"mounts": ["/srv/stub", "/srv/models:/models:ro"], "user": "10001:10001"}}
+    (tmp_path / "images.json").write_text(__import__("json").dumps(spec))
+    image = load_images(tmp_path / "images.json", "/py")["stub"]
+    assert image.mounts == (("/srv/stub", "/srv/stub", False), ("/srv/models", "/models", True))
+    assert parse_mount("/a:/b") == ("/a", "/b", False)
+    assert image.user == (10001, 10001)
+    ident = identity_of(pod(), {"name": "main"}, image.user)
+    assert (ident.uid, ident.gid) == (10001, 10001)
+    p = pod(securityContext={"runAsUser": 5})
+    assert identity_of(p, {"name": "main"}, image.user).uid == 5  # the pod overrides USER

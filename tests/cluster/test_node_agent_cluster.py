@@ -18,7 +18,12 @@ pytestmark = pytest.mark.cluster
 
 
 def apply(plane: Any, *docs: dict[str, Any]) -> None:
-    plane.kubectl("apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(docs)}))
+    plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(docs)}),
+    )
 
 
 def get(plane: Any, *args: str) -> Any:
@@ -39,16 +44,25 @@ def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "") ->
 def namespace(plane: Any, restricted: bool = False) -> str:
     name = f"agent-{uuid.uuid4().hex[:6]}"
     labels = {"pod-security.kubernetes.io/enforce": "restricted"} if restricted else {}
-    apply(plane, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+    apply(
+        plane,
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}},
+    )
     eventually(
-        lambda: plane.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        lambda: (
+            plane.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode
+            == 0
+        ),
         what="the default ServiceAccount",
     )
     return name
 
 
 def job(name: str, ns: str, container: dict[str, Any], **pod_spec: Any) -> dict[str, Any]:
-    spec = {"restartPolicy": "Never", "containers": [{"name": "main", "image": "python:3.11", **container}]}
+    spec = {
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "python:3.11", **container}],
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -127,7 +141,11 @@ def test_restricted_job_uses_its_token_under_rbac(control_plane: Any) -> None:
     ns = namespace(plane, restricted=True)
     apply(
         plane,
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner", "namespace": ns}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "runner", "namespace": ns},
+        },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -216,12 +234,16 @@ def test_delete_sends_sigterm_then_removes_the_pod(control_plane: Any, tmp_path:
                     "volumeMounts": [{"name": "out", "mountPath": "/out"}],
                 }
             ],
-            "volumes": [{"name": "out", "hostPath": {"path": str(out), "type": "DirectoryOrCreate"}}],
+            "volumes": [
+                {"name": "out", "hostPath": {"path": str(out), "type": "DirectoryOrCreate"}}
+            ],
         },
     }
     apply(control_plane, pod)
     control_plane.kubectl("wait", "-n", ns, "--for=condition=Ready", "pod/sleeper", "--timeout=60s")
-    follow = control_plane.kubectl("logs", "-n", ns, "sleeper", "-f", "--tail=1", "--request-timeout=2s", check=False)
+    follow = control_plane.kubectl(
+        "logs", "-n", ns, "sleeper", "-f", "--tail=1", "--request-timeout=2s", check=False
+    )
     assert "tick" in follow.stdout
     limited = control_plane.kubectl("logs", "-n", ns, "sleeper", "--limit-bytes=6").stdout
     assert limited == "tick 0"
@@ -238,7 +260,9 @@ def test_on_failure_restarts_in_place_and_keeps_previous_log(control_plane: Any)
         "command": ["sh", "-c", script],
         "volumeMounts": [{"name": "s", "mountPath": "/scratch"}],
     }
-    manifest = job("retry", ns, container, restartPolicy="OnFailure", volumes=[{"name": "s", "emptyDir": {}}])
+    manifest = job(
+        "retry", ns, container, restartPolicy="OnFailure", volumes=[{"name": "s", "emptyDir": {}}]
+    )
     manifest["spec"]["backoffLimit"] = 2
     apply(control_plane, manifest)
     assert job_condition(control_plane, ns, "retry") == "Complete"
@@ -272,9 +296,19 @@ def test_deployment_becomes_ready_through_its_readiness_probe(control_plane: Any
                         {
                             "name": "web",
                             "image": "python:3.11",
-                            "command": ["python", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                            "command": [
+                                "python",
+                                "-m",
+                                "http.server",
+                                str(port),
+                                "--bind",
+                                "127.0.0.1",
+                            ],
                             "ports": [{"name": "http", "containerPort": port}],
-                            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                            "readinessProbe": {
+                                "httpGet": {"path": "/", "port": "http"},
+                                "periodSeconds": 1,
+                            },
                             "livenessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 2},
                         }
                     ]
@@ -292,16 +326,19 @@ def test_deployment_becomes_ready_through_its_readiness_probe(control_plane: Any
 
 def test_indexed_job_gang_resolves_peers_through_etc_hosts(control_plane: Any) -> None:
     ns = namespace(control_plane)
+    peer = f"gang-1.gang.{ns}.svc"
     script = (
         'echo "index=$JOB_COMPLETION_INDEX host=$(hostname)"; '
-        "python -c \"import socket; print('peer', socket.gethostbyname('gang-1.gang.%s.svc'))\"" % ns
+        f"python -c \"import socket; print('peer', socket.gethostbyname('{peer}'))\""
     )
     manifest = job("gang", ns, {"command": ["sh", "-c", script]}, subdomain="gang")
     manifest["spec"] |= {"completionMode": "Indexed", "completions": 2, "parallelism": 2}
     apply(control_plane, manifest)
     assert job_condition(control_plane, ns, "gang") == "Complete"
     pods = get(control_plane, "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=gang")["items"]
-    outputs = sorted(control_plane.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in pods)
+    outputs = sorted(
+        control_plane.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout for p in pods
+    )
     assert outputs == [
         "index=0 host=gang-0\npeer 127.0.0.1\n",
         "index=1 host=gang-1\npeer 127.0.0.1\n",
@@ -380,7 +417,7 @@ def test_volumes_env_and_init_containers(control_plane: Any) -> None:
     assert logs[:2] == ["first", "second"]
     assert "secret hunter2 0o400" in logs
     assert "cm content" in logs
-    assert any(line.startswith("labels ") and 'team="a"' in line for line in logs)
+    assert 'team="a"' in logs  # metadata.labels: key="value" lines
     assert "cpu 2" in logs
     assert "env hunter2 fast 256" in logs
     assert "cwd /init" in logs

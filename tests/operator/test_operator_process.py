@@ -1,4 +1,5 @@
-"""`finetune operator` as a real process: KUBECONFIG login, /metrics, /healthz, SIGKILL + restart."""
+"""`finetune operator` as a real process against the real control plane: KUBECONFIG login
+as the chart's ServiceAccount, /metrics, /healthz, SIGKILL + restart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from operator_harness import (
     JOB,
     NAMESPACE,
     SMALL_SPEC,
+    STUB_IMAGE,
     Cluster,
     Kubelet,
     OperatorProcess,
@@ -35,17 +37,22 @@ async def test_killed_and_restarted_process(
     await process.start()
     await cluster.create(FTJ, make_ftj("proc", SMALL_SPEC))
     job = await cluster.wait_for_object(JOB, NAMESPACE, "proc-train")
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "finetune-trainer:test"
+    # The image comes from the process's environment (FINETUNE_TRAINER_IMAGE).
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == STUB_IMAGE
     await kubelet.run_pod(job)
     await cluster.wait_phase(NAMESPACE, "proc", "Running")
 
+    # SIGKILL; the pod ends and the Job controller completes the Job while no operator runs.
     await process.kill()
     await kubelet.succeed(job, metrics={"accuracy": 0.8})
+    assert cluster.status(FTJ, NAMESPACE, "proc")["phase"] == "Running"
     await process.start()
 
     status = await cluster.wait_phase(NAMESPACE, "proc", "Succeeded")
     assert status["metrics"] == {"accuracy": 0.8}
+    # The restarted process adopted the Job: no second create (the apiserver's audit log).
     assert cluster.count_creates(JOB) == 1
+    assert [j["metadata"]["name"] for j in cluster.objects(JOB, NAMESPACE)] == ["proc-train"]
     for _ in range(50):
         text = await process.metrics()
         labels = {"namespace": NAMESPACE, "name": "proc", "metric": "accuracy"}

@@ -1,13 +1,17 @@
-"""A fault-injecting HTTP proxy to put in front of the test API server.
+"""A fault-injecting HTTP proxy to put in front of the real kube-apiserver.
 
-kmock's reactions run after the emulator stored a write, so they cannot say "this write
-failed". The proxy decides before the emulator sees the request: a chosen share of the
-writes (POST, PUT, PATCH, DELETE) is answered with an apiserver-shaped error (500, 429,
-409) and never reaches the emulator, or is forwarded and stored but its reply is lost
-(the connection is cut). Reads and watch streams pass through untouched.
+The apiserver has no switch for "this write fails", so the proxy decides before the
+server sees the request: a chosen share of the writes (POST, PUT, PATCH, DELETE) is
+answered with an apiserver-shaped error (500, 429, 409) and never reaches the server, or
+is forwarded and stored but its reply is lost (the connection is cut). Reads and watch
+streams pass through untouched. The client's own credentials (its bearer token) are
+passed on, so the server authenticates and authorizes every forwarded call as the client.
 
-    async with FaultProxy(cluster.url, rate=0.15, seed=7) as proxy:
-        kubeconfig = write_kubeconfig(tmp / "faulty.json", proxy.url)   # the operator's
+The proxy serves plain HTTP on 127.0.0.1 and forwards to the apiserver over HTTPS,
+verifying it with the plane's CA:
+
+    async with FaultProxy(plane.server, ca_file=plane.cp.ca_file, rate=0.2, seed=7) as proxy:
+        write_kubeconfig(tmp / "faulty.json", proxy.url, ca, token, user)   # the operator's
         ...
         proxy.injected   # Counter: {"500": 4, "429": 3, "409": 2, "lost": 3}
 """
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 from collections import Counter
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -54,8 +60,10 @@ class FaultProxy:
         seed: int = 0,
         faults: tuple[str, ...] = FAULTS,
         paths: tuple[str, ...] = ("",),
+        ca_file: Path | str | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        self.ca_file = ca_file
         self.rate = rate
         self.faults = faults
         self.paths = paths  # only writes to paths starting with one of these
@@ -68,7 +76,12 @@ class FaultProxy:
         self.url = ""
 
     async def __aenter__(self) -> FaultProxy:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        tls: ssl.SSLContext | bool = True
+        if self.ca_file is not None:
+            tls = ssl.create_default_context(cafile=str(self.ca_file))
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(ssl=tls)
+        )
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
