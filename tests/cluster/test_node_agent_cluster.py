@@ -1,6 +1,9 @@
 """The node agent against the real control plane (the session's `control_plane`): pods
 created by the real Job and Deployment controllers, scheduled by the real scheduler,
-run as local processes, observed through the real apiserver (status, `kubectl logs`)."""
+run as local processes, observed through the real apiserver (status, `kubectl logs`).
+
+Mount paths live under /srv/agent-test: the agent creates missing mountpoints on this
+machine's filesystem (as a runtime creates them in an image), so they stay in one place."""
 
 from __future__ import annotations
 
@@ -212,7 +215,7 @@ def test_delete_sends_sigterm_then_removes_the_pod(control_plane: Any, tmp_path:
         """
         import signal, sys, time
         def term(*_):
-            open("/out/sigterm", "w").write("SIGTERM")
+            open("/srv/agent-test/out/sigterm", "w").write("SIGTERM")
             sys.exit(0)
         signal.signal(signal.SIGTERM, term)
         for i in range(10000):
@@ -231,7 +234,7 @@ def test_delete_sends_sigterm_then_removes_the_pod(control_plane: Any, tmp_path:
                     "name": "main",
                     "image": "python:3.11",
                     "command": ["python", "-u", "-c", code],
-                    "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                    "volumeMounts": [{"name": "out", "mountPath": "/srv/agent-test/out"}],
                 }
             ],
             "volumes": [
@@ -255,10 +258,10 @@ def test_delete_sends_sigterm_then_removes_the_pod(control_plane: Any, tmp_path:
 
 def test_on_failure_restarts_in_place_and_keeps_previous_log(control_plane: Any) -> None:
     ns = namespace(control_plane)
-    script = "if [ -e /scratch/once ]; then echo second; exit 0; fi; touch /scratch/once; echo first; exit 3"
+    script = "if [ -e /srv/agent-test/scratch/once ]; then echo second; exit 0; fi; touch /srv/agent-test/scratch/once; echo first; exit 3"
     container = {
         "command": ["sh", "-c", script],
-        "volumeMounts": [{"name": "s", "mountPath": "/scratch"}],
+        "volumeMounts": [{"name": "s", "mountPath": "/srv/agent-test/scratch"}],
     }
     manifest = job(
         "retry", ns, container, restartPolicy="OnFailure", volumes=[{"name": "s", "emptyDir": {}}]
@@ -350,15 +353,15 @@ def test_volumes_env_and_init_containers(control_plane: Any) -> None:
     code = textwrap.dedent(
         """
         import os
-        print(open("/init/order").read().strip())
-        print("secret", open("/sec/password").read(), oct(os.stat("/sec/password").st_mode & 0o777))
-        print("cm", open("/cfg/renamed.txt").read())
-        print("labels", open("/info/labels").read())
-        print("cpu", open("/info/cpu").read())
+        print(open("/srv/agent-test/init/order").read().strip())
+        print("secret", open("/srv/agent-test/sec/password").read(), oct(os.stat("/srv/agent-test/sec/password").st_mode & 0o777))
+        print("cm", open("/srv/agent-test/cfg/renamed.txt").read())
+        print("labels", open("/srv/agent-test/info/labels").read())
+        print("cpu", open("/srv/agent-test/info/cpu").read())
         print("env", os.environ["FROM_SECRET"], os.environ["CFG_mode"], os.environ["MEM"])
         print("cwd", os.getcwd())
         print("shm", [l.split()[3] for l in open("/proc/mounts") if " /dev/shm " in l][-1])
-        print("sub", open("/sub/file").read())
+        print("sub", open("/srv/agent-test/sub/file").read())
         """
     )
     docs = [
@@ -367,7 +370,7 @@ def test_volumes_env_and_init_containers(control_plane: Any) -> None:
     ]  # fmt: skip
     container = {
         "command": ["python", "-c", code],
-        "workingDir": "/init",
+        "workingDir": "/srv/agent-test/init",
         "resources": {"limits": {"cpu": "2", "memory": "256Mi"}},
         "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
         "env": [
@@ -375,19 +378,19 @@ def test_volumes_env_and_init_containers(control_plane: Any) -> None:
             {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
         ],
         "volumeMounts": [
-            {"name": "init", "mountPath": "/init"},
-            {"name": "sec", "mountPath": "/sec"},
-            {"name": "cfg", "mountPath": "/cfg"},
-            {"name": "info", "mountPath": "/info"},
+            {"name": "init", "mountPath": "/srv/agent-test/init"},
+            {"name": "sec", "mountPath": "/srv/agent-test/sec"},
+            {"name": "cfg", "mountPath": "/srv/agent-test/cfg"},
+            {"name": "info", "mountPath": "/srv/agent-test/info"},
             {"name": "shm", "mountPath": "/dev/shm"},
-            {"name": "init", "mountPath": "/sub", "subPath": "deeper", "readOnly": True},
+            {"name": "init", "mountPath": "/srv/agent-test/sub", "subPath": "deeper", "readOnly": True},
         ],
     }  # fmt: skip
     init = [
         {"name": f"init-{i}", "image": "busybox", "command": ["sh", "-c", cmd],
-         "volumeMounts": [{"name": "init", "mountPath": "/init"}]}
+         "volumeMounts": [{"name": "init", "mountPath": "/srv/agent-test/init"}]}
         for i, cmd in enumerate(
-            ["echo first > /init/order", "echo second >> /init/order; mkdir -p /init/deeper; echo in-sub > /init/deeper/file"]
+            ["echo first > /srv/agent-test/init/order", "echo second >> /srv/agent-test/init/order; mkdir -p /srv/agent-test/init/deeper; echo in-sub > /srv/agent-test/init/deeper/file"]
         )
     ]  # fmt: skip
     volumes = [
@@ -420,7 +423,7 @@ def test_volumes_env_and_init_containers(control_plane: Any) -> None:
     assert 'team="a"' in logs  # metadata.labels: key="value" lines
     assert "cpu 2" in logs
     assert "env hunter2 fast 256" in logs
-    assert "cwd /init" in logs
+    assert "cwd /srv/agent-test/init" in logs
     assert any(line.startswith("shm ") and "size=65536k" in line for line in logs)
     assert "sub in-sub" in logs
     inits = pod["status"]["initContainerStatuses"]
