@@ -46,7 +46,7 @@ def up(root: Path, nodes: int, gpus: int) -> None:
         apply(cp, render_chart(values))
         out = cp.kubectl(
             "rollout", "status", f"deployment/{RELEASE}", "-n", SYSTEM_NAMESPACE,
-            "--timeout=180s", check=False,
+            "--timeout=100s", check=False,
         )  # fmt: skip
         if out.returncode != 0:
             raise RuntimeError(f"the operator Deployment is not available: {out.stderr.strip()}")
