@@ -12,9 +12,11 @@ trainer ServiceAccount), and then starts one controller as its own process, auth
 with a TokenRequest token of the chart's operator ServiceAccount, so every call it makes goes
 through the real authenticator, RBAC, admission and audit:
 
-- **null**: watches FineTuneJobs and, for each ADDED one, POSTs the operator's own Job
-  manifest (built once with the operator's build_job, renamed per object), with as many
-  requests in flight as the apiserver takes. Nothing else. Done when every Job exists.
+- **null**: watches FineTuneJobs and, for each new one, POSTs the operator's own Job
+  manifest (built once with the operator's build_job, renamed per object) from a pool of
+  32 workers (`--null-workers`; on 2 cores 32 beat one task per object, which floods the
+  client's event loop until the apiserver drops its watch as too slow). Nothing else.
+  Done when every Job exists.
 - **null+status**: the same, then the operator's own first status merge patch (phase
   Pending, conditions, observedGeneration, jobName) on the status subresource.
 - **operator**: `finetune operator --namespace bench` (kopf), a subprocess, so its CPU and
@@ -26,8 +28,12 @@ FineTuneJob has its Job and (all but "null") a current status: phase Pending and
 status.observedGeneration == metadata.generation. Wall time runs from the first create to
 that moment. Latency is per object, from the return of its create call to its Job's
 ADDED event in the benchmark's watch (creationTimestamp has 1 s resolution, so it is not
-used). CPU seconds (user + system, during the burst) of the controller, kube-apiserver,
-etcd and the benchmark client itself; the controller's peak RSS (VmHWM, start-up included).
+used). Every watch here resumes from its last resourceVersion when the apiserver ends it
+(its watch cache drops a watcher ~10 events behind; kopf resumes the same way), and the
+controller's requests, watch restarts included, are counted from the audit log, which also
+gives a server-side timeline per object (second table). CPU seconds (user + system, during
+the burst) of the controller, kube-apiserver, etcd and the benchmark client itself; the
+controller's peak RSS (VmHWM, start-up included).
 
 kube-controller-manager and kube-scheduler are stopped once the plane is up (the default):
 with them, each Job gets a pod that no node runs, the scheduler marks each unschedulable and
@@ -42,7 +48,9 @@ Then the operator's per-object reconcile cost in-process (no HTTP).
 Profiles: FINETUNE_BENCH_PYSPY=out.txt (py-spy raw stacks of the operator; needs py-spy),
 FINETUNE_BENCH_PROFILE=out.prof (cProfile; distorts async code),
 FINETUNE_BENCH_APISERVER_PPROF=/tmp/api (kube-apiserver's Go CPU profile of each burst's
-first FINETUNE_BENCH_PPROF_SECONDS, default 3: /tmp/api-<controller>.pb.gz).
+first FINETUNE_BENCH_PPROF_SECONDS, default 3: /tmp/api-<controller>.pb.gz),
+FINETUNE_BENCH_OPERATOR_PRELUDE='python code' (run in the operator process before it starts:
+to try a setting without editing the operator).
 """
 
 from __future__ import annotations
@@ -156,6 +164,62 @@ def start_plane(root: Path, docs: list[dict[str, Any]], with_controllers: bool) 
     return cp, kubeconfig, token
 
 
+# --------------------------------------------------------------------------- watching
+
+
+async def watch_resumed(
+    session: aiohttp.ClientSession,
+    url: str,
+    on_event: Any,
+    *,
+    accept: str = "application/json",
+    opened: asyncio.Future[None] | None = None,
+    restarts: list[int] | None = None,
+) -> None:
+    """List, then watch url from the list's resourceVersion, as an informer does: when the
+    apiserver ends the stream (its watch cache closes a watcher that falls ~10 events
+    behind: "Forcing ... watcher close due to unresponsiveness") watch again from the last
+    resourceVersion seen; on 410 Gone list again. on_event gets every object as an
+    ADDED/MODIFIED/DELETED event (a relist replays the list as ADDED)."""
+    headers = {"Accept": accept}
+    rv = ""
+    while True:
+        if not rv:  # list (first, or after 410): replay the objects as ADDED
+            accept_list = accept.replace(
+                "as=PartialObjectMetadata;", "as=PartialObjectMetadataList;"
+            )
+            async with session.get(url, headers={"Accept": accept_list}) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"list {url}: {r.status} {await r.text()}")
+                data = await r.json()
+            for item in data.get("items") or []:
+                on_event({"type": "ADDED", "object": item})
+            rv = data["metadata"]["resourceVersion"]
+        params = {"watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true"}
+        async with session.get(url, params=params, headers=headers, timeout=None) as r:
+            if r.status == 429:
+                await asyncio.sleep(0.2)
+                continue
+            if r.status != 200:
+                raise RuntimeError(f"watch {url}: {r.status} {await r.text()}")
+            if opened is not None and not opened.done():
+                opened.set_result(None)
+            async for line in r.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    if obj.get("code") == 410:
+                        rv = ""  # too old: list again
+                    break
+                rv = obj.get("metadata", {}).get("resourceVersion") or rv
+                if event.get("type") != "BOOKMARK":
+                    on_event(event)
+        if restarts is not None:
+            restarts.append(1)
+
+
 # --------------------------------------------------------------------------- null controller
 
 
@@ -222,26 +286,38 @@ def null_controller(config_file: str) -> None:
                     if r.status >= 300:
                         print(f"status {name}: {r.status}", file=sys.stderr, flush=True)
 
-        connector = aiohttp.TCPConnector(ssl=ctx, limit=100)
-        async with (
-            aiohttp.ClientSession(connector=connector, headers=headers) as session,
-            session.get(server + FTJ_PATH, params={"watch": "true"}, timeout=None) as r,
-        ):
-            if r.status != 200:
-                raise SystemExit(f"watch refused: {r.status} {await r.text()}")
-            print("ready", flush=True)
-            async for line in r.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event.get("object", {})
-                name = obj.get("metadata", {}).get("name")
-                if event.get("type") != "ADDED" or not name or name in seen:
-                    continue
-                seen.add(name)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def on_event(event: dict[str, Any]) -> None:
+            obj = event["object"]
+            name = obj.get("metadata", {}).get("name")
+            if event.get("type") == "DELETED" or not name or name in seen:
+                return
+            seen.add(name)
+            if workers:
+                queue.put_nowait(obj)
+            else:
                 task = asyncio.create_task(handle(session, obj))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+
+        async def worker() -> None:
+            while True:
+                await handle(session, await queue.get())
+
+        workers = int(cfg["workers"])
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=workers or 100)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+            pool = [asyncio.create_task(worker()) for _ in range(workers)]  # noqa: F841
+            opened = asyncio.get_running_loop().create_future()
+            watcher = asyncio.create_task(
+                watch_resumed(session, server + FTJ_PATH, on_event, opened=opened)
+            )
+            await asyncio.wait([watcher, opened], return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done():
+                watcher.result()  # raises why it ended
+            print("ready", flush=True)
+            await watcher
 
     asyncio.run(main())
 
@@ -356,13 +432,14 @@ def controller_requests(audit_log: Path, since: int) -> dict[str, int]:
             what = ref.get("resource", "?") + (
                 "/" + ref["subresource"] if ref.get("subresource") else ""
             )
-            key = f"{verb} {what}"
+            code = e.get("responseStatus", {}).get("code", 200)
+            key = f"{verb} {what}" + (f" {code}" if code >= 300 else "")
             counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 
 
 def start_controller(
-    kind: str, cp: Any, kubeconfig: Path, token: str, tmp: Path, templates: Any
+    kind: str, cp: Any, kubeconfig: Path, token: str, tmp: Path, templates: Any, null_workers: int
 ) -> subprocess.Popen[Any]:
     if kind != "operator":
         config = tmp / "null.json"
@@ -375,6 +452,7 @@ def start_controller(
                     "job": templates[0],
                     "status": templates[1],
                     "write_status": kind == "null+status",
+                    "workers": null_workers,
                 }
             )
         )
@@ -411,7 +489,7 @@ def start_controller(
 
 async def wait_ready(kind: str, ctl: subprocess.Popen[Any], cp: Any, timeout: float = 90) -> None:
     """null: it prints "ready" once its watch is open. operator: its watches on
-    FineTuneJobs, Jobs and Pods are open (audit log), plus 0.5 s for kopf to settle."""
+    FineTuneJobs, Jobs, Pods and sweeps are open (audit log), plus 0.5 s to settle."""
     deadline = time.monotonic() + timeout
     if kind != "operator":
         assert ctl.stdout is not None
@@ -484,17 +562,7 @@ async def burst(
     ) as session:
         loop = asyncio.get_running_loop()
         opened: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
-
-        async def watch(path: str, accept: str, on_event: Any, fut: asyncio.Future[None]) -> None:
-            params = {"watch": "true"}
-            async with session.get(server + path, params=params, headers={"Accept": accept}) as r:
-                if r.status != 200:
-                    fut.set_exception(RuntimeError(f"watch {path}: {r.status}"))
-                    return
-                fut.set_result(None)
-                async for line in r.content:
-                    if line.strip():
-                        on_event(json.loads(line))
+        restarts: list[int] = []
 
         def on_job(e: dict[str, Any]) -> None:
             name = str(e["object"]["metadata"]["name"]).removesuffix("-train")
@@ -517,10 +585,26 @@ async def burst(
 
         server = cp.server
         watchers = [
-            asyncio.create_task(watch(JOB_PATH, METADATA_ONLY, on_job, opened[0])),
-            asyncio.create_task(watch(FTJ_PATH, "application/json", on_ftj, opened[1])),
-        ]
-        await asyncio.wait_for(asyncio.gather(*opened), 30)
+            asyncio.create_task(
+                watch_resumed(
+                    session, server + JOB_PATH, on_job, accept=METADATA_ONLY,
+                    opened=opened[0], restarts=restarts,
+                )
+            ),
+            asyncio.create_task(
+                watch_resumed(
+                    session, server + FTJ_PATH, on_ftj, opened=opened[1], restarts=restarts
+                )
+            ),
+        ]  # fmt: skip
+        both: asyncio.Future[Any] = asyncio.gather(*opened)
+        pending: list[asyncio.Future[Any]] = [*watchers, both]
+        await asyncio.wait(pending, timeout=30, return_when="FIRST_COMPLETED")
+        for w in watchers:
+            if w.done():
+                w.result()  # raises why it ended
+        if not all(f.done() for f in opened):
+            raise RuntimeError("the benchmark's watches did not open in 30 s")
         await asyncio.sleep(0.2)
 
         limit = asyncio.Semaphore(CREATE_CONCURRENCY)
@@ -550,11 +634,14 @@ async def burst(
         create_s = time.perf_counter() - t0
         if errors:
             raise RuntimeError(f"{len(errors)} creates refused, e.g. {errors[0]}")
-        try:
-            await asyncio.wait_for(done.wait(), timeout)
-            complete = True
-        except TimeoutError:
-            complete = False
+        waiter: asyncio.Future[Any] = asyncio.create_task(done.wait())
+        pending = [waiter, *watchers]
+        await asyncio.wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+        waiter.cancel()
+        for w in watchers:
+            if w.done():
+                w.result()  # a watch that failed: raise why
+        complete = done.is_set()
         wall = time.perf_counter() - t0
         cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
         bench_cpu = time.process_time() - bench0
@@ -585,6 +672,7 @@ async def burst(
         "etcd_cpu_s": round(cpu["etcd"], 2),
         "kcm_cpu_s": round(cpu["kube-controller-manager"], 2),
         "bench_cpu_s": round(bench_cpu, 2),
+        "bench_watch_restarts": len(restarts),
     }
 
 
@@ -600,7 +688,9 @@ def run_once(
     keep = False
     try:
         setup_s = time.perf_counter() - started
-        ctl = start_controller(kind, cp, kubeconfig, token, tmp, floor_templates())
+        ctl = start_controller(
+            kind, cp, kubeconfig, token, tmp, floor_templates(), args.null_workers
+        )
         try:
             asyncio.run(wait_ready(kind, ctl, cp))
         except RuntimeError as err:
@@ -822,6 +912,10 @@ def main() -> None:
         action="store_true",
         help="keep kube-controller-manager and kube-scheduler running (pods get created)",
     )
+    parser.add_argument(
+        "--null-workers", type=int, default=32,
+        help="requests the null floors keep in flight (a worker pool; 0 = one task per object)",
+    )  # fmt: skip
     parser.add_argument("--keep-failed", action="store_true", help="keep an incomplete run's dir")
     parser.add_argument("--keep", action="store_true", help="keep every run's dir (plane stopped)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -834,6 +928,8 @@ def main() -> None:
     unknown = set(kinds) - set(CONTROLLERS)
     if unknown:
         parser.error(f"unknown controllers: {sorted(unknown)}")
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so each run stops its plane.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     docs = chart_docs()
     rows = []
     for n in [int(x) for x in args.n.split(",") if x]:
