@@ -7,6 +7,7 @@ async `serve(...)` with a stop flag to run it in-process.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -29,9 +30,19 @@ log = logging.getLogger("finetune_operator")
 
 @kopf.on.login()
 def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster service account first, else KUBECONFIG / ~/.kube/config."""
+    """In-cluster service account first, else KUBECONFIG / ~/.kube/config.
+
+    In-cluster, the server is KUBERNETES_SERVICE_HOST:PORT, as client-go (and kube.py's
+    config) read it: kopf's own login names https://kubernetes.default.svc, which needs
+    cluster DNS (found on the local cluster, which has none)."""
     if os.path.exists(kube.SERVICE_ACCOUNT_TOKEN) and not os.environ.get("KUBECONFIG"):
-        return kopf.login_with_service_account(settings=settings)
+        info = kopf.login_with_service_account(settings=settings)
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        if info is None or not host:
+            return info
+        host = f"[{host}]" if ":" in host else host
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        return dataclasses.replace(info, server=f"https://{host}:{port}")
     return kopf.login_with_kubeconfig(settings=settings)
 
 
