@@ -585,8 +585,10 @@ class Kubelet:
         result: dict[str, Any] = await self.cluster.wait_for(
             lambda: self.job_condition(job, ctype),
             timeout,
-            lambda: f"Job {job['metadata']['name']} {ctype}; Job status "
-            f"{self.cluster.status(JOB, job['metadata']['namespace'], job['metadata']['name'])};"
-            f" pods {[(p['metadata']['name'], p.get('status')) for p in self.cluster.pods(job)]}",
+            lambda: (
+                f"Job {job['metadata']['name']} {ctype}; Job status "
+                f"{self.cluster.status(JOB, job['metadata']['namespace'], job['metadata']['name'])};"
+                f" pods {[(p['metadata']['name'], p.get('status')) for p in self.cluster.pods(job)]}"
+            ),
         )
         return result
