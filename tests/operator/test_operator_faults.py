@@ -216,9 +216,6 @@ async def settle(
         await cluster.wait_for(lambda: not missing(), 90, "milestone Events")
     except AssertionError:
         seen = {n: (want[n], reasons(cluster, FTJ, n)) for n in missing()}
-        for n in missing():  # DBG
-            for e in cluster.events(NAMESPACE, n):
-                print("DBGEV", n, e["metadata"]["name"], e["reason"], e["involvedObject"], e["message"], e.get("reportingInstance"), e["firstTimestamp"])
         raise AssertionError(f"Events per FineTuneJob: {seen}") from None
     for name, phase in want.items():  # a killed operator may lose queued Events
         seen = reasons(cluster, FTJ, name)

@@ -203,9 +203,11 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
         # Kueue admits: the Job controller makes pod 0 and pod 1, the scheduler binds them.
         await cluster.patch(JOB, NAMESPACE, "gang-train", {"spec": {"suspend": False}})
         pods = await cluster.wait_for(
-            lambda: (p := by_index(cluster, job)).keys() == {0, 1}
-            and all(map(running, p.values()))
-            and p,
+            lambda: (
+                (p := by_index(cluster, job)).keys() == {0, 1}
+                and all(map(running, p.values()))
+                and p
+            ),
             60,
             "both pods of the gang running",
         )
@@ -221,9 +223,10 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
 
         # Workers: the Job's ready pods of spec.resources.nodes (the Job controller counts).
         status = await cluster.wait_for(
-            lambda: (s := cluster.status(FTJ, NAMESPACE, "gang")).get("workers", {}).get("ready")
-            == 2
-            and s,
+            lambda: (
+                (s := cluster.status(FTJ, NAMESPACE, "gang")).get("workers", {}).get("ready") == 2
+                and s
+            ),
             30,
             "2 ready workers",
         )
