@@ -33,12 +33,11 @@ USER_NAMESPACES = ("default",)
 
 def up(root: Path, nodes: int, gpus: int) -> None:
     started = time.monotonic()
-    cp = start(root)
+    cp = start(root, before_controllers=install_crds)
     try:
         args = [f"--gpus={gpus}", *(f"--node=node-{i}" for i in range(nodes))]
         start_node_agent(cp, args)
         apply(cp, [namespace_doc(SYSTEM_NAMESPACE)])
-        install_crds(cp)
         values = {
             "trainer": {"namespaces": list(USER_NAMESPACES)},
             "image": {"repository": "finetune-operator", "tag": "local"},

@@ -167,7 +167,7 @@ def free_ports(count: int) -> int:
 
 def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
     started = time.monotonic()
-    cp = start(root / "cp")
+    cp = start(root / "cp", before_controllers=install_crds)
     try:
         # Outside /tmp: pods see an emptyDir at /tmp, and pytest's folders are 0700 while
         # trainer pods run as uid 10001. Readable by all, written by the tests (root).
@@ -180,7 +180,6 @@ def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
         agent_args += [f"--node=node-{i}" for i in range(nodes)]
         start_node_agent(cp, agent_args)
         apply(cp, [namespace_doc(n) for n in (SYSTEM_NAMESPACE, *TEST_NAMESPACES)])
-        install_crds(cp)
         docs = [
             d
             for d in render_chart(chart_values())
