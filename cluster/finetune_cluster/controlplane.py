@@ -85,6 +85,9 @@ class ControlPlane:
     etcd_peer_port: int
     admin_token: str
     pids: dict[str, int] = field(default_factory=dict)
+    # Each process's start time (clock ticks since boot), so a pid reused by another
+    # process after ours ended is never signalled.
+    starts: dict[str, int] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
@@ -203,7 +206,16 @@ def _spawn(cp: ControlPlane, name: str, argv: list[str]) -> None:
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
     cp.pids[name] = proc.pid
+    cp.starts[name] = start_time(proc.pid)
     cp.save()
+
+
+def start_time(pid: int) -> int:
+    """The process's start time from /proc (0 when it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _alive(pid: int) -> bool:
@@ -383,14 +395,18 @@ def start_node_agent(cp: ControlPlane, args: list[str], timeout: float = 60) -> 
 
 def restart_apiserver(cp: ControlPlane, timeout: float = 120) -> None:
     """Stop kube-apiserver and start it again on the same port and etcd (a fault test)."""
-    _stop_pid(cp.pids["kube-apiserver"])
+    _stop_pid(cp.pids["kube-apiserver"], started=cp.starts.get("kube-apiserver"))
     _spawn(cp, "kube-apiserver", apiserver_args(cp, f"http://127.0.0.1:{cp.etcd_port}"))
     _wait(
         "kube-apiserver /readyz", lambda: cp.get("/readyz")[0] == 200, cp, "kube-apiserver", timeout
     )
 
 
-def _stop_pid(pid: int, grace: float = 10) -> None:
+def _stop_pid(pid: int, grace: float = 10, started: int | None = None) -> None:
+    """SIGTERM the process group led by pid, SIGKILL after `grace`; nothing when the pid
+    now belongs to another process (its start time differs from `started`)."""
+    if started is not None and start_time(pid) != started:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -409,8 +425,8 @@ def stop(root: Path) -> None:
         return
     cp = ControlPlane.load(root)
     for name in reversed(list(cp.pids)):
-        _stop_pid(cp.pids[name])
-    cp.pids = {}
+        _stop_pid(cp.pids[name], started=cp.starts.get(name))
+    cp.pids, cp.starts = {}, {}
     cp.save()
 
 
