@@ -518,7 +518,13 @@ class PodWorker:
             cs.update(ready=False, state={"terminated": ex_state})
             self._update_running()
             if self.terminating or not should_restart(policy, last):
-                await self.push()
+                # The last regular container to end: the pod's final phase and this state
+                # go out in one status (_finish), as a kubelet's do. A status of phase
+                # Running with every container terminated made the operator see a
+                # finished trainer as "Starting" (found by the fault tests).
+                regular = [self.statuses[x["name"]] for x in self.spec["containers"]]
+                if not all("terminated" in x["state"] for x in regular):
+                    await self.push()
                 return last
             restarts += 1
             delay = backoff_seconds(restarts)
