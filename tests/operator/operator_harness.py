@@ -463,7 +463,8 @@ class Kubelet:
     cluster: Cluster
     ordered: set[str] = field(default_factory=set)
 
-    def _order(self, pod: dict[str, Any], order: dict[str, Any]) -> None:
+    def order(self, pod: dict[str, Any], order: dict[str, Any]) -> None:
+        """Tell the stub trainer in `pod` what to do (stub_trainer.py's orders)."""
         meta = pod["metadata"]
         folder = self.cluster.plane.stub_dir / meta["namespace"]
         folder.mkdir(parents=True, exist_ok=True)
@@ -518,13 +519,13 @@ class Kubelet:
         """The pod's trainer exits with exit_code (and termination message); returns the
         pod as the node agent reported it."""
         pod = await self.pod(job)
-        self._order(pod, {"exit": exit_code, "message": message, "log": log or []})
+        self.order(pod, {"exit": exit_code, "message": message, "log": log or []})
         return await self.wait_terminated(pod)
 
     async def oom_kill(self, job: dict[str, Any]) -> dict[str, Any]:
         """The pod's trainer allocates until the node agent kills it at its memory limit."""
         pod = await self.pod(job)
-        self._order(pod, {"oom": True})
+        self.order(pod, {"oom": True})
         return await self.wait_terminated(pod, timeout=60)
 
     async def wait_terminated(self, pod: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
@@ -568,7 +569,7 @@ class Kubelet:
                 raise AssertionError(f"Job {name} did not fail in {timeout}s")
             with contextlib.suppress(AssertionError):
                 pod = await self.pod(job, timeout=2)
-                self._order(pod, {"exit": exit_code, "message": message})
+                self.order(pod, {"exit": exit_code, "message": message})
             await asyncio.sleep(0.1)
         del ns
 

@@ -626,7 +626,7 @@ async def test_logs_follow_and_rank(cluster: Cluster, viewer: Path, kubelet: Kub
     )
     assert not task.done(), f"the CLI stopped before the trainer wrote: {task.result()}"
     # Lines written while the CLI follows; the trainer then exits, which ends the stream.
-    kubelet._order(rank1, {"exit": 0, "log": ["rank 1 says a", "rank 1 says b"]})
+    kubelet.order(rank1, {"exit": 0, "log": ["rank 1 says a", "rank 1 says b"]})
     rc, out, err = await task
     assert rc == 0, err
     assert f"pod {name} (rank 1)" in err

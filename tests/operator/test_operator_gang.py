@@ -233,7 +233,7 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
         assert status["workers"] == {"ready": 2, "total": 2}
         assert status["phase"] == "Running"
         # One index done is not success: pod 1 exits 0, pod 0 still runs.
-        kubelet._order(pods[1], {"exit": 0})
+        kubelet.order(pods[1], {"exit": 0})
         await kubelet.wait_terminated(pods[1])
         await cluster.wait_for(
             lambda: (cluster.status(JOB, NAMESPACE, "gang-train").get("succeeded") or 0) == 1,
@@ -245,7 +245,7 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
         assert cluster.status(FTJ, NAMESPACE, "gang")["phase"] == "Running"
         # Pod 0 reports: every index done completes the Indexed Job.
         report = report_message("Succeeded", {"accuracy": 0.7})
-        kubelet._order(pods[0], {"exit": 0, "message": report})
+        kubelet.order(pods[0], {"exit": 0, "message": report})
         await kubelet.wait_job_condition(job, "Complete")
         status = await cluster.wait_phase(NAMESPACE, "gang", "Succeeded")
         assert status["metrics"] == {"accuracy": 0.7}
@@ -341,3 +341,44 @@ async def test_both_pods_run_torchrun_with_the_rendezvous_through_their_hostname
             and e.get("responseStatus", {}).get("code") == 200
             for e in cluster.audit()
         )
+
+
+async def test_one_failed_rank_fails_the_gang_by_the_pod_failure_policy(
+    cluster: Cluster, operator: Any, kubelet: Kubelet
+) -> None:
+    """podFailurePolicy FailJob, as the real Job controller applies it: one rank exiting
+    non-zero fails the whole Job at once (no retry within backoffLimit), the other rank's
+    pod is stopped, and the FineTuneJob fails with the trainer's own message."""
+    async with bound_claim(cluster, "models"):
+        await cluster.create(FTJ, make_ftj("split", GANG_SPEC))
+        job = await cluster.wait_for_object(JOB, NAMESPACE, "split-train")
+        assert job["spec"]["suspend"] is False  # no Kueue label: runs at once
+        pods = await cluster.wait_for(
+            lambda: (
+                (p := by_index(cluster, job)).keys() == {0, 1}
+                and all(map(running, p.values()))
+                and p
+            ),
+            60,
+            "both pods of the gang running",
+        )
+        message = report_message("Failed", message="rank 1: CUDA error: an illegal memory access")
+        kubelet.order(pods[1], {"exit": 1, "message": message})
+        failed = await kubelet.wait_job_condition(job, "Failed", timeout=60)
+        assert failed["reason"] == "PodFailurePolicy"
+        # The Job controller stops the surviving rank; no replacement pod is made.
+        await cluster.wait_for(
+            lambda: (
+                all(
+                    terminated(p) or p["metadata"].get("deletionTimestamp")
+                    for p in cluster.pods(job)
+                )
+                or not cluster.pods(job)
+            ),
+            60,
+            "rank 0 stopped",
+        )
+        assert len({p["metadata"]["annotations"][INDEX_KEY] for p in cluster.pods(job)}) <= 2
+        assert (cluster.status(JOB, NAMESPACE, "split-train").get("failed") or 0) >= 1
+        status = await cluster.wait_phase(NAMESPACE, "split", "Failed", timeout=60)
+        assert "illegal memory access" in status["message"]
