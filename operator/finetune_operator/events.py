@@ -23,8 +23,11 @@ log = logging.getLogger("finetune_operator.events")
 POSTERS = 4
 QUIET_S = 0.05
 MAX_DELAY_S = 2.0
-# Answers that will not change on a retry (bad request, forbidden, namespace gone).
-PERMANENT = frozenset({400, 403, 404, 422})
+# Answers that will not change on a retry (bad request, namespace gone, invalid).
+PERMANENT = frozenset({400, 404, 422})
+# A 403 is retried this often first: a kube-apiserver that has just restarted answers 403
+# until its RBAC caches have synced (seen on the local cluster's restart test).
+FORBIDDEN_ATTEMPTS = 4
 MAX_ATTEMPTS = 20  # about 8 minutes with RETRY_DELAYS
 
 
@@ -71,7 +74,9 @@ class EventPoster:
                 if landed is False:
                     event["metadata"]["name"] += "x"  # someone else's Event has this name
             except kube.KubeError as err:
-                if err.status in PERMANENT:
+                if err.status in PERMANENT or (
+                    err.status == 403 and attempt + 1 >= FORBIDDEN_ATTEMPTS
+                ):
                     log.info("Event %s refused: %s", event["reason"], err)
                     return
             await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])

@@ -649,8 +649,15 @@ async def _write_status(
     # announce) or still the old one (the same transition again).
     transition = (seen.uid, str(status.get("phase")), derived.phase.value, derived.reason)
     if state.jobs.announced.get(seen.key) != transition:
+        # Once per attempt (this Job, its failed pods so far): an observation that briefly
+        # goes back (a watch relisting after an apiserver restart) must not repeat one.
+        job_status = (seen.job or {}).get("status") or {}
+        attempt = (seen.uid, str(jname), int(job_status.get("failed") or 0))
+        posted = state.jobs.posted.setdefault(seen.key, set())
         for m in milestones(status, derived, merged.get("metrics") or {}):
-            state.events.post(involved, m.reason, m.message, m.type)
+            if (*attempt, m.reason) not in posted:
+                posted.add((*attempt, m.reason))
+                state.events.post(involved, m.reason, m.message, m.type)
         state.jobs.announced[seen.key] = transition
     # Our own PATCH rather than kopf's `patch` kwarg: most reconciles run on a Job's or a
     # pod's event, where kopf's patch would target that object, and the write must be

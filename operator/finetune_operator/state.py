@@ -42,6 +42,9 @@ class JobMemory:
     # The last transition (uid, from-phase, to-phase, reason) whose milestone Events were
     # queued (the Event queue retries them until posted).
     announced: dict[Key, tuple[str, str, str, str]] = field(default_factory=dict)
+    # Milestone Events posted, per FineTuneJob: (uid, Job, the Job's failed pods, reason).
+    # Each goes out once per attempt even when the observed status flickers back.
+    posted: dict[Key, set[tuple[str, str, int, str]]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         caches: tuple[dict[Key, Any], ...] = (
@@ -51,6 +54,7 @@ class JobMemory:
             self.settled,
             self.create_sent,
             self.announced,
+            self.posted,
         )
         for cache in caches:
             cache.pop(key, None)
