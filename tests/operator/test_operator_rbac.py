@@ -6,9 +6,7 @@ FineTuneJob status and nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,10 @@ from operator_harness import (
     JOB,
     NAMESPACE,
     SMALL_SPEC,
-    ApiError,
     Cluster,
     Kubelet,
     api_path,
+    create_under_laxer_crd,
     make_ftj,
 )
 
@@ -33,7 +31,6 @@ from support.plane import TEST_NAMESPACES, chart_values
 pytestmark = pytest.mark.operator
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac"
-CRD = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
 
@@ -73,61 +70,6 @@ def call(event: dict[str, Any]) -> Rule | None:
 
 
 # --------------------------------------------------------------------------- laxer CRD
-
-
-def _without_rules(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_rules(v) for k, v in node.items() if k != "x-kubernetes-validations"}
-    if isinstance(node, list):
-        return [_without_rules(v) for v in node]
-    return node
-
-
-async def create_under_laxer_crd(
-    cluster: Cluster, res: tuple[str, str, str], body: dict[str, Any], timeout: float = 30
-) -> dict[str, Any]:
-    """Store `body`, which today's CRD refuses, as an older CRD without its CEL rules
-    would have: the CRD is replaced by one without x-kubernetes-validations, the object
-    created, and the CRD put back (checked with a dry-run create that is refused again).
-    The same helper as in test_sweep_operator.py."""
-    crd_name = f"{res[2]}.{res[0]}"
-    crd_path = api_path(CRD, None, crd_name)
-    original = cluster.get_object(CRD, None, crd_name)
-    assert original is not None, crd_name
-    lax = copy.deepcopy(original)
-    lax["spec"]["versions"] = _without_rules(lax["spec"]["versions"])
-    await cluster.request("PUT", crd_path, lax)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:  # the apiserver serves the new schema a moment after the update
-            try:
-                return await cluster.create(res, body)
-            except ApiError as err:
-                if err.status != 422 or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.2)
-    finally:
-        current = cluster.get_object(CRD, None, crd_name) or original
-        current["spec"] = original["spec"]
-        await cluster.request("PUT", crd_path, current)
-        probe = copy.deepcopy(body)
-        probe["metadata"] = {**body["metadata"], "name": body["metadata"]["name"] + "-probe"}
-        deadline = time.monotonic() + timeout
-        while True:  # the CEL rules are in force again
-            try:
-                await cluster.request(
-                    "POST", api_path(res, probe["metadata"]["namespace"]), probe,
-                    params={"dryRun": "All"},
-                )  # fmt: skip
-            except ApiError as err:
-                if err.status == 422:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"CRD {crd_name}: its CEL rules did not come back")
-            await asyncio.sleep(0.2)
-
-
-# --------------------------------------------------------------------------- operator
 
 
 async def scenario(cluster: Cluster, kubelet: Kubelet) -> None:
