@@ -545,9 +545,26 @@ class Kubelet:
                     return pod
             return None
 
-        result: dict[str, Any] = await self.cluster.wait_for(
-            ready, timeout, f"a running pod of Job {job['metadata']['name']}"
-        )
+        def said() -> str:
+            ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+            now = self.cluster.get_object(JOB, ns, name) or {}
+            pods = [
+                (p["metadata"]["name"], p["spec"].get("nodeName"), p.get("status", {}).get("phase"),
+                 [cs.get("state") for cs in p.get("status", {}).get("containerStatuses") or []],
+                 p["metadata"]["uid"] in self.ordered)
+                for p in self.cluster.pods(job)
+            ]  # fmt: skip
+            events = [
+                (e.get("involvedObject", {}).get("name"), e.get("reason"), e.get("message"))
+                for e in self.cluster.objects(EVENT, ns)
+                if str(e.get("involvedObject", {}).get("name", "")).startswith(name)
+            ]
+            return (
+                f"a running pod of Job {name}; suspend {now.get('spec', {}).get('suspend')}, "
+                f"status {now.get('status')}; pods {pods}; events {events[-8:]}"
+            )
+
+        result: dict[str, Any] = await self.cluster.wait_for(ready, timeout, said)
         return result
 
     async def run_pod(self, job: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
