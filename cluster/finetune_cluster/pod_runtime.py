@@ -166,12 +166,15 @@ def sandbox_script(box: Sandbox, tools: Mapping[str, str]) -> str:
             lines.append(f"{t['mkdir']} -p {parent}; [ -e {dest} ] || {t['touch']} {dest}")
     lines.append(f"{t['mkdir']} -p {_q(f'{box.new_root}{_target(box.cwd)}')}")
     if box.read_only:
+        # Another pod's volume, copied in by the rbind, may be unmounted while we walk:
+        # a remount that fails is an error only if the mount is still there.
         lines.append(
             f"{t['awk']} -v r={root} '$5 == r || index($5, r \"/\") == 1 {{print $5}}' "
             "/proc/self/mountinfo | while read -r m; do\n"
             f'  case "$m" in {root}/proc*|{root}/sys*|{root}/dev*)\n'
             f'    {t["mount"]} -o remount,bind,ro "$m" 2>/dev/null || true ;;\n'
-            f'  *) {t["mount"]} -o remount,bind,ro "$m" ;;\n'
+            f'  *) {t["mount"]} -o remount,bind,ro "$m" || ! {t["awk"]} -v m="$m" '
+            "'$5 == m {f = 1} END {exit !f}' /proc/self/mountinfo ;;\n"
             "  esac\ndone"
         )
     for m in binds:
