@@ -98,16 +98,18 @@ def one_shot(teacher_run: Path, spec: dict[str, Any], args: argparse.Namespace) 
     """Prune the fine-tuned teacher after training, as a one-shot run's last stage does."""
     import numpy as np
 
-    from finetune_api.models import Pruning, Task
+    from finetune_api.models import Pruning
     from finetune_trainer import distill, pruning
-    from finetune_trainer.data import load_raw, tokenize
+    from finetune_trainer.data import load_raw
     from finetune_trainer.evaluation import classification_scores
     from finetune_trainer.predict import load_run
+    from finetune_trainer.tasks import recipe_for
 
     _, model, tokenizer = load_run(teacher_run)
-    raw = load_raw(job("x", teacher_run, args).spec.dataset, Task.classification, None, args.seed)
-    data = tokenize(raw.eval, tokenizer, task=Task.classification, text_column="text",
-                    max_length=64)  # fmt: skip
+    spec = job("x", teacher_run, args).spec
+    recipe = recipe_for(spec)
+    raw = load_raw(spec.dataset, recipe, None, args.seed)
+    data = recipe.tokenize(raw.eval, tokenizer, max_length=64)
     sparsity = pruning.prune_model(model, Pruning.model_validate(spec))
     logits = distill.logits(model, tokenizer, data, 64)
     scores = classification_scores(np.asarray(data["labels"]), logits.argmax(axis=-1))

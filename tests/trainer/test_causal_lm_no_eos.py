@@ -24,16 +24,19 @@ def gpt2_without_eos(gpt2_dir: Path, tmp_path: Path) -> Path:
     return directory
 
 
-def test_tokenize_builds_labels_without_an_eos(gpt2_without_eos: Path, tmp_path: Path) -> None:
+def test_tokenize_builds_labels_without_an_eos(
+    gpt2_without_eos: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
     import datasets
     from transformers import AutoTokenizer
 
-    from finetune_api.models import Task
-    from finetune_trainer.data import Table, tokenize
+    from finetune_trainer.data import Table
+    from finetune_trainer.tasks import recipe_for
 
     tokenizer = AutoTokenizer.from_pretrained(gpt2_without_eos)
     table = Table(datasets.Dataset.from_dict({"text": ["the sky is blue ."]}), "t.jsonl")
-    data = tokenize(table, tokenizer, task=Task.causal_lm, text_column="text", max_length=16)
+    job = make_job(task="causal-lm", model_path=gpt2_without_eos, train=tmp_path / "t.jsonl")
+    data = recipe_for(job.spec).tokenize(table, tokenizer, max_length=16)
     row = data[0]
     assert row["labels"] == row["input_ids"] and len(row["input_ids"]) == 5  # no eos appended
 

@@ -163,7 +163,7 @@ def test_teachers_that_cannot_teach_are_refused_before_training(
 
 
 def test_training_batches_carry_teacher_logits_into_the_kd_loss(
-    bert_dir: Path, tmp_path: Path
+    bert_dir: Path, make_job: MakeJob, tmp_path: Path
 ) -> None:
     import datasets
     import torch
@@ -174,9 +174,9 @@ def test_training_batches_carry_teacher_logits_into_the_kd_loss(
         TrainingArguments,
     )
 
-    from finetune_api.models import Distillation, Task
+    from finetune_api.models import Distillation
     from finetune_trainer.distill import TEACHER_LOGITS, kd_loss, trainer_class
-    from finetune_trainer.training import collator
+    from finetune_trainer.tasks import recipe_for
 
     tokenizer = AutoTokenizer.from_pretrained(bert_dir)
     model = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
@@ -192,7 +192,9 @@ def test_training_batches_carry_teacher_logits_into_the_kd_loss(
             dataloader_pin_memory=False,
         ),
         train_dataset=datasets.Dataset.from_dict(rows),
-        data_collator=collator(Task.classification, tokenizer, mask_probability=0.15, seed=0),
+        data_collator=recipe_for(
+            make_job(task="classification", model_path=bert_dir, train=tmp_path / "t.csv").spec
+        ).collator(tokenizer),
     )
     batch = next(iter(trainer.get_train_dataloader()))
     assert TEACHER_LOGITS in batch  # not dropped as an unknown column

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer.data import LENGTH_COLUMN, RawData, load_raw, tokenize
+from finetune_trainer.data import LENGTH_COLUMN, RawData, load_raw
 from finetune_trainer.errors import ModelError
 from finetune_trainer.modeling import effective_max_length, load_tokenizer, resolve_model
+from finetune_trainer.tasks import recipe_for
 from finetune_trainer.training import total_steps
 
 if TYPE_CHECKING:
@@ -328,7 +329,7 @@ def recommend(
         _size_advice(spec, data, lengths, classes),
         _baseline_advice(baseline),
         _length_advice(lengths),
-        _domain_advice(domain, spec.task, has_mask_token),
+        _domain_advice(domain, recipe_for(spec).adapts_domain, has_mask_token),
         _steps_and_eval_advice(spec, data, steps_per_epoch, steps, classes, baseline),
     ]
     recs = [line for part in parts for line in part[0]]
@@ -341,7 +342,6 @@ def _size_advice(
 ) -> Sentences:
     """How to train, by data size."""
     recs: list[str] = []
-    task = spec.task
     hp = spec.hyperparameters
     if classes is not None:
         per_class = classes.min_per_class
@@ -370,7 +370,7 @@ def _size_advice(
             )
     else:
         tokens = lengths.total_tokens
-        kind = "continued pre-training" if task is Task.masked_lm else "causal-LM fine-tuning"
+        kind = recipe_for(spec).kind
         if tokens < SMALL_LM_TOKENS:
             recs.append(
                 f"Small corpus ({tokens:,} training tokens) for {kind}: LoRA or 1-3 epochs at "
@@ -427,7 +427,7 @@ def _length_advice(lengths: LengthStats) -> Sentences:
     return recs, warns
 
 
-def _domain_advice(domain: DomainStats, task: Task, has_mask_token: bool) -> Sentences:
+def _domain_advice(domain: DomainStats, adapts_domain: bool, has_mask_token: bool) -> Sentences:
     """Domain similarity (the tokenizer proxy)."""
     recs: list[str] = []
     warns: list[str] = []
@@ -437,7 +437,7 @@ def _domain_advice(domain: DomainStats, task: Task, has_mask_token: bool) -> Sen
             f"on general English (x{domain.fertility_ratio:.2f}), UNK rate "
             f"{domain.unk_rate:.1%} vs {domain.reference_unk_rate:.1%}"
         )
-        if task is Task.masked_lm:
+        if adapts_domain:
             recs.append(
                 f"The text looks out of domain for this tokenizer ({why}): continued "
                 "pre-training (this job) is the right first step."
@@ -537,31 +537,23 @@ def _load(spec: FineTuneJobSpec, spec_dir: Path | None) -> _Loaded:
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    hp, task = spec.hyperparameters, spec.task
+    hp, recipe = spec.hyperparameters, recipe_for(spec)
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     try:
         ref = resolve_model(spec.model, spec_dir)
-        tokenizer = load_tokenizer(ref, task)
+        tokenizer = load_tokenizer(ref, recipe)
         try:
             config = AutoConfig.from_pretrained(ref.location, **ref.kwargs())
         except (OSError, ValueError) as err:
             raise ModelError(f"model {ref.location}: cannot load its config: {err}") from None
-        raw = load_raw(spec.dataset, task, spec_dir, hp.seed)
+        raw = load_raw(spec.dataset, recipe, spec_dir, hp.seed)
         # effective_max_length only reads model.config: no need to load the weights.
         config_only = cast("PreTrainedModel", SimpleNamespace(config=config))
         max_length = effective_max_length(config_only, hp.max_length)
         model_limit = effective_max_length(config_only, UNLIMITED_LENGTH)
-        target = spec.dataset.target_column if task is Task.causal_lm else None
-        train_ds = tokenize(
-            raw.train,
-            tokenizer,
-            task=task,
-            text_column=spec.dataset.text_column,
-            max_length=UNLIMITED_LENGTH,
-            target_column=target,
-        )
+        train_ds = recipe.tokenize(raw.train, tokenizer, UNLIMITED_LENGTH)
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
@@ -597,9 +589,8 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
     loaded = _load(spec, spec_dir)
     raw, train_ds = loaded.raw, loaded.train_ds
     lengths = length_stats(list(train_ds[LENGTH_COLUMN]), loaded.max_length, loaded.model_limit)
-    text_column = spec.dataset.text_column
-    train_texts = [str(t) for t in raw.train.data[text_column]]
-    eval_texts = [str(t) for t in raw.eval.data[text_column]]
+    recipe = recipe_for(spec)
+    train_texts, eval_texts = recipe.texts(raw.train), recipe.texts(raw.eval)
     domain = domain_stats(loaded.tokenizer, _domain_sample(train_texts, hp.seed))
     data = DataSize(
         train_rows=len(raw.train.data),

@@ -82,8 +82,11 @@ def probed_plan(effective: int, fits: Callable[[int], bool]) -> BatchPlan:
     return BatchPlan(batch, effective // batch)
 
 
-def concrete_spec(spec: FineTuneJobSpec, model: Any, train_ds: Any, bf16: bool) -> FineTuneJobSpec:
-    """The spec with batchSize/gradientAccumulationSteps resolved (unchanged unless auto)."""
+def concrete_spec(
+    spec: FineTuneJobSpec, model: Any, train_ds: Any, bf16: bool, token_labels: bool = True
+) -> FineTuneJobSpec:
+    """The spec with batchSize/gradientAccumulationSteps resolved (unchanged unless auto);
+    token_labels: the probe's labels are token ids (a language model), else class ids."""
     hp = spec.hyperparameters
     if hp.batch_size != AUTO:
         return spec
@@ -91,8 +94,7 @@ def concrete_spec(spec: FineTuneJobSpec, model: Any, train_ds: Any, bf16: bool) 
     # Under torchrun every rank must take the same split: no per-rank probe.
     if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         longest = max(train_ds["length"]) if len(train_ds) else 8
-        lm = spec.task.value != "classification"  # labels: token ids, else class ids
-        plan = probed_plan(effective, lambda b: fits_on_gpu(model, b, longest, bf16, lm))
+        plan = probed_plan(effective, lambda b: fits_on_gpu(model, b, longest, bf16, token_labels))
     else:
         plan = cpu_plan(effective)
     log.info("batchSize auto: %d x %d accumulation steps", plan.batch_size, plan.accumulation)

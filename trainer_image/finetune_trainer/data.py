@@ -11,18 +11,21 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
 from finetune_api.models import Dataset as DatasetSpec
-from finetune_api.models import DataSource, Task
+from finetune_api.models import DataSource
 from finetune_trainer import data_files
 from finetune_trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from finetune_trainer.tasks.recipe import Recipe
 
 # File extension -> (datasets builder, extra builder kwargs).
 FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -225,17 +228,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_raw(spec: DatasetSpec, task: Task, spec_dir: Path | None, seed: int) -> RawData:
-    """Train and eval tables, validated, with labels encoded for classification."""
+def load_raw(spec: DatasetSpec, recipe: Recipe, spec_dir: Path | None, seed: int) -> RawData:
+    """Train and eval tables, validated against the recipe's columns, labels encoded."""
     train = load_table(spec.train, spec_dir, "train")
-    text, label, target = spec.text_column, spec.label_column, spec.target_column
-    _validate(train, task, text, label, target=None)
+    columns = recipe.columns()
+    target = recipe.target_column
+    _validate(train, columns)
     if spec.max_samples is not None and len(train.data) > spec.max_samples:
         train = Table(train.data.select(range(spec.max_samples)), train.where)
 
     if spec.eval is not None:
         evaluation = load_table(spec.eval, spec_dir, "eval")
-        _validate(evaluation, task, text, label, target=target)
+        _validate(evaluation, columns + ([(target, "dataset.targetColumn")] if target else []))
     else:
         if len(train.data) < 2:
             raise DataError(
@@ -249,26 +253,13 @@ def load_raw(spec: DatasetSpec, task: Task, spec_dir: Path | None, seed: int) ->
             check_columns(evaluation, [target], ["dataset.targetColumn"])
     if spec.max_eval_samples is not None and len(evaluation.data) > spec.max_eval_samples:
         evaluation = Table(evaluation.data.select(range(spec.max_eval_samples)), evaluation.where)
-
-    label_map = None
-    if task is Task.classification:
-        label_map = build_label_map(train, label)
-        train = encode_labels(train, label, label_map)
-        evaluation = encode_labels(evaluation, label, label_map)
-    return RawData(train, evaluation, label_map)
+    return RawData(*recipe.encode(train, evaluation))
 
 
-def _validate(table: Table, task: Task, text: str, label: str, target: str | None) -> None:
-    columns, roles = [text], ["dataset.textColumn"]
-    if task is Task.classification:
-        columns.append(label)
-        roles.append("dataset.labelColumn")
-    if target is not None:
-        columns.append(target)
-        roles.append("dataset.targetColumn")
-    check_columns(table, columns, roles)
+def _validate(table: Table, columns: Sequence[tuple[str, str]]) -> None:
+    check_columns(table, [c for c, _ in columns], [role for _, role in columns])
     check_not_empty(table)
-    for column in columns:
+    for column, _ in columns:
         check_no_missing(table, column)
 
 
@@ -280,37 +271,37 @@ def lm_text(batch: dict[str, list[Any]], text: str, target: str | None) -> list[
     return texts
 
 
-def tokenize(
+def tokenize_texts(
     table: Table,
     tokenizer: PreTrainedTokenizerBase,
-    *,
-    task: Task,
-    text_column: str,
+    texts: Callable[[dict[str, list[Any]]], list[str]],
     max_length: int,
-    target_column: str | None = None,
+    *,
+    keep: Sequence[str] = (),
+    end_with_eos: bool = False,
+    labels_from_inputs: bool = False,
+    drop_empty: bool = False,
 ) -> datasets.Dataset:
-    """Tokenise once (cached by datasets), truncating only; padding happens per batch."""
-    keep = {"labels"} if task is Task.classification else set()
+    """Tokenise once (cached by datasets), truncating only; padding happens per batch.
+
+    end_with_eos: every row ends with eos, so generation learns to stop.
+    labels_from_inputs: labels are the input ids (a causal LM's shifted targets)."""
     remove = [c for c in table.data.column_names if c not in keep]
+    eos = tokenizer.eos_token_id if end_with_eos else None
+    limit = max_length - 1 if eos is not None else max_length
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        if task is Task.classification:
-            texts = [str(t) for t in batch[text_column]]
-        else:
-            texts = lm_text(batch, text_column, target_column)
-        eos = tokenizer.eos_token_id if task is Task.causal_lm else None
-        limit = max_length - 1 if eos is not None else max_length
-        enc = dict(tokenizer(texts, truncation=True, max_length=limit))
-        if eos is not None:  # causal LM: end with eos so generation learns to stop
+        enc = dict(tokenizer(texts(batch), truncation=True, max_length=limit))
+        if eos is not None:
             enc["input_ids"] = [[*ids, eos] for ids in enc["input_ids"]]
             enc["attention_mask"] = [[*mask, 1] for mask in enc["attention_mask"]]
-        if task is Task.causal_lm:  # the labels are the inputs, with or without an eos
+        if labels_from_inputs:
             enc["labels"] = [list(ids) for ids in enc["input_ids"]]
         enc[LENGTH_COLUMN] = [len(ids) for ids in enc["input_ids"]]
         return enc
 
     data = table.data.map(encode, batched=True, remove_columns=remove, desc="Tokenizing")
-    if task is not Task.classification:
+    if drop_empty:
         data = data.filter(lambda n: n > 0, input_columns=LENGTH_COLUMN, desc="Dropping empty")
         if len(data) == 0:
             raise DataError(f"{table.where}: every row is empty after tokenisation")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -33,13 +33,16 @@ from transformers import (
     Trainer,
 )
 
-from finetune_api.models import Distillation, Task
+from finetune_api.models import Distillation
 from finetune_trainer import sizes
-from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, resolve, tokenize
+from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, resolve
 from finetune_trainer.errors import ModelError
 from finetune_trainer.evaluation import classification_scores
 from finetune_trainer.modeling import load_tokenizer, resolve_model
 from finetune_trainer.rundir import RUN_INFO
+
+if TYPE_CHECKING:
+    from finetune_trainer.tasks.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +127,23 @@ class Teacher:
     columns: list[int]  # teacher logit column for each student class id
 
 
-def load_teacher(spec: Distillation, spec_dir: Path | None, label_map: LabelMap) -> Teacher:
+def load_teacher(
+    spec: Distillation, spec_dir: Path | None, label_map: LabelMap, recipe: Recipe
+) -> Teacher:
     """A fine-tuned classifier: a finished run's directory (any format `predict` reads),
-    a model directory or a hub id. Its labels must be the dataset's labels."""
+    a model directory or a hub id. Its labels must be the dataset's labels, its task the
+    student's (the recipe's)."""
     teacher_dir = _run_dir(spec, spec_dir)
     if teacher_dir is not None:
         from finetune_trainer.predict import load_run  # peft/torchao only for such teachers
 
         info, model, tokenizer = load_run(teacher_dir)
-        if info["task"] != Task.classification.value:
+        if info["task"] != recipe.task.value:
             raise ModelError(f"distillation.teacher {teacher_dir}: a {info['task']} run")
         location = str(teacher_dir)
     else:
         ref = resolve_model(spec.teacher, spec_dir)
-        tokenizer = load_tokenizer(ref, Task.classification)
+        tokenizer = load_tokenizer(ref, recipe)
         model = AutoModelForSequenceClassification.from_pretrained(ref.location, **ref.kwargs())
         location = ref.location
         architectures = getattr(model.config, "architectures", None) or []
@@ -216,22 +222,16 @@ def _teacher_view(
     student_tokenizer: PreTrainedTokenizerBase,
     table: Any,
     tokenized: datasets.Dataset,
-    text_column: str,
+    recipe: Recipe,
     max_length: int,
 ) -> datasets.Dataset:
     """The rows as the teacher reads them: the student's ids when they agree, else the
     teacher's own tokenisation of the same text (same rows, same order)."""
-    probe = [str(t) for t in table.data[text_column][:PROBE_ROWS]]
+    probe = recipe.texts(table)[:PROBE_ROWS]
     if shares_input_ids(student_tokenizer, teacher.tokenizer, probe):
         return tokenized
     limit = getattr(teacher.model.config, "max_position_embeddings", None) or max_length
-    return tokenize(
-        table,
-        teacher.tokenizer,
-        task=Task.classification,
-        text_column=text_column,
-        max_length=min(max_length, int(limit)),
-    )
+    return recipe.tokenize(table, teacher.tokenizer, min(max_length, int(limit)))
 
 
 def attach_teacher_logits(
@@ -243,15 +243,15 @@ def attach_teacher_logits(
     raw: RawData,
     train_ds: datasets.Dataset,
     eval_ds: datasets.Dataset,
-    text_column: str,
+    recipe: Recipe,
     max_length: int,
 ) -> tuple[datasets.Dataset, dict[str, float]]:
     """The training set with a teacher_logits column, and the teacher's metrics on the
     eval set (teacherAccuracy, teacherF1Macro) with both models' sizes."""
     assert raw.label_map is not None
-    teacher = load_teacher(spec, spec_dir, raw.label_map)
+    teacher = load_teacher(spec, spec_dir, raw.label_map, recipe)
     views = [
-        _teacher_view(teacher, student_tokenizer, table, ds, text_column, max_length)
+        _teacher_view(teacher, student_tokenizer, table, ds, recipe, max_length)
         for table, ds in ((raw.train, train_ds), (raw.eval, eval_ds))
     ]
     shared = views[0] is train_ds

@@ -66,7 +66,7 @@ def packing_collator(model: Any) -> PackingCollator:
 
 
 def configure(trainer: Trainer, causal_lm: bool) -> None:
-    """Packing and Liger kernels for a causal-LM trainer, where they apply."""
+    """Packing and Liger kernels for a causal-LM trainer (the recipe says whether it packs)."""
     if not causal_lm:
         return
     if use_packing(trainer.model):

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from finetune_api.models import Lora, Task
+from finetune_api.models import Lora
 from finetune_trainer.errors import ModelError
 
 # Our defaults where they differ from peft's (GPT-2: all of attention and MLP, not only c_attn).
@@ -22,11 +22,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"],
-}
-TASK_TYPES: dict[Task, TaskType | None] = {
-    Task.classification: TaskType.SEQ_CLS,
-    Task.causal_lm: TaskType.CAUSAL_LM,
-    Task.masked_lm: None,
 }
 # Heads that are never adapted by default (the classification head is trained in full).
 HEAD_NAMES = {"classifier", "score", "lm_head", "pre_classifier", "qa_outputs", "decoder"}
@@ -72,7 +67,10 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
 
 
 def apply_lora(
-    model: PreTrainedModel, spec: Lora, task: Task, also_train: Sequence[str] = ()
+    model: PreTrainedModel,
+    spec: Lora,
+    peft_task_type: str | None,
+    also_train: Sequence[str] = (),
 ) -> PeftModel:
     """LoRA adapters on `targets`; `also_train` (base modules that start random, such as a
     pooler missing from the checkpoint) are trained in full and saved with the adapter, so
@@ -84,7 +82,7 @@ def apply_lora(
         lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft accepts floats
         lora_dropout=spec.dropout,
         target_modules=targets,
-        task_type=TASK_TYPES[task],
+        task_type=TaskType[peft_task_type] if peft_task_type else None,
         fan_in_fan_out=isinstance(_first_match(model, targets), Conv1D),
         modules_to_save=list(also_train) or None,
     )

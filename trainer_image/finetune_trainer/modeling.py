@@ -5,29 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from finetune_api.models import ModelSource, Precision, Task
+from finetune_api.models import ModelSource, Precision
 from finetune_trainer import heads, weights
 from finetune_trainer.data import LabelMap, resolve
 from finetune_trainer.errors import ModelError
 
-AUTO_CLASSES: dict[Task, Any] = {
-    Task.classification: AutoModelForSequenceClassification,
-    Task.causal_lm: AutoModelForCausalLM,
-    Task.masked_lm: AutoModelForMaskedLM,
-}
+if TYPE_CHECKING:
+    from finetune_trainer.tasks.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -71,7 +60,7 @@ def resolve_model(source: ModelSource, spec_dir: Path | None) -> ModelRef:
     return ref
 
 
-def load_tokenizer(ref: ModelRef, task: Task) -> PreTrainedTokenizerBase:
+def load_tokenizer(ref: ModelRef, recipe: Recipe) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.location, **ref.kwargs())
     except (OSError, ValueError) as err:
@@ -82,21 +71,17 @@ def load_tokenizer(ref: ModelRef, task: Task) -> PreTrainedTokenizerBase:
         if fallback is None:
             raise ModelError(f"model {ref.location}: the tokenizer has no pad, eos or unk token")
         tokenizer.pad_token = fallback
-    if task is Task.masked_lm and tokenizer.mask_token is None:
-        raise ModelError(
-            f"model {ref.location}: the tokenizer has no mask token; task masked-lm needs an "
-            "encoder with a masked-LM head (e.g. BERT)"
-        )
+    recipe.check_tokenizer(tokenizer, ref.location)
     return tokenizer
 
 
 def load_model(
     ref: ModelRef,
-    task: Task,
+    recipe: Recipe,
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
 ) -> PreTrainedModel:
-    return load_model_noted(ref, task, tokenizer, label_map).model
+    return load_model_noted(ref, recipe, tokenizer, label_map).model
 
 
 class LoadedModel(NamedTuple):
@@ -107,7 +92,7 @@ class LoadedModel(NamedTuple):
 
 def load_model_noted(
     ref: ModelRef,
-    task: Task,
+    recipe: Recipe,
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
 ) -> LoadedModel:
@@ -119,31 +104,21 @@ def load_model_noted(
             f"model.path {ref.location}: its attention heads were pruned; `finetune predict` "
             "loads it, but it cannot be the starting model of a new job"
         )
-    kwargs: dict[str, Any] = ref.kwargs()
-    if task is Task.classification:
-        assert label_map is not None
-        kwargs |= {
-            "num_labels": len(label_map),
-            "id2label": label_map.id2label,
-            "label2id": label_map.label2id,
-            # A checkpoint already fine-tuned with another number of classes gets a new head.
-            "ignore_mismatched_sizes": True,
-        }
+    kwargs: dict[str, Any] = ref.kwargs() | recipe.model_kwargs(label_map)
     try:
         with weights.quiet_load_report():
-            model, info = AUTO_CLASSES[task].from_pretrained(
+            model, info = recipe.auto_class.from_pretrained(
                 ref.location, output_loading_info=True, **kwargs
             )
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(
-            f"model {ref.location}: cannot load it for task {task.value}: {err}"
+            f"model {ref.location}: cannot load it for task {recipe.task.value}: {err}"
         ) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    labels = len(label_map) if label_map is not None else None
     return LoadedModel(
         model,
-        weights.new_weights_note(model, info, task, labels),
+        weights.new_weights_note(model, info, lambda n: recipe.head_note(n, label_map)),
         weights.new_base_modules(model, info),
     )
 

@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from finetune_trainer import heads, weights
 from finetune_trainer.errors import RunDirError
-from finetune_trainer.evaluation import generate
-from finetune_trainer.modeling import AUTO_CLASSES
 from finetune_trainer.rundir import RUN_INFO
-
-BATCH = 32
+from finetune_trainer.tasks import recipe_class
 
 
 def load_run(
@@ -41,7 +38,7 @@ def load_run(
     info = json.loads(info_path.read_text())
     task = Task(info["task"])
     fmt = info["format"]
-    auto = AUTO_CLASSES[task]
+    auto = recipe_class(task).auto_class
     model: Any
     if fmt == "int8":
         from finetune_trainer import qat
@@ -93,48 +90,9 @@ def load_run(
 @torch.inference_mode()
 def predict(run_dir: Path | str, texts: Sequence[str], max_new_tokens: int = 32) -> list[str]:
     """Labels (original strings) for classification, continuations for causal LM,
-    the text with each mask token filled in for masked LM."""
+    the text with each mask token filled in for masked LM: the run's recipe says."""
+    from finetune_api.models import Task
+
     info, model, tokenizer = load_run(run_dir)
-    max_length = int(info.get("maxLength") or 512)
-    texts = [str(t) for t in texts]
-    if info["task"] == "causal-lm":
-        return generate(
-            model,
-            tokenizer,
-            texts,
-            max_new_tokens=max_new_tokens,
-            max_length=max_length,
-            batch_size=BATCH,
-        )
-    out: list[str] = []
-    for start in range(0, len(texts), BATCH):
-        chunk = texts[start : start + BATCH]
-        enc = tokenizer(
-            chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        )
-        logits = model(**enc).logits
-        if info["task"] == "classification":
-            id2label = _id2label(info, model)
-            out += [id2label[int(i)] for i in logits.argmax(dim=-1)]
-        else:
-            out += _fill_masks(tokenizer, enc["input_ids"], logits)
-    return out
-
-
-def _id2label(info: dict[str, Any], model: PreTrainedModel) -> dict[int, str]:
-    if info.get("labels"):
-        return dict(enumerate(info["labels"]))
-    return {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-
-
-def _fill_masks(
-    tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor, logits: torch.Tensor
-) -> list[str]:
-    mask_id = tokenizer.mask_token_id
-    filled = input_ids.clone()
-    where = input_ids == mask_id
-    filled[where] = logits.argmax(dim=-1)[where]
-    return [
-        str(tokenizer.decode(row[row != tokenizer.pad_token_id], skip_special_tokens=True))
-        for row in filled
-    ]
+    recipe = recipe_class(Task(info["task"]))
+    return recipe.predict(info, model, tokenizer, [str(t) for t in texts], max_new_tokens)

@@ -12,16 +12,11 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
 from transformers import (
-    DataCollatorWithPadding,
     EarlyStoppingCallback,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
     ProgressCallback,
@@ -30,14 +25,13 @@ from transformers import (
     set_seed,
 )
 
-from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
+from finetune_api.models import FineTuneJob, FineTuneJobSpec
 from finetune_trainer import autobatch, distributed, evaluation, lm_speed, throughput
 from finetune_trainer.batching import FastTrainer
-from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
+from finetune_trainer.data import LabelMap, load_raw
 from finetune_trainer.interrupt import failure_message
 from finetune_trainer.modeling import (
     ModelRef,
-    PrecisionChoice,
     choose_precision,
     effective_max_length,
     load_model_noted,
@@ -53,12 +47,13 @@ from finetune_trainer.report import (
     status_metrics,
 )
 from finetune_trainer.rundir import RUN_INFO
+from finetune_trainer.runstate import RunState
+from finetune_trainer.tasks import recipe_for
 from finetune_trainer.training import (
     CHECKPOINTS,
     QuietProgressCallback,
     TimedCheckpoints,
     checkpoint_interval,
-    collator,
     resume_checkpoint,
     total_steps,
     training_arguments,
@@ -67,7 +62,6 @@ from finetune_trainer.training import (
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-BLEU_LIMIT = 200  # eval rows generated from for BLEU (generation is slow)
 
 
 def default_output(job: FineTuneJob) -> Path:
@@ -131,42 +125,6 @@ def run(
         raise
 
 
-@dataclass
-class RunState:
-    """What the stages of one run pass along: `_load` -> `_build_trainer` -> `_train`
-    -> `_evaluate` -> `_save`. Each stage reads the fields before it and fills its own;
-    hooks (extra metrics, artifacts) go into `final` and `artifacts`."""
-
-    spec: FineTuneJobSpec
-    output_dir: Path
-    reporter: Reporter
-    progress_bar: bool
-    precision: PrecisionChoice
-    ref: ModelRef
-    tokenizer: PreTrainedTokenizerBase
-    raw: RawData
-    model: Any
-    max_length: int
-    target: str | None  # causal LM target column (BLEU), else None
-    train_ds: Any
-    eval_ds: Any
-    qat_layers: list[str] = field(default_factory=list)
-    load_note: str = ""  # weights initialised anew (modeling.load_model_noted)
-    new_modules: list[str] = field(default_factory=list)  # base modules that start random
-    world: distributed.World = field(default_factory=distributed.world)
-    # _build_trainer
-    trainer: Trainer = field(init=False)
-    metrics_fn: evaluation.ClassificationMetrics | None = None
-    resume: str | None = None
-    # _train, _evaluate, _save
-    final: dict[str, float] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def task(self) -> Task:
-        return self.spec.task
-
-
 def _run(
     spec: FineTuneJobSpec,
     name: str,
@@ -205,29 +163,20 @@ def _load(
 ) -> RunState:
     """Model, tokenizer and data, tokenised once; QAT and LoRA applied to the model."""
     hp = spec.hyperparameters
-    task = spec.task
+    recipe = recipe_for(spec)
     set_seed(hp.seed)
     precision = choose_precision(hp.precision)
     ref = resolve_model(spec.model, spec_dir)
-    tokenizer = load_tokenizer(ref, task)
-    raw = load_raw(spec.dataset, task, spec_dir, hp.seed)
-    model, load_note, new_modules = load_model_noted(ref, task, tokenizer, raw.label_map)
+    tokenizer = load_tokenizer(ref, recipe)
+    raw = load_raw(spec.dataset, recipe, spec_dir, hp.seed)
+    model, load_note, new_modules = load_model_noted(ref, recipe, tokenizer, raw.label_map)
     max_length = effective_max_length(model, hp.max_length)
-    target = spec.dataset.target_column if task is Task.causal_lm else None
     train_ds, eval_ds = (
-        tokenize(
-            split,
-            tokenizer,
-            task=task,
-            text_column=spec.dataset.text_column,
-            max_length=max_length,
-            target_column=target,
-        )
-        for split in (raw.train, raw.eval)
+        recipe.tokenize(split, tokenizer, max_length) for split in (raw.train, raw.eval)
     )
     state = RunState(
-        spec, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw, model,
-        max_length, target, train_ds, eval_ds,
+        spec, recipe, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw,
+        model, max_length, train_ds, eval_ds,
     )  # fmt: skip
     state.load_note, state.new_modules = load_note, new_modules
     _compression_setup(state, spec_dir)
@@ -247,7 +196,7 @@ def _adapt_model(state: RunState) -> None:
         from finetune_trainer import lora  # peft (and the torchao it pulls in) only for LoRA
 
         state.model = lora.apply_lora(
-            state.model, spec.lora, spec.task, also_train=state.new_modules
+            state.model, spec.lora, state.recipe.peft_task_type, also_train=state.new_modules
         )
 
 
@@ -270,19 +219,22 @@ def _compression_setup(state: RunState, spec_dir: Path | None) -> None:
             raw=state.raw,
             train_ds=state.train_ds,
             eval_ds=state.eval_ds,
-            text_column=spec.dataset.text_column,
+            recipe=state.recipe,
             max_length=state.max_length,
         )
         state.final |= teacher_metrics
 
 
 def _trainer_class(state: RunState, base: type[Trainer]) -> Callable[..., Trainer]:
-    """`base`, with the distillation loss when spec.distillation is set."""
+    """The recipe's Trainer on `base`, with the distillation loss when spec.distillation
+    is set."""
+    cls = state.recipe.trainer_class(base)
     if state.spec.distillation is None:
-        return base
+        return cls
     from finetune_trainer import distill
 
-    return distill.trainer_class(base, state.spec.distillation)
+    assert isinstance(cls, type)
+    return distill.trainer_class(cls, state.spec.distillation)
 
 
 def _compression_finish(state: RunState) -> None:
@@ -305,24 +257,27 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     """The transformers Trainer with this project's callbacks; sets metrics_fn."""
     # batchSize auto -> a concrete batch and accumulation (autobatch.py)
     state.spec = autobatch.concrete_spec(
-        state.spec, state.model, state.train_ds, state.precision.bf16
+        state.spec,
+        state.model,
+        state.train_ds,
+        state.precision.bf16,
+        token_labels=state.recipe.token_labels,
     )
+    state.recipe.spec = state.spec
     spec, hp = state.spec, state.spec.hyperparameters
     args = training_arguments(
         spec,
         output_dir=state.output_dir / CHECKPOINTS,
         precision=state.precision,
         progress_bar=state.progress_bar,
+        best_metric=state.recipe.best_metric,
     )
-    if state.task is Task.classification:
-        state.metrics_fn = evaluation.ClassificationMetrics()
+    state.metrics_fn = state.recipe.metrics_fn()
     # FastTrainer: pre-padded, length-bucketed training batches (batching.py)
     trainer = _trainer_class(state, FastTrainer)(
         model=state.model,
         args=args,
-        data_collator=collator(
-            state.task, state.tokenizer, mask_probability=spec.mlm.mask_probability, seed=hp.seed
-        ),
+        data_collator=state.recipe.collator(state.tokenizer),
         train_dataset=state.train_ds,
         eval_dataset=state.eval_ds,
         processing_class=state.tokenizer,
@@ -343,7 +298,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
 
         trainer.add_callback(pruning.GradualPruning(state.model, spec.pruning.sparsity))
     trainer.add_callback(throughput.Meter(state.train_ds))  # samples/s, tokens/s, MFU
-    lm_speed.configure(trainer, state.task is Task.causal_lm)  # packing, Liger kernels
+    lm_speed.configure(trainer, causal_lm=state.recipe.packs)  # packing, Liger kernels
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
@@ -357,7 +312,7 @@ def _train(state: RunState) -> None:
     steps = total_steps(spec, len(state.train_ds), state.world.size)
     state.final["worldSize"] = float(state.world.size)
     state.reporter.start(steps, message=_start_message(state, steps))
-    if state.task is not Task.classification:
+    if state.recipe.reports_perplexity:
         state.final["perplexityBefore"] = _perplexity_before(
             trainer, state.output_dir, state.resume
         )
@@ -368,14 +323,14 @@ def _train(state: RunState) -> None:
     state.final.update(
         _final_eval(trainer, spec.hyperparameters.early_stopping_patience is not None)
     )
-    if state.task is not Task.classification and "evalLoss" in state.final:
+    if state.recipe.reports_perplexity and "evalLoss" in state.final:
         state.final["perplexity"] = evaluation.perplexity(state.final["evalLoss"])
 
 
 def _start_message(state: RunState, steps: int) -> str:
     spec = state.spec
     return (
-        f"{state.task.value} {state.ref.location}{' + LoRA' if spec.lora else ''}"
+        f"{state.recipe.task.value} {state.ref.location}{' + LoRA' if spec.lora else ''}"
         f"{' + QAT int8' if spec.quantization else ''}"
         f"{f' ({state.load_note})' if state.load_note else ''}: {len(state.train_ds)} train / "
         f"{len(state.eval_ds)} eval rows, {steps} steps, precision {state.precision.name}"
@@ -385,44 +340,11 @@ def _start_message(state: RunState, steps: int) -> str:
 
 
 def _evaluate(state: RunState) -> None:
-    """Classification report (QAT: fp32 vs int8 first), or BLEU for causal LM with targets."""
-    if not state.world.is_main:
-        _evaluate_as_worker(state)
-        return
-    if state.task is Task.classification:
-        assert state.raw.label_map is not None and state.metrics_fn is not None
-        if state.spec.quantization is not None:
-            qat_metrics, predicted, labels = _finish_qat(
-                state.trainer,
-                state.tokenizer,
-                state.eval_ds,
-                state.qat_layers,
-                state.output_dir,
-                state.artifacts,
-            )
-            state.final |= qat_metrics
-        else:
-            predicted, labels = _predictions(state.trainer, state.metrics_fn, state.eval_ds)
-        report = evaluation.write_classification_report(
-            labels, predicted, state.raw.label_map.labels, state.output_dir
-        )
-        state.artifacts |= {k: str(v) for k, v in report.items()}
-    if state.task is Task.causal_lm and state.target is not None:
-        state.final["bleu"] = _bleu(
-            state.trainer.model,
-            state.tokenizer,
-            state.raw,
-            state.spec,
-            state.max_length,
-            state.output_dir,
-        )
-
-
-def _evaluate_as_worker(state: RunState) -> None:
-    """A worker takes part in the collective evaluation the main process may run."""
-    if state.task is Task.classification and state.spec.quantization is None:
-        assert state.metrics_fn is not None
-        _predictions(state.trainer, state.metrics_fn, state.eval_ds)
+    """The recipe's evaluation: classification report (QAT: fp32 vs int8), BLEU, ..."""
+    if state.world.is_main:
+        state.recipe.evaluate(state)
+    else:
+        state.recipe.evaluate_as_worker(state)
 
 
 def _save(state: RunState) -> None:
@@ -463,100 +385,6 @@ def _final_eval(trainer: Trainer, best_restored: bool) -> dict[str, float]:
     if best_restored or last is None or last.get("step") != trainer.state.global_step:
         last = trainer.evaluate()
     return status_metrics(last)
-
-
-def _predictions(
-    trainer: Trainer, metrics_fn: evaluation.ClassificationMetrics, eval_ds: Any
-) -> tuple[Any, Any]:
-    if metrics_fn.last_predictions is None or metrics_fn.last_labels is None:
-        trainer.evaluate()
-    assert metrics_fn.last_predictions is not None and metrics_fn.last_labels is not None
-    return metrics_fn.last_predictions, metrics_fn.last_labels
-
-
-def _eval_loader(eval_ds: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> Any:
-    data = eval_ds.remove_columns([LENGTH_COLUMN]).with_format("torch")
-    return DataLoader(data, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
-
-
-def _finish_qat(
-    trainer: Trainer,
-    tokenizer: PreTrainedTokenizerBase,
-    eval_ds: Any,
-    layers: list[str],
-    output_dir: Path,
-    artifacts: dict[str, str],
-) -> tuple[dict[str, float], Any, Any]:
-    """fp32 (QAT weights, fake quantisation off) vs the converted int8 model, side by side."""
-    from finetune_trainer import qat
-
-    model: Any = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA + QAT: keep the adapter, ship it merged
-        adapter_dir = output_dir / "adapter"
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        model.save_pretrained(str(adapter_dir))
-        tokenizer.save_pretrained(adapter_dir)
-        artifacts["adapter"] = str(adapter_dir)
-        model = model.merge_and_unload()
-    assert isinstance(model, torch.nn.Module)
-    model = model.to("cpu").eval()
-    loader = _eval_loader(eval_ds, tokenizer, trainer.args.per_device_eval_batch_size)
-    fp32 = qat.fp32_copy(model)
-    fp32_pred, labels = evaluation.predict_classes(fp32, loader)
-    fp32_scores = evaluation.classification_scores(labels, fp32_pred)
-    fp32_mb = qat.serialized_mb(fp32)
-    del fp32
-    embeddings = qat.convert_int8(model)
-    int8_pred, labels = evaluation.predict_classes(model, loader)
-    int8_scores = evaluation.classification_scores(labels, int8_pred)
-    directory = output_dir / "model"
-    if directory.exists():
-        shutil.rmtree(directory)
-    assert isinstance(model, PreTrainedModel)
-    qat.save_int8(model, layers, embeddings, directory)
-    tokenizer.save_pretrained(directory)
-    artifacts["model"] = str(directory)
-    metrics = {
-        "fp32Accuracy": fp32_scores["accuracy"],
-        "int8Accuracy": int8_scores["accuracy"],
-        "fp32F1Macro": fp32_scores["f1_macro"],
-        "int8F1Macro": int8_scores["f1_macro"],
-        "fp32SizeMb": round(fp32_mb, 3),
-        "int8SizeMb": round(qat.serialized_mb(model), 3),
-        # The shipped model is the int8 one: its scores are the run's scores.
-        "accuracy": int8_scores["accuracy"],
-        "f1Macro": int8_scores["f1_macro"],
-    }
-    return metrics, int8_pred, labels
-
-
-def _bleu(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    raw: RawData,
-    spec: FineTuneJobSpec,
-    max_length: int,
-    output_dir: Path,
-) -> float:
-    """Generate from the eval prompts (textColumn) and score against targetColumn."""
-    target = spec.dataset.target_column
-    assert target is not None
-    rows = raw.eval.data.select(range(min(len(raw.eval.data), BLEU_LIMIT)))
-    prompts = [str(t) for t in rows[spec.dataset.text_column]]
-    references = [str(t) for t in rows[target]]
-    new_tokens = max(8, min(128, max(len(tokenizer(r)["input_ids"]) for r in references) + 4))
-    outputs = evaluation.generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=new_tokens,
-        max_length=max_length,
-        batch_size=autobatch.per_device(spec.hyperparameters),
-    )
-    with (output_dir / "generations.jsonl").open("w") as f:
-        for p, o, r in zip(prompts, outputs, references, strict=True):
-            f.write(json.dumps({"prompt": p, "generated": o, "reference": r}) + "\n")
-    return evaluation.bleu(outputs, references)
 
 
 def _save_model(

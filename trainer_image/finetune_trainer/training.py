@@ -14,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from transformers import (
-    DataCollatorForLanguageModeling,
-    DataCollatorForSeq2Seq,
-    DataCollatorWithPadding,
-    PreTrainedTokenizerBase,
     ProgressCallback,
     TrainerCallback,
     TrainerControl,
@@ -26,7 +22,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from finetune_api.models import FineTuneJobSpec, Task
+from finetune_api.models import FineTuneJobSpec
 from finetune_trainer import autobatch, distributed, speedups
 from finetune_trainer.data import LENGTH_COLUMN
 from finetune_trainer.modeling import PrecisionChoice
@@ -65,8 +61,10 @@ def training_arguments(
     output_dir: Path,
     precision: PrecisionChoice,
     progress_bar: bool,
+    best_metric: tuple[str, bool] = ("loss", False),
 ) -> TrainingArguments:
-    """Dynamic padding is the collator's job; here: length grouping, eval/save cadence."""
+    """Dynamic padding is the collator's job; here: length grouping, eval/save cadence.
+    best_metric: (name, greater is better), restored at the end under early stopping."""
     hp = spec.hyperparameters
     early = hp.early_stopping_patience is not None
     if hp.eval_steps is not None:
@@ -79,8 +77,8 @@ def training_arguments(
             "save_strategy": eval_kwargs["eval_strategy"],
             "save_steps": hp.eval_steps or 500,
             "load_best_model_at_end": True,
-            "metric_for_best_model": "accuracy" if spec.task is Task.classification else "loss",
-            "greater_is_better": spec.task is Task.classification,
+            "metric_for_best_model": best_metric[0],
+            "greater_is_better": best_metric[1],
         }
     elif hp.eval_steps is not None:
         save_kwargs = {"save_strategy": "steps", "save_steps": hp.eval_steps}
@@ -113,24 +111,6 @@ def training_arguments(
         **eval_kwargs,
         **save_kwargs,
         **distributed.training_kwargs(spec, distributed.world().size),  # gloo/nccl, FSDP
-    )
-
-
-def collator(
-    task: Task, tokenizer: PreTrainedTokenizerBase, *, mask_probability: float, seed: int
-) -> Any:
-    """Pads each batch to its own longest sequence (never to maxLength)."""
-    if task is Task.classification:
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
-    if task is Task.causal_lm:
-        # Labels were made at tokenisation (ids + eos); padding gets -100, so a pad token
-        # borrowed from eos does not hide the real eos the model must learn to emit.
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    return DataCollatorForLanguageModeling(
-        tokenizer,
-        mlm=task is Task.masked_lm,
-        mlm_probability=mask_probability if task is Task.masked_lm else None,
-        seed=seed,
     )
 
 

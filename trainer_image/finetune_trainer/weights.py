@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
-
-from finetune_api.models import Task
 
 # The logger transformers' modeling_utils passes to log_state_dict_report.
 LOAD_REPORT_LOGGER = "transformers.modeling_utils"
@@ -40,19 +38,18 @@ def quiet_load_report() -> Iterator[None]:
         logger.removeFilter(_not_a_load_report)
 
 
-def new_weights_note(model: Any, info: dict[str, Any], task: Task, num_labels: int | None) -> str:
+def new_weights_note(model: Any, info: dict[str, Any], head_note: Callable[[int], str]) -> str:
     """What `from_pretrained(..., output_loading_info=True)` initialised anew, in one line
-    ("" when every weight came from the checkpoint)."""
+    ("" when every weight came from the checkpoint); `head_note(tensors)` describes a new
+    head (the recipe's words: "new classification head: 2 labels")."""
     new = _new_keys(info)
     if not new:
         return ""
     base = _base_keys(model, new)
     head = new - set(base)
     parts = []
-    if head and task is Task.classification:
-        parts.append(f"new classification head: {num_labels} labels")
-    elif head:
-        parts.append(f"new {task.value} head ({len(head)} tensors)")
+    if head:
+        parts.append(head_note(len(head)))
     if base:
         shown = ", ".join(base[:SHOWN_KEYS]) + (", ..." if len(base) > SHOWN_KEYS else "")
         parts.append(
