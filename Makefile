@@ -68,6 +68,7 @@ unit: setup
 
 crds: setup
 	$(VENV)/bin/finetune crds --write
+	cp crds/*.yaml helm/finetune/crds/
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) runs .cluster .pytest_cache .mypy_cache .ruff_cache

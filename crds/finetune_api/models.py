@@ -151,8 +151,33 @@ class DataSource(ApiModel):
         return self
 
 
+class DataFormat(StrEnum):
+    """How rows are laid out; every chat form is mapped to one internal form (messages)."""
+
+    text = "text"
+    messages = "messages"
+    prompt_completion = "prompt-completion"
+    alpaca = "alpaca"
+    sharegpt = "sharegpt"
+
+
+CHAT_FORMATS = (
+    DataFormat.messages,
+    DataFormat.prompt_completion,
+    DataFormat.alpaca,
+    DataFormat.sharegpt,
+)
+
+
 class Dataset(ApiModel):
     train: DataSource = Field(description="Training data.")
+    format: DataFormat = Field(
+        DataFormat.text,
+        description="text: textColumn; messages: a `messages` list of {role, content} "
+        "(optional `tools`); prompt-completion: `prompt`/`completion`; alpaca: "
+        "`instruction`/`input`/`output`; sharegpt: `conversations` of {from, value}. The "
+        "chat forms are causal-lm only and rendered with the model's chat template.",
+    )
     eval: DataSource | None = Field(
         None, description="Evaluation data; when absent, evalFraction of train is held out."
     )
@@ -239,6 +264,16 @@ class Hyperparameters(ApiModel):
         None, ge=1, description="Evaluate every N steps; default: once per epoch."
     )
     logging_steps: int = Field(10, ge=1, description="Report training loss every N steps.")
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations in the backward pass (less memory, ~30% slower); "
+        "default: on for causal-lm with LoRA on a GPU, off elsewhere.",
+    )
+    packing: bool | None = Field(
+        None,
+        description="causal-lm: pack a batch's rows into one, padding-free, attention kept "
+        "within each row; default: on where the model uses flash attention.",
+    )
 
 
 class Lora(ApiModel):
@@ -251,6 +286,25 @@ class Lora(ApiModel):
         description="Module names to adapt; null = a sensible default per architecture.",
     )
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
+    quantize_base: Literal["nf4", "fp4", "int8"] | None = Field(
+        None,
+        description="QLoRA: load the frozen base model quantised by bitsandbytes and train "
+        "the adapters on it; the adapter alone is saved.",
+    )
+
+
+class Method(ApiModel):
+    type: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="sft: supervised fine-tuning; dpo / orpo: preference tuning (TRL) on "
+        "`prompt`/`chosen`/`rejected` rows (text or messages), causal-lm only.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="dpo: KL strength to the reference; orpo: the odds-ratio weight (lambda).",
+    )
 
 
 class Quantization(ApiModel):
@@ -449,6 +503,36 @@ OPTIMISATION_RULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+# (CEL rule, message) pairs; FineTuneJobSpec._post_training_rules checks the same.
+POST_TRAINING_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "!has(self.method) || !has(self.method.type) || self.method.type == 'sft'"
+        " || self.task == 'causal-lm'",
+        "method.type dpo or orpo (preference tuning) is supported for task causal-lm",
+    ),
+    (
+        "!has(self.dataset.format) || self.dataset.format == 'text' || self.task == 'causal-lm'",
+        "dataset.format messages, prompt-completion, alpaca and sharegpt are supported for "
+        "task causal-lm",
+    ),
+    (
+        "!has(self.loss) || self.loss == 'all'"
+        " || (has(self.dataset.format) && self.dataset.format != 'text')",
+        "loss assistant or completion needs a chat dataset.format (messages, "
+        "prompt-completion, alpaca or sharegpt)",
+    ),
+    (
+        "!has(self.lora) || !has(self.lora.quantizeBase) || !has(self.quantization)",
+        "lora.quantizeBase (QLoRA) with quantization (qat) is not supported: the QLoRA base "
+        "is already quantised and frozen; choose one",
+    ),
+    (
+        "!has(self.lora) || !has(self.lora.quantizeBase) || !has(self.distributed)"
+        " || self.distributed.strategy != 'fsdp'",
+        "lora.quantizeBase (QLoRA) with distributed.strategy fsdp is not supported: use ddp",
+    ),
+)
+
 FSDP_MESSAGE = (
     "distributed.strategy fsdp is for full fine-tuning: use ddp with lora or quantization"
 )
@@ -468,12 +552,26 @@ class FineTuneJobSpec(ApiModel):
                 FSDP_MESSAGE,
             ),
             *OPTIMISATION_RULES,
+            *POST_TRAINING_RULES,
         )
     )
 
     task: Task = Field(description="classification | causal-lm | masked-lm.")
     model: ModelSource
     dataset: Dataset
+    method: Method = Field(default_factory=Method, description="sft | dpo | orpo (causal-lm).")
+    loss: Literal["assistant", "completion", "all"] | None = Field(
+        None,
+        description="Which tokens count in the loss (chat formats): assistant turns (the "
+        "default for messages/sharegpt), the completion (the default for "
+        "prompt-completion/alpaca) or all.",
+    )
+    chat_template: str | None = Field(
+        None,
+        max_length=65536,
+        description="A Jinja chat template, or a builtin name (chatml), used when the model "
+        "has none; with loss assistant it needs {% generation %} markers.",
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     lora: Lora | None = Field(None, description="PEFT LoRA adapters; absent = full fine-tuning.")
     quantization: Quantization | None = Field(None, description="Quantization-aware training.")
@@ -507,6 +605,23 @@ class FineTuneJobSpec(ApiModel):
     backoff_limit: int = Field(2, ge=0, le=100)
     active_deadline_seconds: int | None = Field(None, ge=1)
     suspend: bool = Field(False, description="Suspend (or keep suspended) the trainer Job.")
+
+    @model_validator(mode="after")
+    def _post_training_rules(self) -> FineTuneJobSpec:
+        """The POST_TRAINING_RULES, in the same order (before _qat_task's FSDP rule, so a
+        QLoRA spec is refused for its own reason first)."""
+        quantized = self.lora is not None and self.lora.quantize_base is not None
+        broken = (
+            self.method.type != "sft" and self.task is not Task.causal_lm,
+            self.dataset.format is not DataFormat.text and self.task is not Task.causal_lm,
+            self.loss not in (None, "all") and self.dataset.format is DataFormat.text,
+            quantized and self.quantization is not None,
+            quantized and self.distributed.strategy == "fsdp",
+        )
+        for (_, message), bad in zip(POST_TRAINING_RULES, broken, strict=True):
+            if bad:
+                raise ValueError(message)
+        return self
 
     @model_validator(mode="after")
     def _qat_task(self) -> FineTuneJobSpec:
@@ -578,6 +693,11 @@ class FineTuneJobStatus(ApiModel):
         None, description="Multi-node runs: how many trainer pods are ready, of how many."
     )
     message: str | None = None
+    reason: str | None = Field(
+        None,
+        max_length=64,
+        description="Why a Failed run failed, when the trainer knows (ChatTemplate, ...).",
+    )
 
 
 # --------------------------------------------------------------------------- HyperparameterSweep

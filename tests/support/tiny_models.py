@@ -151,3 +151,89 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
         lines = [sep.join(keys)] + [sep.join(str(r[k]) for k in keys) for r in rows]
         path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>"]
+CHAT_ROLES = ["system", "user", "assistant"]
+# A ChatML template with {% generation %} markers around the assistant's text and its
+# end-of-turn token (what an instruct model ships, as far as the trainer can tell).
+CHAT_TEMPLATE = (
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{%- if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>"
+    "{% endgeneration %}{%- else %}{{ m['content'] }}<|im_end|>{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# The same layout without markers: assistant-only loss cannot find the assistant's tokens.
+CHAT_TEMPLATE_NO_MARKERS = CHAT_TEMPLATE.replace("{% generation %}", "").replace(
+    "{% endgeneration %}", ""
+)
+
+
+def tiny_llama(
+    directory: Path, *, hidden: int = 32, chat_template: str | None = CHAT_TEMPLATE
+) -> Path:
+    """A tiny random Llama (causal LM) whose word-level tokenizer knows ChatML's
+    <|im_start|>/<|im_end|> and the role names; `chat_template` is the model's own
+    (None: a base model without one). QLoRA on a CPU needs hidden >= 256."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = sorted(set(all_words()) | set(CHAT_ROLES))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHAT_SPECIALS + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        eos_token="<|im_end|>",
+        additional_special_tokens=CHAT_SPECIALS,
+    )
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def chat_rows(n: int) -> list[dict[str, Any]]:
+    """Two-turn conversations (messages format) over the QA pairs."""
+    rows = []
+    for i in range(n):
+        (q1, a1), (q2, a2) = QA[i % len(QA)], QA[(i + 1) % len(QA)]
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": q1},
+                    {"role": "assistant", "content": a1},
+                    {"role": "user", "content": q2},
+                    {"role": "assistant", "content": a2},
+                ]
+            }
+        )
+    return rows
+
+
+def preference_rows(n: int) -> list[dict[str, Any]]:
+    """prompt / chosen / rejected: the right colour against a wrong one."""
+    rows = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        wrong = QA[(i + 1) % len(QA)][1]
+        rows.append({"prompt": q, "chosen": a, "rejected": wrong})
+    return rows

@@ -1,6 +1,6 @@
 """finetune_trainer: the workload of a FineTuneJob (trainer image and `finetune run`).
 
-Modules: data (read, validate, label-map, tokenise), modeling (model/tokenizer/precision),
+Modules: tasks (one Recipe per task and method), data (read, validate, label-map), modeling (model/tokenizer/precision),
 lora (peft adapters), qat (torchao int8 QAT), training (TrainingArguments, collators,
 resume), evaluation (metrics, plots, BLEU), report (reporter + sinks), run (entry
 points), predict (load a finished run), errors (UserError subclasses).
@@ -11,8 +11,9 @@ import warnings as _warnings
 
 # transformers and peft import torchao when it is installed; on import it logs a warning
 # per GPU-only kernel library it cannot load (on CPU: all of them) and torch logs one per
-# torchao enum it registers. Neither concerns the user; real errors still get through.
-for _name in ("torchao", "torch.utils._pytree"):
+# torchao enum it registers. bitsandbytes (imported by peft for QLoRA) warns on CPU that
+# an optional hub kernel package is missing. None concerns the user; errors get through.
+for _name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 

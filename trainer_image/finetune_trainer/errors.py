@@ -8,6 +8,9 @@ from finetune_api.manifest import UserError
 class TrainerUserError(UserError):
     """Base class for trainer errors the user can fix (bad data, model, spec, run dir)."""
 
+    reason: str | None = None
+    """The Failed phase's reason (status.reason, the Failed condition), when it has one."""
+
 
 class DataError(TrainerUserError):
     """A dataset that cannot be used: unreadable file, missing column, empty, bad label."""
@@ -15,6 +18,12 @@ class DataError(TrainerUserError):
 
 class ModelError(TrainerUserError):
     """A model that cannot be loaded: missing path, uncached hub id, bad LoRA targets."""
+
+
+class ChatTemplateError(TrainerUserError):
+    """A chat template that would train the wrong tokens, or none (the template gate)."""
+
+    reason = "ChatTemplate"
 
 
 class RunDirError(TrainerUserError):

@@ -160,8 +160,10 @@ def generate(
     max_new_tokens: int,
     max_length: int,
     batch_size: int = 8,
+    add_special_tokens: bool = True,
 ) -> list[str]:
-    """Greedy continuations of the prompts (new text only), batched with left padding."""
+    """Greedy continuations of the prompts (new text only), batched with left padding
+    (add_special_tokens False: the prompts were rendered by a chat template)."""
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -171,7 +173,12 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             chunk = [str(p) for p in prompts[start : start + batch_size]]
             enc = tokenizer(
-                chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+                chunk,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=add_special_tokens,
             ).to(device)
             out = model.generate(  # type: ignore[operator]
                 **enc,

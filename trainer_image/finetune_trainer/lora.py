@@ -71,6 +71,7 @@ def apply_lora(
     spec: Lora,
     peft_task_type: str | None,
     also_train: Sequence[str] = (),
+    trainable_tokens: Sequence[int] = (),
 ) -> PeftModel:
     """LoRA adapters on `targets`; `also_train` (base modules that start random, such as a
     pooler missing from the checkpoint) are trained in full and saved with the adapter, so
@@ -85,6 +86,8 @@ def apply_lora(
         task_type=TaskType[peft_task_type] if peft_task_type else None,
         fan_in_fan_out=isinstance(_first_match(model, targets), Conv1D),
         modules_to_save=list(also_train) or None,
+        # new tokens (a chat template's) train their embedding rows, not the whole matrix
+        trainable_token_indices=list(trainable_tokens) or None,
     )
     return get_peft_model(model, config)
 

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from finetune_trainer import heads, weights
 from finetune_trainer.errors import RunDirError
 from finetune_trainer.rundir import RUN_INFO
-from finetune_trainer.tasks import recipe_class
+from finetune_trainer.tasks import recipe_class, recipe_for_run
 
 
 def load_run(
@@ -90,9 +90,8 @@ def load_run(
 @torch.inference_mode()
 def predict(run_dir: Path | str, texts: Sequence[str], max_new_tokens: int = 32) -> list[str]:
     """Labels (original strings) for classification, continuations for causal LM,
-    the text with each mask token filled in for masked LM: the run's recipe says."""
-    from finetune_api.models import Task
-
+    the text with each mask token filled in for masked LM, an answer to each text as a
+    user turn for chat SFT: the run's recipe says."""
     info, model, tokenizer = load_run(run_dir)
-    recipe = recipe_class(Task(info["task"]))
+    recipe = recipe_for_run(info)
     return recipe.predict(info, model, tokenizer, [str(t) for t in texts], max_new_tokens)

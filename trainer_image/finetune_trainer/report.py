@@ -42,6 +42,20 @@ METRIC_NAMES = {
     "eval_f1_macro": "f1Macro",
     "eval_perplexity": "perplexity",
     "train_samples_per_second": "samplesPerSecond",
+    # preference tuning (TRL's DPO/ORPO): the training log's and the evaluation's
+    **{
+        f"{prefix}{trl_name}": name
+        for trl_name, name in {
+            "rewards/margins": "rewardMargin",
+            "rewards/accuracies": "rewardAccuracy",
+            "rewards/chosen": "chosenReward",
+            "rewards/rejected": "rejectedReward",
+            "logps/chosen": "chosenLogps",
+            "logps/rejected": "rejectedLogps",
+            "log_odds_ratio": "logOddsRatio",
+        }.items()
+        for prefix in ("", "eval_")
+    },
 }
 
 
@@ -67,6 +81,7 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    reason: str | None = None
 
     def status(self) -> FineTuneJobStatus:
         """The status the trainer writes, as the API's typed model (one status contract:
@@ -82,6 +97,7 @@ class RunState:
             history=list(self.history),
             artifacts=dict(self.artifacts),
             message=self.message,
+            **({"reason": self.reason} if self.reason else {}),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,8 +153,10 @@ class Reporter:
         metrics: dict[str, float] | None = None,
         artifacts: dict[str, str] | None = None,
         message: str = "",
+        reason: str | None = None,
     ) -> None:
         self.state.phase = phase
+        self.state.reason = reason
         self.state.metrics.update(metrics or {})
         self.state.artifacts.update(artifacts or {})
         self.state.message = message
@@ -274,7 +292,8 @@ class KubernetesSink:
 def eval_metrics(values: dict[str, Any]) -> dict[str, float]:
     """Status metrics of one evaluation (perplexity from the loss for language models)."""
     values = dict(values)
-    if "eval_loss" in values and "eval_accuracy" not in values:
+    judged = "eval_accuracy" in values or "eval_rewards/margins" in values  # not an LM loss
+    if "eval_loss" in values and not judged:
         values["eval_perplexity"] = math.exp(min(values["eval_loss"], 700.0))
     return status_metrics(values)
 

@@ -28,10 +28,9 @@ from transformers import (
 from finetune_api.models import FineTuneJob, FineTuneJobSpec
 from finetune_trainer import autobatch, distributed, evaluation, lm_speed, throughput
 from finetune_trainer.batching import FastTrainer
-from finetune_trainer.data import LabelMap, load_raw
+from finetune_trainer.data import load_raw
 from finetune_trainer.interrupt import failure_message
 from finetune_trainer.modeling import (
-    ModelRef,
     choose_precision,
     effective_max_length,
     load_model_noted,
@@ -85,7 +84,9 @@ def run_local(
         progress_bar=sys.stderr.isatty(),
     )
     headline = {
-        k: metrics[k] for k in ("accuracy", "f1Macro", "perplexity", "bleu") if k in metrics
+        k: metrics[k]
+        for k in ("accuracy", "f1Macro", "perplexity", "bleu", "rewardAccuracy", "rewardMargin")
+        if k in metrics
     }
     summary = ", ".join(f"{k} {v:.4f}" for k, v in headline.items())
     print(f"finetune: done: {summary}; artifacts in {output_dir}", flush=True)
@@ -121,7 +122,7 @@ def run(
         )
     except BaseException as err:
         message = failure_message(err, output_dir)
-        reporter.end(phase="Failed", message=message)
+        reporter.end(phase="Failed", message=message, reason=getattr(err, "reason", None))
         raise
 
 
@@ -170,15 +171,18 @@ def _load(
     tokenizer = load_tokenizer(ref, recipe)
     raw = load_raw(spec.dataset, recipe, spec_dir, hp.seed)
     model, load_note, new_modules = load_model_noted(ref, recipe, tokenizer, raw.label_map)
+    recipe.prepare_model(model, tokenizer)
     max_length = effective_max_length(model, hp.max_length)
     train_ds, eval_ds = (
         recipe.tokenize(split, tokenizer, max_length) for split in (raw.train, raw.eval)
     )
+    recipe.check_data(raw.train, train_ds, tokenizer)  # before any step (the template gate)
     state = RunState(
         spec, recipe, output_dir, reporter, progress_bar, precision, ref, tokenizer, raw,
         model, max_length, train_ds, eval_ds,
     )  # fmt: skip
     state.load_note, state.new_modules = load_note, new_modules
+    state.final |= recipe.data_metrics(train_ds)
     _compression_setup(state, spec_dir)
     _adapt_model(state)
     return state
@@ -196,7 +200,11 @@ def _adapt_model(state: RunState) -> None:
         from finetune_trainer import lora  # peft (and the torchao it pulls in) only for LoRA
 
         state.model = lora.apply_lora(
-            state.model, spec.lora, state.recipe.peft_task_type, also_train=state.new_modules
+            state.model,
+            spec.lora,
+            state.recipe.peft_task_type,
+            also_train=state.new_modules,
+            trainable_tokens=state.recipe.lora_trainable_tokens(state.tokenizer),
         )
 
 
@@ -357,7 +365,8 @@ def _save(state: RunState) -> None:
     spec, trainer, output_dir = state.spec, state.trainer, state.output_dir
     if spec.quantization is None:
         state.artifacts |= _save_model(trainer, state.tokenizer, spec, output_dir)
-    _write_run_info(spec, state.ref, state.raw.label_map, state.max_length, output_dir)
+    state.recipe.save(state)
+    _write_run_info(state)
     (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if evaluation.plot_loss(trainer.state.log_history, output_dir / "loss.png"):
         state.artifacts["lossCurve"] = str(output_dir / "loss.png")
@@ -412,14 +421,10 @@ def _save_model(
     return artifacts
 
 
-def _write_run_info(
-    spec: FineTuneJobSpec,
-    ref: ModelRef,
-    label_map: LabelMap | None,
-    max_length: int,
-    output_dir: Path,
-) -> None:
+def _write_run_info(state: RunState) -> None:
     """run.json: what `predict` needs to load the run (and what a person needs to know)."""
+    spec, ref, label_map = state.spec, state.ref, state.raw.label_map
+    max_length, output_dir = state.max_length, state.output_dir
     fmt = "int8" if spec.quantization else "lora" if spec.lora else "full"
     info: dict[str, Any] = {
         "task": spec.task.value,
@@ -430,6 +435,7 @@ def _write_run_info(
         "baseModelRevision": ref.revision,
         "maxLength": max_length,
         "labels": list(label_map.labels) if label_map else None,
+        **state.recipe.run_info(),
     }
     (output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
     if label_map is not None:

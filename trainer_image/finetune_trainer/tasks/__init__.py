@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from finetune_api.models import FineTuneJobSpec, Task
+from typing import Any
+
+from finetune_api.models import DataFormat, FineTuneJobSpec, Task
 from finetune_trainer.tasks.recipe import Recipe
 
 
@@ -22,5 +24,25 @@ def recipe_class(task: Task) -> type[Recipe]:
     return MaskedLm
 
 
+def recipe_for_run(info: dict[str, Any]) -> type[Recipe]:
+    """The recipe that predicts for a finished run, from its run.json: a chat run (it
+    saved its template) wraps prompts in it."""
+    if info.get("chatTemplate"):
+        from finetune_trainer.tasks.chat_sft import ChatSft
+
+        return ChatSft
+    return recipe_class(Task(info["task"]))
+
+
 def recipe_for(spec: FineTuneJobSpec) -> Recipe:
+    """The spec's recipe: its task's, or its method's (preference tuning), or chat SFT
+    for a causal-lm spec with a chat dataset.format."""
+    if spec.method.type != "sft":
+        from finetune_trainer.tasks.preference import Preference
+
+        return Preference(spec)
+    if spec.task is Task.causal_lm and spec.dataset.format is not DataFormat.text:
+        from finetune_trainer.tasks.chat_sft import ChatSft
+
+        return ChatSft(spec)
     return recipe_class(spec.task)(spec)

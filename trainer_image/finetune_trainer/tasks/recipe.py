@@ -78,6 +78,15 @@ class Recipe:
     ) -> datasets.Dataset:
         raise NotImplementedError(type(self).__name__)
 
+    def check_data(
+        self, table: Table, train_ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
+        """Refuse, before any training step, data the tokenised form shows to be unusable."""
+
+    def data_metrics(self, train_ds: datasets.Dataset) -> dict[str, float]:
+        """Metrics of the tokenised training data itself (e.g. lossTokens, totalTokens)."""
+        return {}
+
     # ---- model ---------------------------------------------------------------------
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, location: str) -> None:
@@ -86,6 +95,13 @@ class Recipe:
     def model_kwargs(self, label_map: LabelMap | None) -> dict[str, Any]:
         """Extra `from_pretrained` arguments (the classification head's labels)."""
         return {}
+
+    def prepare_model(self, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+        """After loading: fit the model to the tokenizer (tokens the recipe added)."""
+
+    def lora_trainable_tokens(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Token ids whose embedding rows LoRA trains too (new tokens)."""
+        return []
 
     def head_note(self, head_tensors: int, label_map: LabelMap | None) -> str:
         """How a newly initialised head is described in the start line."""
@@ -112,6 +128,13 @@ class Recipe:
 
     def evaluate_as_worker(self, state: RunState) -> None:
         """A worker's part in collective evaluation the main process runs in `evaluate`."""
+
+    def save(self, state: RunState) -> None:
+        """Extra files of the run (main process), recorded in state.artifacts."""
+
+    def run_info(self) -> dict[str, Any]:
+        """Extra run.json fields `predict` needs."""
+        return {}
 
     @classmethod
     def predict(
