@@ -785,6 +785,7 @@ def tunable_paths(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "") ->
         "quantization",
         "distributed",
         "cache",
+        "chatTemplate",
     }
     paths: list[str] = []
     for name, field in model.model_fields.items():

@@ -97,6 +97,55 @@ CASES = [
         lambda d: d["spec"].update(task="causal-lm", distillation={"teacher": {"name": "t"}}),
         ["distillation"],
     ),
+    ("dpo-on-classification", JOB, _set("spec.method", {"type": "dpo"}), ["method.type"]),
+    (
+        "orpo-on-masked-lm",
+        JOB,
+        lambda d: d["spec"].update(task="masked-lm", method={"type": "orpo"}),
+        ["method.type"],
+    ),
+    ("bad-method", JOB, _set("spec.method", {"type": "ppo"}), ["type"]),
+    (
+        "zero-beta",
+        JOB,
+        lambda d: d["spec"].update(task="causal-lm", method={"type": "dpo", "beta": 0}),
+        ["beta"],
+    ),
+    (
+        "chat-format-on-classification",
+        JOB,
+        _set("spec.dataset.format", "messages"),
+        ["dataset.format"],
+    ),
+    (
+        "bad-format",
+        JOB,
+        lambda d: (
+            d["spec"].update(task="causal-lm") or d["spec"]["dataset"].update(format="chatml")
+        ),
+        ["format"],
+    ),
+    (
+        "assistant-loss-on-text",
+        JOB,
+        lambda d: d["spec"].update(task="causal-lm", loss="assistant"),
+        ["loss"],
+    ),
+    (
+        "qlora-with-qat",
+        JOB,
+        lambda d: d["spec"].update(lora={"quantizeBase": "nf4"}, quantization={"mode": "qat"}),
+        ["quantizeBase", "qat"],
+    ),
+    (
+        "qlora-with-fsdp",
+        JOB,
+        lambda d: d["spec"].update(
+            task="causal-lm", lora={"quantizeBase": "nf4"}, distributed={"strategy": "fsdp"}
+        ),
+        ["quantizeBase"],
+    ),
+    ("qlora-bad-mode", JOB, _set("spec.lora", {"quantizeBase": "int4"}), ["quantizeBase"]),
     ("distillation-no-teacher", JOB, _set("spec.distillation", {"alpha": 0.5}), ["teacher"]),
     (
         "teacher-name-and-path",

@@ -34,9 +34,10 @@ import numpy as np
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
 from finetune_trainer.data import LENGTH_COLUMN, RawData, load_raw
-from finetune_trainer.errors import ModelError
+from finetune_trainer.errors import ChatTemplateError, ModelError
 from finetune_trainer.modeling import effective_max_length, load_tokenizer, resolve_model
 from finetune_trainer.tasks import recipe_for
+from finetune_trainer.tasks.recipe import Recipe
 from finetune_trainer.training import total_steps
 
 if TYPE_CHECKING:
@@ -205,6 +206,20 @@ class Baseline:
 
 
 @dataclass(frozen=True)
+class LossMask:
+    """Chat SFT: the tokens the loss counts, and the template gate's verdict."""
+
+    loss: str
+    loss_tokens: int
+    total_tokens: int
+    gate: str  # "passed", or the refusal `finetune run` would give
+
+    @property
+    def share(self) -> float:
+        return self.loss_tokens / max(1, self.total_tokens)
+
+
+@dataclass(frozen=True)
 class Advice:
     name: str
     task: Task
@@ -216,6 +231,7 @@ class Advice:
     total_steps: int
     classes: ClassStats | None = None
     baseline: Baseline | None = None
+    loss_mask: LossMask | None = None
     recommendations: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
 
@@ -524,6 +540,7 @@ class _Loaded:
     """What `advise` reads through the trainer's own code."""
 
     location: str
+    recipe: Recipe
     tokenizer: PreTrainedTokenizerBase
     raw: RawData
     train_ds: Any  # the tokenized train split (datasets.Dataset), untruncated
@@ -558,7 +575,7 @@ def _load(spec: FineTuneJobSpec, spec_dir: Path | None) -> _Loaded:
         if bars_were_on:
             datasets.enable_progress_bars()
     limit = model_limit if model_limit < UNLIMITED_LENGTH else None
-    return _Loaded(ref.location, tokenizer, raw, train_ds, max_length, limit)
+    return _Loaded(ref.location, recipe, tokenizer, raw, train_ds, max_length, limit)
 
 
 def _domain_sample(texts: list[str], seed: int) -> list[str]:
@@ -582,6 +599,24 @@ def _classes_and_baseline(
     return classes, baseline
 
 
+def _loss_mask(recipe: Recipe, loaded: _Loaded) -> LossMask | None:
+    """The template gate as `finetune run` applies it, reported instead of raised."""
+    counts = recipe.data_metrics(loaded.train_ds)
+    if "lossTokens" not in counts:
+        return None
+    try:
+        recipe.check_data(loaded.raw.train, loaded.train_ds, loaded.tokenizer)
+        gate = "passed"
+    except ChatTemplateError as err:
+        gate = str(err)
+    return LossMask(
+        loss=str(recipe.spec.loss or getattr(recipe, "loss", "all")),
+        loss_tokens=int(counts["lossTokens"]),
+        total_tokens=int(counts["totalTokens"]),
+        gate=gate,
+    )
+
+
 def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
     """Load the spec's data and tokenizer (as `finetune run` would) and measure; no training."""
     spec = job.spec
@@ -589,7 +624,7 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
     loaded = _load(spec, spec_dir)
     raw, train_ds = loaded.raw, loaded.train_ds
     lengths = length_stats(list(train_ds[LENGTH_COLUMN]), loaded.max_length, loaded.model_limit)
-    recipe = recipe_for(spec)
+    recipe = loaded.recipe
     train_texts, eval_texts = recipe.texts(raw.train), recipe.texts(raw.eval)
     domain = domain_stats(loaded.tokenizer, _domain_sample(train_texts, hp.seed))
     data = DataSize(
@@ -600,6 +635,7 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
         else f"held out {spec.dataset.eval_fraction:g} of train",
     )
     classes, baseline = _classes_and_baseline(raw, train_texts, eval_texts)
+    loss_mask = _loss_mask(recipe, loaded)
     one_epoch = spec.model_copy(
         update={"hyperparameters": hp.model_copy(update={"epochs": 1, "max_steps": -1})}
     )
@@ -627,8 +663,9 @@ def advise(job: FineTuneJob, *, spec_dir: Path | None) -> Advice:
         total_steps=steps,
         classes=classes,
         baseline=baseline,
+        loss_mask=loss_mask,
         recommendations=recs,
-        warnings=warns,
+        warnings=warns + ((loss_mask.gate,) if loss_mask and loss_mask.gate != "passed" else ()),
     )
 
 
@@ -659,6 +696,18 @@ def rows(advice: Advice) -> list[tuple[str, str, str, str]]:
                 f"max {c.max_per_class:,}",
             ),
             ("data", "imbalance ratio", f"{c.imbalance_ratio:.2f}", "largest / smallest class"),
+        ]
+    m = advice.loss_mask
+    if m is not None:
+        out += [
+            ("loss mask", f"loss {m.loss}", f"{m.share:.1%}", "of training tokens are trained"),
+            ("loss mask", "trained / all tokens", f"{m.loss_tokens:,} / {m.total_tokens:,}", ""),
+            (
+                "loss mask",
+                "chat template gate",
+                "passed" if m.gate == "passed" else "REFUSED",
+                m.gate if m.gate != "passed" else "mask, end-of-turn, generation prefix",
+            ),
         ]
     limit = f", model limit {ln.model_limit}" if ln.model_limit is not None else ""
     out += [

@@ -36,7 +36,10 @@ def attention_implementation(model: Any) -> str:
     return str(getattr(config, "_attn_implementation", None) or "eager")
 
 
-def use_packing(model: Any) -> bool:
+def use_packing(model: Any, chosen: bool | None = None) -> bool:
+    """hyperparameters.packing when set; else FINETUNE_PACKING; else flash attention only."""
+    if chosen is not None:
+        return chosen
     forced = os.environ.get(PACKING_ENV, "").lower()
     if forced in {"1", "true", "yes", "on"}:
         return True
@@ -65,11 +68,11 @@ def packing_collator(model: Any) -> PackingCollator:
     return PackingCollator(return_position_ids=True, return_flash_attn_kwargs=flash)
 
 
-def configure(trainer: Trainer, causal_lm: bool) -> None:
+def configure(trainer: Trainer, causal_lm: bool, packing: bool | None = None) -> None:
     """Packing and Liger kernels for a causal-LM trainer (the recipe says whether it packs)."""
     if not causal_lm:
         return
-    if use_packing(trainer.model):
+    if use_packing(trainer.model, packing):
         trainer.data_collator = packing_collator(trainer.model)
         log.info("packing documents (padding-free, position_ids per document)")
     liger, why = liger_decision(trainer.model)

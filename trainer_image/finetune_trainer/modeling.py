@@ -95,6 +95,7 @@ def load_model_noted(
     recipe: Recipe,
     tokenizer: PreTrainedTokenizerBase,
     label_map: LabelMap | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """The model, one line on weights initialised anew (weights.py), e.g. "new
     classification head: 2 labels", instead of transformers' LOAD REPORT table, and the
@@ -104,7 +105,7 @@ def load_model_noted(
             f"model.path {ref.location}: its attention heads were pruned; `finetune predict` "
             "loads it, but it cannot be the starting model of a new job"
         )
-    kwargs: dict[str, Any] = ref.kwargs() | recipe.model_kwargs(label_map)
+    kwargs: dict[str, Any] = ref.kwargs() | recipe.model_kwargs(label_map) | (extra or {})
     try:
         with weights.quiet_load_report():
             model, info = recipe.auto_class.from_pretrained(

@@ -62,6 +62,13 @@ def load_run(
                 "label2id": {label: i for i, label in enumerate(labels)},
                 "ignore_mismatched_sizes": True,
             }
+        if info.get("quantizeBase"):  # QLoRA: the base as it was trained on
+            from finetune_api.models import Precision
+            from finetune_trainer import qlora
+            from finetune_trainer.modeling import choose_precision
+
+            mode, precision = info["quantizeBase"], choose_precision(Precision.auto)
+            kwargs["quantization_config"] = qlora.quantization_config(mode, precision)
         try:
             with weights.quiet_load_report():  # its head comes from the adapter, next
                 base = auto.from_pretrained(info["baseModel"], **kwargs)
@@ -69,6 +76,9 @@ def load_run(
             raise RunDirError(
                 f"{run_dir}: cannot load the LoRA adapter's base model {info['baseModel']}: {err}"
             ) from None
+        vocabulary = len(AutoTokenizer.from_pretrained(run_dir / info["model"]))
+        if vocabulary > base.get_input_embeddings().weight.shape[0]:  # a template's tokens
+            base.resize_token_embeddings(vocabulary)
         model = PeftModel.from_pretrained(base, run_dir / info["model"])
         tokenizer_dir = run_dir / info["model"]
     elif heads.is_pruned(run_dir / info["model"]):  # attention heads removed: smaller shapes

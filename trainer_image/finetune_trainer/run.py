@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
@@ -170,7 +171,15 @@ def _load(
     ref = resolve_model(spec.model, spec_dir)
     tokenizer = load_tokenizer(ref, recipe)
     raw = load_raw(spec.dataset, recipe, spec_dir, hp.seed)
-    model, load_note, new_modules = load_model_noted(ref, recipe, tokenizer, raw.label_map)
+    quantized = {}
+    if spec.lora is not None and spec.lora.quantize_base is not None:
+        from finetune_trainer import qlora  # bitsandbytes only for QLoRA
+
+        config = qlora.quantization_config(spec.lora.quantize_base, precision)
+        quantized = {"quantization_config": config}
+    model, load_note, new_modules = load_model_noted(
+        ref, recipe, tokenizer, raw.label_map, extra=quantized
+    )
     recipe.prepare_model(model, tokenizer)
     max_length = effective_max_length(model, hp.max_length)
     train_ds, eval_ds = (
@@ -196,6 +205,10 @@ def _adapt_model(state: RunState) -> None:
 
         # Before LoRA: the base Linears get fake quantisation, the adapters wrap them.
         state.qat_layers = qat.prepare_qat(state.model)
+    if spec.lora is not None and spec.lora.quantize_base is not None:
+        from finetune_trainer import qlora
+
+        state.model = qlora.prepare(state.model, _gradient_checkpointing(state))
     if spec.lora is not None:
         from finetune_trainer import lora  # peft (and the torchao it pulls in) only for LoRA
 
@@ -231,6 +244,15 @@ def _compression_setup(state: RunState, spec_dir: Path | None) -> None:
             max_length=state.max_length,
         )
         state.final |= teacher_metrics
+
+
+def _gradient_checkpointing(state: RunState) -> bool:
+    """hyperparameters.gradientCheckpointing; unset: on for a causal LM with LoRA on a GPU
+    (activations dominate its memory there), off elsewhere."""
+    chosen = state.spec.hyperparameters.gradient_checkpointing
+    if chosen is not None:
+        return chosen
+    return state.recipe.causal_lm and state.spec.lora is not None and torch.cuda.is_available()
 
 
 def _trainer_class(state: RunState, base: type[Trainer]) -> Callable[..., Trainer]:
@@ -279,6 +301,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
         precision=state.precision,
         progress_bar=state.progress_bar,
         best_metric=state.recipe.best_metric,
+        gradient_checkpointing=_gradient_checkpointing(state),
     )
     state.metrics_fn = state.recipe.metrics_fn()
     # FastTrainer: pre-padded, length-bucketed training batches (batching.py)
@@ -306,7 +329,8 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
 
         trainer.add_callback(pruning.GradualPruning(state.model, spec.pruning.sparsity))
     trainer.add_callback(throughput.Meter(state.train_ds))  # samples/s, tokens/s, MFU
-    lm_speed.configure(trainer, causal_lm=state.recipe.packs)  # packing, Liger kernels
+    # packing (hyperparameters.packing), Liger kernels
+    lm_speed.configure(trainer, causal_lm=state.recipe.packs, packing=hp.packing)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer
@@ -338,13 +362,20 @@ def _train(state: RunState) -> None:
 def _start_message(state: RunState, steps: int) -> str:
     spec = state.spec
     return (
-        f"{state.recipe.task.value} {state.ref.location}{' + LoRA' if spec.lora else ''}"
+        f"{state.recipe.describe()} {state.ref.location}{_adapters(spec)}"
         f"{' + QAT int8' if spec.quantization else ''}"
         f"{f' ({state.load_note})' if state.load_note else ''}: {len(state.train_ds)} train / "
         f"{len(state.eval_ds)} eval rows, {steps} steps, precision {state.precision.name}"
         + (f", {state.world.size} workers" if state.world.distributed else "")
         + (f", resuming from {Path(state.resume).name}" if state.resume else "")
     )
+
+
+def _adapters(spec: FineTuneJobSpec) -> str:
+    if spec.lora is None:
+        return ""
+    base = spec.lora.quantize_base
+    return f" + QLoRA ({base} base)" if base else " + LoRA"
 
 
 def _evaluate(state: RunState) -> None:
@@ -435,6 +466,7 @@ def _write_run_info(state: RunState) -> None:
         "baseModelRevision": ref.revision,
         "maxLength": max_length,
         "labels": list(label_map.labels) if label_map else None,
+        "quantizeBase": spec.lora.quantize_base if spec.lora else None,
         **state.recipe.run_info(),
     }
     (output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))

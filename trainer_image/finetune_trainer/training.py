@@ -62,6 +62,7 @@ def training_arguments(
     precision: PrecisionChoice,
     progress_bar: bool,
     best_metric: tuple[str, bool] = ("loss", False),
+    gradient_checkpointing: bool = False,
 ) -> TrainingArguments:
     """Dynamic padding is the collator's job; here: length grouping, eval/save cadence.
     best_metric: (name, greater is better), restored at the end under early stopping."""
@@ -107,6 +108,9 @@ def training_arguments(
         fp16=precision.fp16,
         report_to="none",
         disable_tqdm=not progress_bar,
+        gradient_checkpointing=gradient_checkpointing,
+        # non-reentrant: correct with frozen inputs (LoRA), no enable_input_require_grads
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         **speedups.training_arguments(),  # fused AdamW, loader workers (measured in docs)
         **eval_kwargs,
         **save_kwargs,

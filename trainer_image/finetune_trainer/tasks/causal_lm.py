@@ -26,6 +26,7 @@ class CausalLm(Recipe):
     task = Task.causal_lm
     auto_class = AutoModelForCausalLM
     peft_task_type = "CAUSAL_LM"
+    causal_lm = True
     packs = True
     kind = "causal-LM fine-tuning"
 

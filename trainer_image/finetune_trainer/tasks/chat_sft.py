@@ -115,6 +115,7 @@ class ChatSft(Recipe):
     task = Task.causal_lm
     auto_class = AutoModelForCausalLM
     peft_task_type = "CAUSAL_LM"
+    causal_lm = True
     packs = True
     kind = "chat SFT"
 
@@ -124,6 +125,9 @@ class ChatSft(Recipe):
         self.loss = spec.loss or DEFAULT_LOSS[self.format]
         self.template: str | None = None  # set by check_tokenizer
         self.added_tokens: list[str] = []
+
+    def describe(self) -> str:
+        return f"causal-lm chat SFT ({self.format.value}, loss {self.loss})"
 
     # ---- data ----------------------------------------------------------------------
 

@@ -36,9 +36,13 @@ class Preference(Recipe):
     task = Task.causal_lm
     auto_class = AutoModelForCausalLM
     peft_task_type = "CAUSAL_LM"
+    causal_lm = True
     reports_perplexity = False
     best_metric = ("rewards/accuracies", True)
     kind = "preference tuning"
+
+    def describe(self) -> str:
+        return f"causal-lm {self.spec.method.type} (beta {self.spec.method.beta:g})"
 
     def columns(self) -> list[tuple[str, str]]:
         method = self.spec.method.type

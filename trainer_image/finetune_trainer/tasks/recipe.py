@@ -42,6 +42,8 @@ class Recipe:
     best_metric: ClassVar[tuple[str, bool]] = ("loss", False)
     """(metric_for_best_model, greater_is_better) when early stopping restores the best."""
     reports_perplexity: ClassVar[bool] = True
+    causal_lm: ClassVar[bool] = False
+    """A causal LM (gradient checkpointing defaults on with LoRA on a GPU)."""
     token_labels: ClassVar[bool] = True
     """Labels are token ids (a language model), not class ids."""
     packs: ClassVar[bool] = False
@@ -53,6 +55,10 @@ class Recipe:
 
     def __init__(self, spec: FineTuneJobSpec) -> None:
         self.spec = spec
+
+    def describe(self) -> str:
+        """What the run's start line calls this training."""
+        return self.task.value
 
     # ---- data ----------------------------------------------------------------------
 
