@@ -108,9 +108,12 @@ def training_arguments(
         fp16=precision.fp16,
         report_to="none",
         disable_tqdm=not progress_bar,
-        gradient_checkpointing=gradient_checkpointing,
+        # (transformers 5's name for gradient checkpointing; TRL's configs read it too)
+        activation_checkpointing=gradient_checkpointing,
         # non-reentrant: correct with frozen inputs (LoRA), no enable_input_require_grads
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if gradient_checkpointing
+        else None,
         **speedups.training_arguments(),  # fused AdamW, loader workers (measured in docs)
         **eval_kwargs,
         **save_kwargs,
