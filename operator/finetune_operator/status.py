@@ -159,7 +159,8 @@ def _failure_detail(pod: dict[str, Any], spec: FineTuneJobSpec | None) -> tuple[
             "memory limit (raise spec.resources.memory) or an eviction."
         )
     if report is not None and report.get("message"):
-        return "TrainerError", f"The trainer failed: {report['message']}"
+        reason = safe_reason(str(report["reason"])) if report.get("reason") else "TrainerError"
+        return reason, f"The trainer failed: {report['message']}"
     if text.strip():
         return "TrainerError", (
             f"The trainer exited with code {code}. Last log lines:\n{_tail(text)}"

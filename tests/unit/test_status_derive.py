@@ -286,6 +286,37 @@ TABLE: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]], Phase, str, 
         "device-side assert",
     ),
     (
+        "a refused chat template names its reason",
+        job(
+            {
+                "failed": 1,
+                "startTime": T0,
+                "conditions": failed_cond("PodFailurePolicy", "Container trainer exited with 2"),
+            }
+        ),
+        [
+            pod(
+                "Failed",
+                {
+                    "terminated": {
+                        "exitCode": 2,
+                        "reason": "Error",
+                        "message": json.dumps(
+                            {
+                                "phase": "Failed",
+                                "reason": "ChatTemplate",
+                                "message": "chat template of model m has no markers",
+                            }
+                        ),
+                    }
+                },
+            )
+        ],
+        Phase.failed,
+        "ChatTemplate",
+        "has no markers",
+    ),
+    (
         "killed without a report",
         job({"failed": 3, "conditions": failed_cond("BackoffLimitExceeded", "")}),
         [pod("Failed", {"terminated": {"exitCode": 137, "reason": "Error"}})],

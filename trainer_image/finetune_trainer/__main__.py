@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        write_termination({"phase": "Failed", "metrics": {}, "artifacts": {}, "message": str(err)})
+        reason = getattr(err, "reason", None)  # e.g. ChatTemplate: the Failed condition's reason
+        write_termination(
+            {"phase": "Failed", "metrics": {}, "artifacts": {}, "message": str(err)}
+            | ({"reason": reason} if reason else {})
+        )
         return 2
     except Exception as err:  # one `error:` line, never a traceback (failure.py)
         from finetune_trainer.failure import report_unexpected
