@@ -45,6 +45,11 @@ METRIC_NAMES = {
 }
 
 
+def utc_now() -> str:
+    """RFC 3339 UTC, to the second: status.startTime / completionTime form."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def status_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The camelCase subset of Trainer metrics the status carries (finite numbers only)."""
     out: dict[str, float] = {}
@@ -67,11 +72,18 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    # metrics.json only (the status sink sends the keys the trainer owns, not these)
+    start_time: str = field(default_factory=lambda: utc_now())
+    completion_time: str | None = None
 
     def status(self) -> FineTuneJobStatus:
         """The status the trainer writes, as the API's typed model (one status contract:
         the operator and the sweep build the same models, the CRD is generated from them)."""
+        times: dict[str, Any] = {"start_time": self.start_time}
+        if self.completion_time is not None:
+            times["completion_time"] = self.completion_time
         return FineTuneJobStatus(
+            **times,
             phase=Phase(self.phase),
             progress=Progress(
                 epoch=self.progress["epoch"],
@@ -139,6 +151,7 @@ class Reporter:
         message: str = "",
     ) -> None:
         self.state.phase = phase
+        self.state.completion_time = utc_now()
         self.state.metrics.update(metrics or {})
         self.state.artifacts.update(artifacts or {})
         self.state.message = message

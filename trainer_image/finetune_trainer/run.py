@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import autobatch, distributed, evaluation, lm_speed, throughput
+from finetune_trainer import autobatch, distributed, evaluation, lm_speed, rundir, throughput
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.interrupt import failure_message
@@ -53,6 +53,7 @@ from finetune_trainer.report import (
     status_metrics,
 )
 from finetune_trainer.rundir import RUN_INFO
+from finetune_trainer.signals import sigterm_raises
 from finetune_trainer.training import (
     CHECKPOINTS,
     QuietProgressCallback,
@@ -108,27 +109,34 @@ def run(
     progress_bar: bool = False,
 ) -> dict[str, float]:
     """Train, evaluate and save one FineTuneJob; returns the status metrics (camelCase)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    rundir.prepare(output_dir)
     # Under torchrun only the main process reports and writes metrics.json (distributed.py).
     world = distributed.world()
     distributed.bind_device(world)
-    reporter = Reporter(
-        [MetricsFileSink(output_dir / METRICS_FILE), *sinks] if world.is_main else []
-    )
-    try:
-        return _run(
-            job.spec,
-            job.metadata.name,
-            spec_dir,
-            output_dir,
-            reporter,
-            list(callbacks),
-            progress_bar,
-        )
-    except BaseException as err:
-        message = failure_message(err, output_dir)
-        reporter.end(phase="Failed", message=message)
-        raise
+    # One run at a time per directory; an earlier success's records survive a failure;
+    # SIGTERM ends the run like Ctrl-C (rundir.py, interrupt.py).
+    with rundir.locked(output_dir, main=world.is_main), sigterm_raises():
+        records = rundir.RunRecords(output_dir)
+        reporter = Reporter([MetricsFileSink(records.live), *sinks] if world.is_main else [])
+        try:
+            metrics = _run(
+                job.spec,
+                job.metadata.name,
+                spec_dir,
+                output_dir,
+                reporter,
+                list(callbacks),
+                progress_bar,
+            )
+        except BaseException as err:
+            message = failure_message(err, output_dir)
+            reporter.end(phase="Failed", message=message)
+            if world.is_main:
+                rundir.record_failure(records)
+            raise
+        if world.is_main:
+            records.succeeded()
+        return metrics
 
 
 @dataclass
