@@ -31,7 +31,15 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Task
-from finetune_trainer import autobatch, distributed, evaluation, lm_speed, rundir, throughput
+from finetune_trainer import (
+    atomic,
+    autobatch,
+    distributed,
+    evaluation,
+    lm_speed,
+    rundir,
+    throughput,
+)
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import LENGTH_COLUMN, LabelMap, RawData, load_raw, tokenize
 from finetune_trainer.interrupt import failure_message
@@ -518,11 +526,11 @@ def _finish_qat(
     int8_pred, labels = evaluation.predict_classes(model, loader)
     int8_scores = evaluation.classification_scores(labels, int8_pred)
     directory = output_dir / "model"
-    if directory.exists():
-        shutil.rmtree(directory)
     assert isinstance(model, PreTrainedModel)
-    qat.save_int8(model, layers, embeddings, directory)
-    tokenizer.save_pretrained(directory)
+    atomic.save_dir(  # all or nothing (atomic.py)
+        directory,
+        lambda d: (qat.save_int8(model, layers, embeddings, d), tokenizer.save_pretrained(d)),
+    )
     artifacts["model"] = str(directory)
     metrics = {
         "fp32Accuracy": fp32_scores["accuracy"],
@@ -573,22 +581,28 @@ def _save_model(
     """Full model, or the LoRA adapter alone (+ the merged model when lora.merge)."""
     model: Any = trainer.model
     artifacts: dict[str, str] = {}
-    for stale in ("model", "adapter", "merged"):
-        shutil.rmtree(output_dir / stale, ignore_errors=True)
+    # Each folder is saved all or nothing (atomic.py); other formats' folders go after.
     if spec.lora is None:
-        trainer.save_model(str(output_dir / "model"))
-        tokenizer.save_pretrained(output_dir / "model")
+        atomic.save_dir(
+            output_dir / "model",
+            lambda d: (trainer.save_model(str(d)), tokenizer.save_pretrained(d)),
+        )
         artifacts["model"] = str(output_dir / "model")
+        atomic.remove_stale(output_dir, ("adapter", "merged"), keep=artifacts.values())
         return artifacts
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(adapter_dir)
+    atomic.save_dir(
+        adapter_dir, lambda d: (model.save_pretrained(str(d)), tokenizer.save_pretrained(d))
+    )
     artifacts["model"] = str(adapter_dir)
     if spec.lora.merge:
         merged = model.merge_and_unload()
-        merged.save_pretrained(str(output_dir / "merged"))
-        tokenizer.save_pretrained(output_dir / "merged")
+        atomic.save_dir(
+            output_dir / "merged",
+            lambda d: (merged.save_pretrained(str(d)), tokenizer.save_pretrained(d)),
+        )
         artifacts["mergedModel"] = str(output_dir / "merged")
+    atomic.remove_stale(output_dir, ("model", "merged"), keep=artifacts.values())
     return artifacts
 
 

@@ -56,7 +56,7 @@ def prepare(output_dir: Path, what: str = "output directory") -> None:
         raise RunDirError(f"{where}: is a file, not a directory; give a directory path")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         raise RunDirError(
             f"{where}: a part of the path is a file, not a directory; give a directory path"
         ) from None
