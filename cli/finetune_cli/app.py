@@ -14,6 +14,7 @@ import typer
 
 from finetune_api.manifest import UserError
 from finetune_cli import cluster_commands
+from finetune_cli.help_examples import epilog
 
 app = typer.Typer(
     name="finetune",
@@ -76,7 +77,7 @@ def output_source(output: Path | None, job_output: str | None) -> str:
     return "spec.output.path" if job_output else "output directory (default ./runs/NAME)"
 
 
-@app.command()
+@app.command(epilog=epilog("run"))
 def run(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
     overrides: SetOption = None,
@@ -117,7 +118,7 @@ def run(
         unexpected(err)
 
 
-@app.command()
+@app.command(epilog=epilog("advise"))
 def advise(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
     overrides: SetOption = None,
@@ -136,7 +137,7 @@ def advise(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("predict"))
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="The artifact directory of a finished run.")],
     texts: Annotated[list[str], typer.Argument(help="Inputs to classify or prompts to continue.")],
@@ -164,7 +165,7 @@ def predict(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("sweep"))
 def sweep(
     file: Annotated[Path, typer.Argument(help="A HyperparameterSweep manifest (YAML).")],
     overrides: SweepSetOption = None,
@@ -186,7 +187,7 @@ def sweep(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("operator"))
 def operator(
     namespace: Annotated[
         list[str] | None,
@@ -226,7 +227,7 @@ def operator(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("crds"))
 def crds(
     write: Annotated[
         bool, typer.Option(help="Write crds/*.yaml in a checkout instead of printing.")
