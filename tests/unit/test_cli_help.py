@@ -30,7 +30,7 @@ def test_help_ends_with_its_examples(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
     assert result.exit_code == 0
     lines = [line.strip() for line in result.output.splitlines() if line.strip()]
-    assert lines[-len(EXAMPLES[command]) :] == EXAMPLES[command]
+    assert lines[-len(EXAMPLES[command]) :] == [e.strip() for e in EXAMPLES[command]]
     assert lines[-len(EXAMPLES[command]) - 1].startswith("Examples (from the repository root")
     for example in EXAMPLES[command]:
         assert len(example) + 3 <= 80, example  # the help's indent included
