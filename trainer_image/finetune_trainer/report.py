@@ -17,6 +17,7 @@ import math
 import os
 import ssl
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -115,16 +116,24 @@ class Sink(Protocol):
 class Reporter:
     """Updates the run state and fans each event out to the sinks."""
 
-    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+    def __init__(self, sinks: Iterable[Sink] = (), clock: Callable[[], float] = time.monotonic):
         self.sinks = list(sinks)
         self.state = RunState()
+        self.clock = clock
+        self.last_event = clock()  # when the sinks last heard anything (heartbeat.py)
+        self._lock = threading.RLock()  # the heartbeat thread publishes too
+
+    def touch(self, now: float) -> None:
+        self.last_event = now
 
     def _publish(self, event: Event) -> None:
-        for sink in self.sinks:
-            try:
-                sink.emit(event, self.state)
-            except Exception as err:  # a sink must never stop training
-                log.warning("report sink %s failed: %s", type(sink).__name__, err)
+        with self._lock:
+            self.last_event = self.clock()
+            for sink in self.sinks:
+                try:
+                    sink.emit(event, self.state)
+                except Exception as err:  # a sink must never stop training
+                    log.warning("report sink %s failed: %s", type(sink).__name__, err)
 
     def start(self, total_steps: int, message: str = "") -> None:
         self.state.progress["totalSteps"] = total_steps

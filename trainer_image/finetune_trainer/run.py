@@ -36,6 +36,7 @@ from finetune_trainer import (
     autobatch,
     distributed,
     evaluation,
+    heartbeat,
     lm_speed,
     rundir,
     throughput,
@@ -349,6 +350,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     if state.progress_bar:
         trainer.add_callback(QuietProgressCallback)
     trainer.add_callback(ReporterCallback(state.reporter))
+    trainer.add_callback(heartbeat.Heartbeat(state.reporter))  # a line at least every 30 s
     if hp.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
     if hp.eval_steps is None and not state.world.distributed:
