@@ -29,7 +29,9 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         help="Override a manifest field, e.g. --set spec.hyperparameters.epochs=1 or "
-        "--set spec.model.path=DIR (replaces model.name) (repeatable).",
+        "--set spec.model.path=DIR (replaces model.name) (repeatable; the value is YAML). "
+        "A relative path given here resolves against the current directory; the "
+        "file's own relative paths resolve against the file's folder.",
     ),
 ]
 SweepSetOption = Annotated[
@@ -37,7 +39,8 @@ SweepSetOption = Annotated[
     typer.Option(
         "--set",
         help="Override a manifest field, e.g. --set spec.maxTrials=4 or, for every trial, "
-        "--set spec.template.hyperparameters.epochs=1 (repeatable).",
+        "--set spec.template.hyperparameters.epochs=1 (repeatable; the value is YAML). "
+        "A relative path given here resolves against the current directory.",
     ),
 ]
 

@@ -12,7 +12,9 @@ import warnings as _warnings
 # transformers and peft import torchao when it is installed; on import it logs a warning
 # per GPU-only kernel library it cannot load (on CPU: all of them) and torch logs one per
 # torchao enum it registers. Neither concerns the user; real errors still get through.
-for _name in ("torchao", "torch.utils._pytree"):
+# bitsandbytes (imported by peft) warns on CPUs with AVX512-BF16 that an optional kernel
+# package is missing: nothing the user asked for.
+for _name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 

@@ -39,12 +39,13 @@ def _os_error(err: BaseException) -> OSError | None:
     return next((c for c in _causes(err) if isinstance(c, OSError)), None)
 
 
-def save_dir(target: Path, write: Callable[[Path], object]) -> Path:
-    """`write(partial)` fills a fresh directory; on success it replaces `target`."""
+def save_dir(target: Path, *writers: Callable[[Path], object]) -> Path:
+    """Each `writer(partial)` in turn fills a fresh directory; then it replaces `target`."""
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        write(partial)
+        for write in writers:
+            write(partial)
     except Exception as err:
         shutil.rmtree(partial, ignore_errors=True)
         kept = f"; the earlier {target.name}/ there is untouched" if target.exists() else ""

@@ -530,8 +530,7 @@ def _finish_qat(
     directory = output_dir / "model"
     assert isinstance(model, PreTrainedModel)
     atomic.save_dir(  # all or nothing (atomic.py)
-        directory,
-        lambda d: (qat.save_int8(model, layers, embeddings, d), tokenizer.save_pretrained(d)),
+        directory, lambda d: qat.save_int8(model, layers, embeddings, d), tokenizer.save_pretrained
     )
     artifacts["model"] = str(directory)
     metrics = {
@@ -586,22 +585,20 @@ def _save_model(
     # Each folder is saved all or nothing (atomic.py); other formats' folders go after.
     if spec.lora is None:
         atomic.save_dir(
-            output_dir / "model",
-            lambda d: (trainer.save_model(str(d)), tokenizer.save_pretrained(d)),
+            output_dir / "model", lambda d: trainer.save_model(str(d)), tokenizer.save_pretrained
         )
         artifacts["model"] = str(output_dir / "model")
         atomic.remove_stale(output_dir, ("adapter", "merged"), keep=artifacts.values())
         return artifacts
     adapter_dir = output_dir / "adapter"
-    atomic.save_dir(
-        adapter_dir, lambda d: (model.save_pretrained(str(d)), tokenizer.save_pretrained(d))
-    )
+    atomic.save_dir(adapter_dir, lambda d: model.save_pretrained(str(d)), tokenizer.save_pretrained)
     artifacts["model"] = str(adapter_dir)
     if spec.lora.merge:
         merged = model.merge_and_unload()
         atomic.save_dir(
             output_dir / "merged",
-            lambda d: (merged.save_pretrained(str(d)), tokenizer.save_pretrained(d)),
+            lambda d: merged.save_pretrained(str(d)),
+            tokenizer.save_pretrained,
         )
         artifacts["mergedModel"] = str(output_dir / "merged")
     atomic.remove_stale(output_dir, ("model", "merged"), keep=artifacts.values())
