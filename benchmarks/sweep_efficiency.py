@@ -79,10 +79,10 @@ FINETUNE_SPACE: dict[str, dict[str, Any]] = {
     "hyperparameters.warmupRatio": {"type": "float", "low": 0.0, "high": 0.3},
 }
 
-# The objective: dev accuracy (maximize) or dev cross-entropy (`--objective loss`, minimize).
+# The objective: dev accuracy (maximize) or dev cross-entropy (`--objective evalLoss`, minimize).
 # SIGN turns either into "higher is better" for the comparisons below; WORST stands in for
 # a seed with no finished trial yet (chance level).
-OBJECTIVES = {"accuracy": ("maximize", 0.5), "loss": ("minimize", math.log(2))}
+OBJECTIVES = {"accuracy": ("maximize", 0.5), "evalLoss": ("minimize", math.log(2))}
 SIGN = 1.0
 WORST = 0.5
 
@@ -213,7 +213,7 @@ def head_executor(
             logits = model(dx)
             metrics = {
                 "accuracy": float((logits.argmax(-1) == dy).float().mean()),
-                "loss": float(loss_fn(logits, dy)),
+                "evalLoss": float(loss_fn(logits, dy)),
             }
         if reporter.evaluation(metrics[reporter.metric], steps=steps):
             reporter.pruned(steps=steps)
@@ -307,7 +307,7 @@ def finetune_executor(
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                 correct += int((logits.argmax(-1).cpu() == gold).sum())
                 nll += float(torch.nn.functional.cross_entropy(logits.cpu(), gold, reduction="sum"))
-        metrics = {"accuracy": correct / len(dev_ids), "loss": nll / len(dev_ids)}
+        metrics = {"accuracy": correct / len(dev_ids), "evalLoss": nll / len(dev_ids)}
         if reporter.evaluation(metrics[reporter.metric], steps=steps):
             reporter.pruned(steps=steps)
     return TrialOutcome(metrics=metrics, steps=steps)

@@ -14,6 +14,7 @@ import typer
 
 from finetune_api.manifest import UserError
 from finetune_cli import cluster_commands
+from finetune_cli.help_examples import epilog
 
 app = typer.Typer(
     name="finetune",
@@ -28,7 +29,9 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         help="Override a manifest field, e.g. --set spec.hyperparameters.epochs=1 or "
-        "--set spec.model.path=DIR (replaces model.name) (repeatable).",
+        "--set spec.model.path=DIR (replaces model.name) (repeatable; the value is YAML). "
+        "A relative path given here resolves against the current directory; the "
+        "file's own relative paths resolve against the file's folder.",
     ),
 ]
 SweepSetOption = Annotated[
@@ -36,7 +39,8 @@ SweepSetOption = Annotated[
     typer.Option(
         "--set",
         help="Override a manifest field, e.g. --set spec.maxTrials=4 or, for every trial, "
-        "--set spec.template.hyperparameters.epochs=1 (repeatable).",
+        "--set spec.template.hyperparameters.epochs=1 (repeatable; the value is YAML). "
+        "A relative path given here resolves against the current directory.",
     ),
 ]
 
@@ -58,17 +62,25 @@ def unexpected(err: Exception) -> NoReturn:
     raise typer.Exit(1)
 
 
-def interrupted(output_dir: Path | None) -> NoReturn:
-    """Ctrl-C during `finetune run`: say what a rerun does instead of a traceback; exit 130."""
+def interrupted(output_dir: Path | None, how: str = "Ctrl-C", code: int = 130) -> NoReturn:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during `finetune run`: one line saying what
+    happened and what a rerun does, instead of a traceback (metrics.json says it too)."""
     if output_dir is not None:
         from finetune_trainer.interrupt import interrupted_message
 
-        message = interrupted_message(output_dir)
+        message = interrupted_message(output_dir, how)
         typer.secho(f"finetune: {message}", fg=typer.colors.YELLOW, err=True)
-    raise typer.Exit(130)
+    raise typer.Exit(code)
 
 
-@app.command()
+def output_source(output: Path | None, job_output: str | None) -> str:
+    """Where a run's output directory came from, for an error message."""
+    if output is not None:
+        return "--output"
+    return "spec.output.path" if job_output else "output directory (default ./runs/NAME)"
+
+
+@app.command(epilog=epilog("run"))
 def run(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
     overrides: SetOption = None,
@@ -79,28 +91,37 @@ def run(
     """Run a FineTuneJob in-process on this machine (CPU or GPU)."""
     from finetune_api.manifest import load_manifest
     from finetune_api.models import FineTuneJob
+    from finetune_trainer.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
     output_dir: Path | None = None
     try:
-        job = load_manifest(file, FineTuneJob, overrides)
-        if job.spec.resources.nodes > 1:  # worker processes under torchrun, as in a pod
-            from finetune_cli.launch import run_workers
+        with sigterm_raises():
+            job = load_manifest(file, FineTuneJob, overrides)
+            from finetune_cli.launch import default_output
 
-            run_workers(job, spec_dir=file.resolve().parent, output=output)
-            return
-        from finetune_trainer.run import default_output, run_local
+            output_dir = (output or default_output(job)).resolve()
+            from finetune_trainer.rundir import prepare
 
-        output_dir = (output or default_output(job)).resolve()
-        run_local(job, spec_dir=file.resolve().parent, output=output)
+            prepare(output_dir, output_source(output, job.spec.output.path))
+            if job.spec.resources.nodes > 1:  # worker processes under torchrun, as in a pod
+                from finetune_cli.launch import run_workers
+
+                run_workers(job, spec_dir=file.resolve().parent, output=output_dir)
+                return
+            from finetune_trainer.run import run_local
+
+            run_local(job, spec_dir=file.resolve().parent, output=output_dir)
     except UserError as err:
         fail(str(err))
     except KeyboardInterrupt:
         interrupted(output_dir)
+    except Terminated:
+        interrupted(output_dir, "SIGTERM", SIGTERM_EXIT)
     except Exception as err:
         unexpected(err)
 
 
-@app.command()
+@app.command(epilog=epilog("advise"))
 def advise(
     file: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
     overrides: SetOption = None,
@@ -119,23 +140,35 @@ def advise(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("predict"))
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="The artifact directory of a finished run.")],
     texts: Annotated[list[str], typer.Argument(help="Inputs to classify or prompts to continue.")],
     max_new_tokens: Annotated[int, typer.Option(help="causal-lm: tokens to generate.")] = 32,
 ) -> None:
-    """Load a finished run and print labels (classification) or generations (causal LM)."""
-    try:
-        from finetune_trainer.predict import predict as do_predict
+    """Load a finished run and print labels (classification) or generations (causal LM).
 
-        for line in do_predict(run_dir, texts, max_new_tokens=max_new_tokens):
+    One line per input on stdout; which run is read (directory, finish time, a later
+    failed run) goes to stderr first."""
+    try:
+        for number, text in enumerate(texts, 1):
+            if not text.strip():
+                raise UserError(
+                    f"input {number} of {len(texts)} is empty: give the text to classify or "
+                    'continue, e.g. finetune predict RUN_DIR "a gorgeous, moving film"'
+                )
+        from finetune_trainer.predict import predict as do_predict
+        from finetune_trainer.rundir import describe
+
+        lines = do_predict(run_dir, texts, max_new_tokens=max_new_tokens)
+        typer.echo(describe(run_dir), err=True)
+        for line in lines:
             typer.echo(line)
     except UserError as err:
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("sweep"))
 def sweep(
     file: Annotated[Path, typer.Argument(help="A HyperparameterSweep manifest (YAML).")],
     overrides: SweepSetOption = None,
@@ -157,7 +190,7 @@ def sweep(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("operator"))
 def operator(
     namespace: Annotated[
         list[str] | None,
@@ -197,7 +230,7 @@ def operator(
         fail(str(err))
 
 
-@app.command()
+@app.command(epilog=epilog("crds"))
 def crds(
     write: Annotated[
         bool, typer.Option(help="Write crds/*.yaml in a checkout instead of printing.")

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from finetune_cli.help_examples import epilog
+
 Namespace = Annotated[
     str | None, typer.Option("--namespace", "-n", help="Namespace (default: the context's).")
 ]
@@ -25,7 +27,7 @@ def register(app: typer.Typer) -> None:
     """Add the four cluster commands to the `finetune` app."""
     from rich.console import Console
 
-    @app.command()
+    @app.command(epilog=epilog("get"))
     def get(
         namespace: Namespace = None, all_namespaces: AllNamespaces = False, context: Context = None
     ) -> None:
@@ -36,7 +38,7 @@ def register(app: typer.Typer) -> None:
             lambda s: screens.get_view(s, Console()), namespace, all_namespaces, context
         )
 
-    @app.command()
+    @app.command(epilog=epilog("watch"))
     def watch(
         name: Name,
         namespace: Namespace = None,
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
             lambda s: screens.watch_view(s, name, Console()), namespace, all_namespaces, context
         )
 
-    @app.command()
+    @app.command(epilog=epilog("describe"))
     def describe(
         name: Name,
         namespace: Namespace = None,
@@ -64,7 +66,7 @@ def register(app: typer.Typer) -> None:
             lambda s: screens.describe_view(s, name, Console()), namespace, all_namespaces, context
         )
 
-    @app.command()
+    @app.command(epilog=epilog("logs"))
     def logs(
         name: Name,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,

@@ -11,6 +11,8 @@ machine each takes GPU LOCAL_RANK over nccl, so nodes must not exceed the GPUs.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,20 +72,48 @@ def default_output(job: FineTuneJob) -> Path:
     return Path("runs") / job.metadata.name
 
 
+def worker_env(nodes: int, output_dir: Path) -> dict[str, str]:
+    """This environment, plus: the run lock is held here; OMP threads per worker set (so
+    torchrun prints no OMP_NUM_THREADS banner: the cores are shared out between workers)."""
+    from finetune_trainer.rundir import LOCK_HELD_ENV
+
+    env = dict(os.environ)
+    env[LOCK_HELD_ENV] = str(output_dir)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nodes)))
+    return env
+
+
+def _wait(process: subprocess.Popen[bytes]) -> int:
+    """The workers' exit code; on Ctrl-C or SIGTERM here, torchrun gets SIGTERM (it stops
+    its workers, which record the stop in metrics.json) before this process goes on."""
+    try:
+        return process.wait()
+    except BaseException:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+
+
 def run_workers(
     job: FineTuneJob, *, spec_dir: Path, output: Path | None = None
 ) -> dict[str, float]:
     """Train with spec.resources.nodes local worker processes; returns rank 0's metrics."""
+    from finetune_trainer import rundir  # light: no torch
+
     nodes = job.spec.resources.nodes
     _check_gpus(nodes)
     output_dir = (output or default_output(job)).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    rundir.prepare(output_dir)
     print(f"finetune: {job.metadata.name} -> {output_dir} ({nodes} worker processes)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="finetune-") as tmp:
+    # This process holds the directory's run lock for its workers (rundir.LOCK_HELD_ENV).
+    with rundir.locked(output_dir), tempfile.TemporaryDirectory(prefix="finetune-") as tmp:
         spec_file = Path(tmp) / "job.json"
         spec_file.write_text(json.dumps(job.dump()))
         command = torchrun_command(nodes, spec_file, spec_dir, output_dir)
-        code = subprocess.run(command, check=False).returncode
+        code = _wait(subprocess.Popen(command, env=worker_env(nodes, output_dir)))
     if code != 0:
         raise WorkersFailed(code)
     state = json.loads((output_dir / METRICS_FILE).read_text())

@@ -90,10 +90,14 @@ def _drop_alternatives(node: dict[str, Any], parent: str, key: str) -> None:
         node.pop(other, None)
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    doc: dict[str, Any], overrides: list[str], cwd: Path | None = None
+) -> dict[str, Any]:
     """Apply `--set a.b.c=value` overrides (value parsed as YAML) to a manifest.
 
-    Setting one source of a model or data source replaces the other (see ONE_OF)."""
+    Setting one source of a model or data source replaces the other (see ONE_OF). With
+    `cwd`, a relative `path` set this way resolves against it (the shell's current
+    directory), not against the YAML file's folder as the file's own paths do."""
     out = copy.deepcopy(doc)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -106,10 +110,29 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise SpecError(f"--set {item!r}: {part} is not a mapping")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise SpecError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); e.g. "
+                "--set 'spec.model={path: /models/x}' or --set spec.model.path=/models/x"
+            ) from None
+        node[parts[-1]] = _absolute_paths(parts[-1], value, cwd) if cwd else value
         if len(parts) > 1:
             _drop_alternatives(node, parts[-2], parts[-1])
     return out
+
+
+def _absolute_paths(key: str, value: Any, cwd: Path) -> Any:
+    """A relative `path` given with --set, against `cwd` (where the shell user typed it),
+    at any depth of the value: `spec.model.path=m` and `spec.model={path: m}` alike."""
+    if key == "path" and isinstance(value, str) and value and "://" not in value:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else cwd / p)
+    if isinstance(value, dict):
+        return {k: _absolute_paths(str(k), v, cwd) for k, v in value.items()}
+    return value
 
 
 def load_manifest(path: str | Path, kind: type[M], overrides: list[str] | None = None) -> M:
@@ -118,7 +141,7 @@ def load_manifest(path: str | Path, kind: type[M], overrides: list[str] | None =
     if len(docs) != 1:
         raise SpecError(f"{path}: expected exactly one {kind.__name__} document, found {len(docs)}")
     _check_sweep_overrides(kind, overrides or [])
-    doc = apply_overrides(docs[0], overrides or [])
+    doc = apply_overrides(docs[0], overrides or [], cwd=Path.cwd())
     return parse(kind, doc, prefix=f"{path}: ")
 
 

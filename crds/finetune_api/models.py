@@ -13,8 +13,19 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from finetune_api.task_metrics import objective_error, reported_metrics
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
@@ -854,6 +865,49 @@ class HyperparameterSweepSpec(ApiModel):
                 f"tunable paths are: {', '.join(TUNABLE_PATHS)}"
             )
         return self
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_is_reported(cls, objective: Objective, info: ValidationInfo) -> Objective:
+        """The objective must be a metric the template's runs report (task_metrics.py):
+        a misspelling fails here, before any trial trains (locally and in the operator)."""
+        template = info.data.get("template")  # absent when the template itself is invalid
+        if isinstance(template, FineTuneJobSpec):
+            problem = objective_error(objective.metric, *template_metrics(template))
+            if problem:
+                raise ValueError(problem)
+        return objective
+
+
+def template_metrics(spec: FineTuneJobSpec) -> tuple[frozenset[str], str]:
+    """The metric names a run of `spec` reports (task_metrics.reported_metrics), and the
+    run described in words for an error message."""
+    options = [
+        name
+        for name, on in (
+            ("dataset.targetColumn", spec.task is Task.causal_lm and spec.dataset.target_column),
+            ("quantization", spec.quantization is not None),
+            ("distillation", spec.distillation is not None),
+            ("pruning", spec.pruning is not None),
+            (f"method {spec.method.type}", spec.method.type != "sft"),
+            (
+                f"dataset.format {spec.dataset.format.value}",
+                spec.dataset.format is not DataFormat.text,
+            ),
+        )
+        if on
+    ]
+    reported = reported_metrics(
+        spec.task.value,
+        target_column=spec.dataset.target_column is not None,
+        quantization=spec.quantization is not None,
+        distillation=spec.distillation is not None,
+        pruning_schedule=spec.pruning.effective_schedule if spec.pruning else None,
+        method=spec.method.type,
+        chat=spec.dataset.format is not DataFormat.text,
+    )
+    what = f"a {spec.task.value} trial" + (f" with {', '.join(options)}" if options else "")
+    return reported, what
 
 
 class TrialCounts(ApiModel):

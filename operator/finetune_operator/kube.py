@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
@@ -69,19 +70,44 @@ async def load_configuration(
             await k8s_config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
-    except (k8s_config.ConfigException, OSError) as err:
+    except Exception as err:  # the loader raises YAMLError, TypeError, binascii.Error, ...
         source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         paths = [os.path.expanduser(p) for p in source.split(os.pathsep) if p]
         reason = (
             "does not exist"
             if not any(map(os.path.exists, paths))
-            else f"could not be used ({err})"
+            else f"could not be used ({_not_a_mapping(paths) or _config_problem(err)})"
         )
         raise UserError(
             f"no usable Kubernetes credentials: not running in a cluster, and the "
             f"kubeconfig {source} {reason}"
         ) from None
     return configuration
+
+
+def _not_a_mapping(paths: list[str]) -> str | None:
+    """'not a kubeconfig ...' when a file parses as YAML but is not a mapping."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                doc = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(doc, dict):
+            return f"{path} is not a kubeconfig: it holds {type(doc).__name__}, not a mapping"
+    return None
+
+
+def _config_problem(err: Exception) -> str:
+    """A kubeconfig loader's error on one line: YAML problems with their line number."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:  # yaml.MarkedYAMLError
+        problem = getattr(err, "problem", None) or "malformed"
+        return f"not valid YAML: {problem} at line {mark.line + 1}, column {mark.column + 1}"
+    text = " ".join(str(err).split()) or "no message"
+    if isinstance(err, k8s_config.ConfigException | OSError):
+        return text
+    return f"malformed: {type(err).__name__}: {text}"
 
 
 async def connect(configuration: k8s_client.Configuration) -> Kube:

@@ -303,6 +303,11 @@ async def test_invalid_specs_fail_the_sweep_without_trials(
         await cluster.create(SWEEP, bad)  # the CRD's CEL rule refuses it
     # One stored under an older, laxer CRD still reaches a Failed status.
     await create_under_laxer_crd(cluster, SWEEP, bad)
+    # A misspelt objective: no CEL rule knows the task's metrics, the operator does
+    # (finetune_api.task_metrics, the rule `finetune sweep` applies too).
+    misspelt = make_sweep("bad-metric")
+    misspelt["spec"]["objective"] = {"metric": "acuracy", "direction": "maximize"}
+    await cluster.create(SWEEP, misspelt)
     st = await cluster.wait_for(
         lambda: (s := sweep_status(cluster, "bad-space")).get("phase") == "Failed" and s, 15
     )
@@ -313,4 +318,11 @@ async def test_invalid_specs_fail_the_sweep_without_trials(
     )
     assert "hyperparameters.nope" in st["message"]
     assert st["conditions"][0]["reason"] == "InvalidSpec"
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "bad-metric")).get("phase") == "Failed" and s, 15
+    )
+    assert "spec.objective: metric 'acuracy' is not reported" in st["message"]
+    assert "did you mean 'accuracy'" in st["message"]
+    assert st["conditions"][0]["reason"] == "InvalidSpec"
+    assert not trials(cluster, "bad-metric")
     assert not trials(cluster, "bad-space") and not trials(cluster, "bad-spec")

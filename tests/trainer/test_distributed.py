@@ -150,6 +150,7 @@ def test_training_arguments_for_workers_on_cpu(caplog: pytest.LogCaptureFixture)
     assert kwargs == {
         "ddp_backend": "gloo",
         "average_tokens_across_devices": False,
+        "ddp_find_unused_parameters": False,  # no per-step search, no warning
         "use_cpu": True,
     }
     # FSDP runs on GPUs only (accelerate); CPU workers say so and run DDP.

@@ -57,9 +57,14 @@ if stage:
         from finetune_trainer.errors import DataError
 
         transformers.Trainer.training_step = _raise(DataError("injected: row 7 is unusable"))
-    elif stage == "saving":
-        transformers.PreTrainedModel.save_pretrained = _raise(
-            OSError(errno.ENOSPC, "injected: No space left on device"))
+    elif stage == "saving":  # a full disk after part of the model was written
+        def save_partly(self, save_directory, *args, **kwargs):
+            os.makedirs(save_directory, exist_ok=True)
+            with open(os.path.join(save_directory, "model.safetensors"), "wb") as f:
+                f.write(b"the first bytes")
+            raise OSError(errno.ENOSPC, "injected: No space left on device")
+
+        transformers.PreTrainedModel.save_pretrained = save_partly
     else:
         raise SystemExit(f"unknown INJECT_STAGE {stage}")
 """
@@ -72,7 +77,7 @@ STAGES: dict[str, tuple[dict[str, Any], str]] = {
     "model": ({}, "injected: weights do not match the config"),
     "training": ({}, "injected: CUDA out of memory"),
     "evaluation": ({}, "injected: eval crashed"),
-    "saving": ({}, "injected: No space left on device"),
+    "saving": ({}, "model: no space left on device while saving the model; nothing of it"),
     "training-user": ({}, "injected: row 7 is unusable"),
 }
 
@@ -107,7 +112,14 @@ def _spec(root: Path, stage: str, entry: str) -> Path:
 
 
 ENTRIES = ("cli", "image")
-USER_ERRORS = ("spec", "data", "training-user")  # exit 2; the rest exit 1
+
+
+def _pythonpath(site: Path) -> str:
+    """The injecting sitecustomize first, then whatever this session imports from."""
+    return os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+USER_ERRORS = ("spec", "data", "training-user", "saving")  # exit 2; the rest exit 1
 
 
 def _run(root: Path, stage: str, entry: str) -> subprocess.CompletedProcess[str]:
@@ -115,7 +127,7 @@ def _run(root: Path, stage: str, entry: str) -> subprocess.CompletedProcess[str]
     env = {k: v for k, v in os.environ.items() if k != "FINETUNE_DEBUG"}
     env |= {
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(root / "site"),
+        "PYTHONPATH": _pythonpath(root / "site"),
         "INJECT_STAGE": "" if stage in ("spec", "data") else stage,
         "FINETUNE_TERMINATION_LOG": str(root / f"termination-{entry}-{stage}"),
     }
@@ -157,12 +169,16 @@ def test_a_failure_in_each_stage_ends_in_one_error_line(
     if entry == "image":
         message = json.loads((workspace / f"termination-image-{stage}").read_text())
         assert message["phase"] == "Failed" and STAGES[stage][1] in message["message"]
+    if stage == "saving":  # all or nothing: no partial model/ (atomic.py)
+        out = workspace / f"out-{entry}-{stage}"
+        assert str(out / "model") in errors[0]
+        assert not [p.name for p in out.iterdir() if "model" in p.name]
 
 
 def test_finetune_debug_shows_the_traceback(workspace: Path) -> None:
     spec = _spec(workspace, "tokenizer", "debug")
     env = dict(os.environ, HF_HUB_OFFLINE="1", FINETUNE_DEBUG="1", INJECT_STAGE="tokenizer")
-    env["PYTHONPATH"] = str(workspace / "site")
+    env["PYTHONPATH"] = _pythonpath(workspace / "site")
     proc = subprocess.run(
         [sys.executable, "-m", "finetune_trainer", "--spec", str(spec)],
         cwd=workspace,

@@ -160,3 +160,48 @@ def test_predict_on_a_missing_directory(tmp_path: Path) -> None:
 
     with pytest.raises(RunDirError, match=r"runs/nope: no such directory"):
         predict(tmp_path / "runs" / "nope", ["hello"])
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.tsv"])
+def test_header_only_file_says_so(
+    bert_dir: Path, make_job: MakeJob, tmp_path: Path, name: str
+) -> None:
+    train = tmp_path / name
+    train.write_text("text\tlabel\n" if name.endswith(".tsv") else "text,label\n")
+    msg = _error(make_job(task="classification", model_path=bert_dir, train=train), tmp_path)
+    assert f"dataset.train file {train}: the file has a header line (columns: text, label)" in msg
+    assert "no data rows" in msg and "Instruction" not in msg
+
+
+def test_eval_fraction_that_leaves_one_label_blames_the_fraction(
+    bert_dir: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    train = write_rows(tmp_path / "train.csv", sentiment_rows(100))
+    job = make_job(
+        task="classification", model_path=bert_dir, train=train, dataset={"evalFraction": 0.99}
+    )
+    msg = _error(job, tmp_path)
+    assert "dataset.evalFraction 0.99 held out 99 of its 100 rows" in msg
+    assert "the 1 row(s) left for training hold a single label" in msg
+    assert "though the file has 2; lower dataset.evalFraction" in msg
+
+
+def test_eval_fraction_that_leaves_nothing_to_train_on(
+    bert_dir: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    train = write_rows(tmp_path / "train.csv", sentiment_rows(5))
+    job = make_job(
+        task="classification", model_path=bert_dir, train=train, dataset={"evalFraction": 0.9}
+    )
+    msg = _error(job, tmp_path)
+    assert "train.csv: dataset.evalFraction 0.9 of its 5 row(s) leaves 0 for training" in msg
+
+
+def test_a_csv_named_txt_is_said_to_be_read_as_plain_text(
+    bert_dir: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    train = tmp_path / "train.txt"
+    write_rows(tmp_path / "rows.csv", sentiment_rows(10)).rename(train)
+    msg = _error(make_job(task="classification", model_path=bert_dir, train=train), tmp_path)
+    assert "a .txt file is read as plain text: one example per line" in msg
+    assert "looks like a csv header: rename the file to .csv" in msg

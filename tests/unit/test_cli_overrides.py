@@ -42,7 +42,8 @@ def test_data_path_replaces_hub_and_its_config(tmp_path: Path) -> None:
     assert load_manifest(manifest, FineTuneJob).spec.dataset.train.hub == "glue"
     job = load_manifest(manifest, FineTuneJob, ["spec.dataset.train.path=train.tsv"])
     train = job.spec.dataset.train
-    assert (train.path, train.hub, train.config) == ("train.tsv", None, None)
+    # a relative path given with --set is the shell's: against the current directory
+    assert (train.path, train.hub, train.config) == (str(Path.cwd() / "train.tsv"), None, None)
     job = load_manifest(manifest, FineTuneJob, ["spec.dataset.eval.hub=imdb"])
     assert (job.spec.dataset.eval.hub, job.spec.dataset.eval.path) == ("imdb", None)  # type: ignore[union-attr]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from finetune_api.manifest import SpecError, UserError, load_manifest, parse
 from finetune_api.models import FineTuneJob
+from finetune_trainer.signals import SIGTERM_EXIT, Terminated
 
 DEFAULT_OUTPUT = "/output"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="artifact directory (overrides spec.output.path)")
     parser.add_argument("--spec-dir", help="resolve relative paths in the spec against this folder")
     args = parser.parse_args(argv)
+    output = Path(args.output or DEFAULT_OUTPUT)
     try:
         job, spec_dir = load_job(args.spec)
         spec_dir = Path(args.spec_dir).resolve() if args.spec_dir else spec_dir
@@ -110,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             | ({"reason": reason} if reason else {})
         )
         return 2
+    except (Terminated, KeyboardInterrupt) as err:  # one line, metrics.json says it too
+        from finetune_trainer.interrupt import failure_message
+
+        message = failure_message(err, output)
+        print(f"finetune: {message}", file=sys.stderr, flush=True)
+        write_termination({"phase": "Failed", "metrics": {}, "artifacts": {}, "message": message})
+        return SIGTERM_EXIT if isinstance(err, Terminated) else 130
     except Exception as err:  # one `error:` line, never a traceback (failure.py)
         from finetune_trainer.failure import report_unexpected
 

@@ -48,6 +48,9 @@ class Table:
 
     data: datasets.Dataset
     where: str
+    path: Path | None = None  # the local file read, if any
+    held_out: str | None = None  # the train part of a split: what evalFraction held out
+    whole: datasets.Dataset | None = None  # ... and the file's rows before the split
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,24 @@ def load_table(source: DataSource, spec_dir: Path | None, role: str) -> Table:
         reason = data_files.explain(path) or f"cannot read it as {suffix[1:]}: {_last_line(err)}"
         raise DataError(f"{where}: {reason}") from None
     assert isinstance(data, datasets.Dataset)
-    return Table(data, where)
+    return Table(data, where, path)
+
+
+def hold_out(train: Table, fraction: float, seed: int) -> tuple[Table, Table]:
+    """Split `train` into train and a held-out eval share (dataset.evalFraction), or say
+    why the file cannot be split that way."""
+    rows = len(train.data)
+    held = math.ceil(rows * fraction)
+    if rows < 2 or held >= rows:
+        raise DataError(
+            f"{train.where}: dataset.evalFraction {fraction:g} of its {rows} row(s) leaves "
+            f"{max(rows - held, 0)} for training; lower dataset.evalFraction, add rows or "
+            "set dataset.eval"
+        )
+    split = train.data.train_test_split(test_size=fraction, seed=seed)
+    evaluation = Table(split["test"], f"{train.where} (held-out {fraction:g})", train.path)
+    note = f"dataset.evalFraction {fraction:g} held out {len(split['test'])} of its {rows} rows"
+    return Table(split["train"], train.where, train.path, note, train.data), evaluation
 
 
 def _load_hub(source: DataSource, role: str) -> Table:
@@ -158,8 +178,23 @@ def check_columns(table: Table, columns: Sequence[str], roles: Sequence[str]) ->
         if column not in existing:
             raise DataError(
                 f"{table.where}: {role} {column!r} not found; the columns are: "
-                f"{', '.join(existing) or '(none)'}"
+                f"{', '.join(existing) or '(none)'}{_plain_text_hint(table)}"
             )
+
+
+def _plain_text_hint(table: Table) -> str:
+    """A .txt file is read as plain text: one example per line, one column `text`."""
+    if table.path is None or table.path.suffix.lower() != ".txt":
+        return ""
+    hint = " (a .txt file is read as plain text: one example per line, in one column 'text'"
+    header = data_files.looks_delimited(table.path)
+    if header is not None:
+        kind = "tsv" if "\t" in header else "csv"
+        hint += (
+            f"; its first line, {header!r}, looks like a {kind} header: rename the file "
+            f"to .{kind} to read its columns"
+        )
+    return hint + ")"
 
 
 def check_not_empty(table: Table) -> None:
@@ -180,6 +215,14 @@ def build_label_map(table: Table, column: str) -> LabelMap:
     """Sorted distinct labels of the training set; ints stay ints, strings stay strings."""
     values = [_label_value(v, table, column, i) for i, v in enumerate(table.data[column])]
     distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    if len(distinct) < 2 and table.held_out is not None and table.whole is not None:
+        whole = {_plain(v) for v in table.whole[column]}
+        if len(whole) > 1:
+            raise DataError(
+                f"{table.where}: {table.held_out}, and the {len(table.data)} row(s) left for "
+                f"training hold a single label ({distinct[0]!r}) though the file has "
+                f"{len(whole)}; lower dataset.evalFraction or set dataset.eval"
+            )
     if len(distinct) < 2:
         raise DataError(
             f"{table.where}: column {column!r} holds a single label ({distinct[0]!r}); "
@@ -241,14 +284,7 @@ def load_raw(spec: DatasetSpec, recipe: Recipe, spec_dir: Path | None, seed: int
         evaluation = load_table(spec.eval, spec_dir, "eval")
         _validate(evaluation, columns + ([(target, "dataset.targetColumn")] if target else []))
     else:
-        if len(train.data) < 2:
-            raise DataError(
-                f"{train.where}: {len(train.data)} row(s) cannot be split into train and eval; "
-                "add rows or set dataset.eval"
-            )
-        split = train.data.train_test_split(test_size=spec.eval_fraction, seed=seed)
-        evaluation = Table(split["test"], f"{train.where} (held-out {spec.eval_fraction:g})")
-        train = Table(split["train"], train.where)
+        train, evaluation = hold_out(train, spec.eval_fraction, seed)
         if target is not None:
             check_columns(evaluation, [target], ["dataset.targetColumn"])
     if spec.max_eval_samples is not None and len(evaluation.data) > spec.max_eval_samples:

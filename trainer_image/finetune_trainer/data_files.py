@@ -4,8 +4,9 @@ why a file could not be read.
 `datasets`' csv/json/parquet builders log "Failed to read file ... ParserError ..." at
 ERROR level before they raise; the trainer raises its own DataError with the file and
 the reason, so that log line is only noise ahead of it. When a load fails, `explain`
-looks at the file for the causes a person can fix: no rows at all, or a byte that is
-not UTF-8 (reported by line, not by byte offset).
+looks at the file for the causes a person can fix: no rows at all, a header and no rows,
+or a byte that is not UTF-8 (reported by line, not by byte offset). A `.txt` file is read
+as plain text, one example per line; `looks_delimited` spots a csv/tsv saved as .txt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 BUILDERS_LOGGER = "datasets.packaged_modules"
 TEXT_FORMATS = frozenset({".csv", ".tsv", ".json", ".jsonl", ".txt"})
+DELIMITED = frozenset({".csv", ".tsv", ".tab"})
 
 
 @contextlib.contextmanager
@@ -48,10 +50,41 @@ def has_rows(path: Path) -> bool:
         return any(line.strip() for line in f)
 
 
+def header_only(path: Path) -> str | None:
+    """A csv/tsv file holding a header line and nothing else: the header, else None."""
+    if path.suffix.lower() not in DELIMITED:
+        return None
+    with path.open("rb") as f:
+        lines = [line for line in (raw.strip() for raw in f) if line]
+        if len(lines) != 1:
+            return None
+    return lines[0].decode("utf-8", errors="replace")
+
+
+def looks_delimited(path: Path) -> str | None:
+    """The first line of a .txt file when it looks like a csv/tsv header (a comma or tab
+    separating two or more names), else None."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline().decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    for sep in ("\t", ","):
+        names = [n.strip() for n in first.split(sep)]
+        if len(names) >= 2 and all(n and len(n) <= 64 and " " not in n for n in names):
+            return first
+    return None
+
+
 def explain(path: Path) -> str | None:
     """Why `path` could not be read, when the file shows it; None when it does not."""
     if not has_rows(path):
         return "the file has no rows (it is empty)"
+    header = header_only(path)
+    if header is not None:
+        sep = "\t" if "\t" in header else ","
+        names = ", ".join(n.strip() for n in header.split(sep))
+        return f"the file has a header line (columns: {names}) but no data rows: it is empty"
     if path.suffix.lower() in TEXT_FORMATS:
         bad = first_undecodable_line(path)
         if bad is not None:

@@ -76,6 +76,10 @@ def training_kwargs(spec: FineTuneJobSpec, size: int) -> dict[str, Any]:
     # token averaging across devices would multiply the loss by the world size for every
     # model whose loss ignores num_items_in_batch (sequence classification, BERT's MLM).
     kwargs: dict[str, Any] = {"ddp_backend": backend(), "average_tokens_across_devices": False}
+    # Every trainable parameter of these models takes part in each forward pass (a LoRA
+    # base's frozen weights are not in DDP's buckets): no search for unused ones, which
+    # costs a graph traversal per step and warns on every healthy run.
+    kwargs["ddp_find_unused_parameters"] = False
     if not torch.cuda.is_available():
         # accelerate makes a CPU process group (MULTI_CPU, gloo) only when asked for the
         # CPU; without it each process would train alone, unsynchronised.

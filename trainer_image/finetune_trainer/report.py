@@ -17,6 +17,7 @@ import math
 import os
 import ssl
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -59,6 +60,11 @@ METRIC_NAMES = {
 }
 
 
+def utc_now() -> str:
+    """RFC 3339 UTC, to the second: status.startTime / completionTime form."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def status_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The camelCase subset of Trainer metrics the status carries (finite numbers only)."""
     out: dict[str, float] = {}
@@ -82,11 +88,18 @@ class RunState:
     artifacts: dict[str, str] = field(default_factory=dict)
     message: str = ""
     reason: str | None = None
+    # metrics.json only (the status sink sends the keys the trainer owns, not these)
+    start_time: str = field(default_factory=lambda: utc_now())
+    completion_time: str | None = None
 
     def status(self) -> FineTuneJobStatus:
         """The status the trainer writes, as the API's typed model (one status contract:
         the operator and the sweep build the same models, the CRD is generated from them)."""
+        times: dict[str, Any] = {"start_time": self.start_time}
+        if self.completion_time is not None:
+            times["completion_time"] = self.completion_time
         return FineTuneJobStatus(
+            **times,
             phase=Phase(self.phase),
             progress=Progress(
                 epoch=self.progress["epoch"],
@@ -119,16 +132,24 @@ class Sink(Protocol):
 class Reporter:
     """Updates the run state and fans each event out to the sinks."""
 
-    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+    def __init__(self, sinks: Iterable[Sink] = (), clock: Callable[[], float] = time.monotonic):
         self.sinks = list(sinks)
         self.state = RunState()
+        self.clock = clock
+        self.last_event = clock()  # when the sinks last heard anything (heartbeat.py)
+        self._lock = threading.RLock()  # the heartbeat thread publishes too
+
+    def touch(self, now: float) -> None:
+        self.last_event = now
 
     def _publish(self, event: Event) -> None:
-        for sink in self.sinks:
-            try:
-                sink.emit(event, self.state)
-            except Exception as err:  # a sink must never stop training
-                log.warning("report sink %s failed: %s", type(sink).__name__, err)
+        with self._lock:
+            self.last_event = self.clock()
+            for sink in self.sinks:
+                try:
+                    sink.emit(event, self.state)
+                except Exception as err:  # a sink must never stop training
+                    log.warning("report sink %s failed: %s", type(sink).__name__, err)
 
     def start(self, total_steps: int, message: str = "") -> None:
         self.state.progress["totalSteps"] = total_steps
@@ -157,6 +178,7 @@ class Reporter:
     ) -> None:
         self.state.phase = phase
         self.state.reason = reason
+        self.state.completion_time = utc_now()
         self.state.metrics.update(metrics or {})
         self.state.artifacts.update(artifacts or {})
         self.state.message = message

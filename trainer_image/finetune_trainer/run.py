@@ -27,7 +27,16 @@ from transformers import (
 )
 
 from finetune_api.models import FineTuneJob, FineTuneJobSpec
-from finetune_trainer import autobatch, distributed, evaluation, lm_speed, throughput
+from finetune_trainer import (
+    atomic,
+    autobatch,
+    distributed,
+    evaluation,
+    heartbeat,
+    lm_speed,
+    rundir,
+    throughput,
+)
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import load_raw
 from finetune_trainer.interrupt import failure_message
@@ -48,6 +57,7 @@ from finetune_trainer.report import (
 )
 from finetune_trainer.rundir import RUN_INFO
 from finetune_trainer.runstate import RunState
+from finetune_trainer.signals import sigterm_raises
 from finetune_trainer.tasks import recipe_for
 from finetune_trainer.training import (
     CHECKPOINTS,
@@ -104,27 +114,34 @@ def run(
     progress_bar: bool = False,
 ) -> dict[str, float]:
     """Train, evaluate and save one FineTuneJob; returns the status metrics (camelCase)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    rundir.prepare(output_dir)
     # Under torchrun only the main process reports and writes metrics.json (distributed.py).
     world = distributed.world()
     distributed.bind_device(world)
-    reporter = Reporter(
-        [MetricsFileSink(output_dir / METRICS_FILE), *sinks] if world.is_main else []
-    )
-    try:
-        return _run(
-            job.spec,
-            job.metadata.name,
-            spec_dir,
-            output_dir,
-            reporter,
-            list(callbacks),
-            progress_bar,
-        )
-    except BaseException as err:
-        message = failure_message(err, output_dir)
-        reporter.end(phase="Failed", message=message, reason=getattr(err, "reason", None))
-        raise
+    # One run at a time per directory; an earlier success's records survive a failure;
+    # SIGTERM ends the run like Ctrl-C (rundir.py, interrupt.py).
+    with rundir.locked(output_dir, main=world.is_main), sigterm_raises():
+        records = rundir.RunRecords(output_dir)
+        reporter = Reporter([MetricsFileSink(records.live), *sinks] if world.is_main else [])
+        try:
+            metrics = _run(
+                job.spec,
+                job.metadata.name,
+                spec_dir,
+                output_dir,
+                reporter,
+                list(callbacks),
+                progress_bar,
+            )
+        except BaseException as err:
+            message = failure_message(err, output_dir)
+            reporter.end(phase="Failed", message=message, reason=getattr(err, "reason", None))
+            if world.is_main:
+                rundir.record_failure(records)
+            raise
+        if world.is_main:
+            records.succeeded()
+        return metrics
 
 
 def _run(
@@ -319,6 +336,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     if state.progress_bar:
         trainer.add_callback(QuietProgressCallback)
     trainer.add_callback(ReporterCallback(state.reporter))
+    trainer.add_callback(heartbeat.Heartbeat(state.reporter))  # a line at least every 30 s
     if hp.early_stopping_patience is not None:
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
     if hp.eval_steps is None and not state.world.distributed:
@@ -433,22 +451,26 @@ def _save_model(
     """Full model, or the LoRA adapter alone (+ the merged model when lora.merge)."""
     model: Any = trainer.model
     artifacts: dict[str, str] = {}
-    for stale in ("model", "adapter", "merged"):
-        shutil.rmtree(output_dir / stale, ignore_errors=True)
+    # Each folder is saved all or nothing (atomic.py); other formats' folders go after.
     if spec.lora is None:
-        trainer.save_model(str(output_dir / "model"))
-        tokenizer.save_pretrained(output_dir / "model")
+        atomic.save_dir(
+            output_dir / "model", lambda d: trainer.save_model(str(d)), tokenizer.save_pretrained
+        )
         artifacts["model"] = str(output_dir / "model")
+        atomic.remove_stale(output_dir, ("adapter", "merged"), keep=artifacts.values())
         return artifacts
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(adapter_dir)
+    atomic.save_dir(adapter_dir, lambda d: model.save_pretrained(str(d)), tokenizer.save_pretrained)
     artifacts["model"] = str(adapter_dir)
     if spec.lora.merge:
         merged = model.merge_and_unload()
-        merged.save_pretrained(str(output_dir / "merged"))
-        tokenizer.save_pretrained(output_dir / "merged")
+        atomic.save_dir(
+            output_dir / "merged",
+            lambda d: merged.save_pretrained(str(d)),
+            tokenizer.save_pretrained,
+        )
         artifacts["mergedModel"] = str(output_dir / "merged")
+    atomic.remove_stale(output_dir, ("model", "merged"), keep=artifacts.values())
     return artifacts
 
 

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from finetune_api.models import Task
-from finetune_trainer import evaluation
+from finetune_trainer import atomic, evaluation
 from finetune_trainer.data import (
     LENGTH_COLUMN,
     LabelMap,
@@ -171,11 +171,11 @@ def finish_qat(state: RunState) -> tuple[dict[str, float], Any, Any]:
     int8_pred, labels = evaluation.predict_classes(model, loader)
     int8_scores = evaluation.classification_scores(labels, int8_pred)
     directory = Path(output_dir) / "model"
-    if directory.exists():
-        shutil.rmtree(directory)
     assert isinstance(model, PreTrainedModel)
-    qat.save_int8(model, state.qat_layers, embeddings, directory)
-    tokenizer.save_pretrained(directory)
+    layers = state.qat_layers
+    atomic.save_dir(  # all or nothing (atomic.py)
+        directory, lambda d: qat.save_int8(model, layers, embeddings, d), tokenizer.save_pretrained
+    )
     state.artifacts["model"] = str(directory)
     metrics = {
         "fp32Accuracy": fp32_scores["accuracy"],

@@ -1,0 +1,102 @@
+"""The metric names a FineTuneJob reports, by task and option: the one rule a sweep's
+objective is checked against before any trial starts (`finetune sweep` and the operator
+alike; `models.HyperparameterSweepSpec` calls `check_objective`).
+
+Kept free of the models (plain arguments) so `models` can import it without a cycle. The
+names are the camelCase keys of `status.metrics` / metrics.json (docs/CONTRACTS.md);
+`tests/trainer/test_task_metrics.py` runs each task and compares what it really reports.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+EVERY_RUN = frozenset(
+    {
+        "trainLoss",
+        "evalLoss",
+        "samplesPerSecond",
+        "tokensPerSecond",
+        "gpuHours",
+        "batchSize",
+        "gradientAccumulationSteps",
+        "worldSize",
+        "mfu",  # on a GPU only
+    }
+)
+BY_TASK = {
+    "classification": frozenset({"accuracy", "f1Macro"}),
+    "causal-lm": frozenset({"perplexity", "perplexityBefore"}),
+    "masked-lm": frozenset({"perplexity", "perplexityBefore"}),
+}
+BLEU = frozenset({"bleu"})  # causal-lm with dataset.targetColumn
+QAT = frozenset(
+    {"fp32Accuracy", "int8Accuracy", "fp32F1Macro", "int8F1Macro", "fp32SizeMb", "int8SizeMb"}
+)
+DISTILLATION = frozenset(
+    {
+        "teacherAccuracy",
+        "teacherF1Macro",
+        "teacherParameters",
+        "teacherSizeMb",
+        "studentParameters",
+        "studentSizeMb",
+    }
+)
+CHAT = frozenset({"lossTokens", "totalTokens"})  # causal-lm with a chat dataset.format
+PREFERENCE = frozenset(  # method dpo / orpo (TRL's reward statistics)
+    {
+        "rewardMargin",
+        "rewardAccuracy",
+        "chosenReward",
+        "rejectedReward",
+        "chosenLogps",
+        "rejectedLogps",
+    }
+)
+ORPO = frozenset({"logOddsRatio"})
+PRUNING = frozenset({"sparsity", "parameters", "nonzeroParameters", "sizeMb", "compressedSizeMb"})
+DENSE_HEADLINE = ("accuracy", "f1Macro", "evalLoss", "perplexity")  # one-shot pruning
+
+
+def reported_metrics(
+    task: str,
+    *,
+    target_column: bool = False,
+    quantization: bool = False,
+    distillation: bool = False,
+    pruning_schedule: str | None = None,
+    method: str = "sft",
+    chat: bool = False,
+) -> frozenset[str]:
+    """Every status.metrics key a run of this shape may report."""
+    if method != "sft":  # preference tuning: rewards, not perplexity
+        return frozenset(EVERY_RUN | PREFERENCE | (ORPO if method == "orpo" else set()))
+    names = set(EVERY_RUN | BY_TASK[task])
+    if chat:
+        names |= CHAT
+    if task == "causal-lm" and target_column:
+        names |= BLEU
+    if quantization:
+        names |= QAT
+    if distillation:
+        names |= DISTILLATION
+    if pruning_schedule is not None:
+        names |= PRUNING
+        if pruning_schedule == "one-shot":
+            dense = [m for m in DENSE_HEADLINE if m in names]
+            names |= {"dense" + m[0].upper() + m[1:] for m in dense}
+            names |= {"denseParameters", "denseSizeMb"}
+    return frozenset(names)
+
+
+def objective_error(metric: str, reported: frozenset[str], what: str) -> str | None:
+    """Why `metric` cannot be a sweep objective for runs reporting `reported` (None: it can)."""
+    if metric in reported:
+        return None
+    close = difflib.get_close_matches(metric, sorted(reported), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"metric {metric!r} is not reported by {what}; {hint}"
+        f"it reports: {', '.join(sorted(reported))}"
+    )
