@@ -13,6 +13,12 @@ from finetune_api.models import Condition
 _REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 
 
+# Failed reasons the trainer itself reports (status.reason, the termination message):
+# they name a failure better than the Job controller's BackoffLimitExceeded.
+CHAT_TEMPLATE = "ChatTemplate"
+TRAINER_REASONS = frozenset({CHAT_TEMPLATE})
+
+
 def now_rfc3339() -> str:
     """The current time as a metav1.Time string (UTC, whole seconds)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -4,7 +4,7 @@ alike; `models.HyperparameterSweepSpec` calls `check_objective`).
 
 Kept free of the models (plain arguments) so `models` can import it without a cycle. The
 names are the camelCase keys of `status.metrics` / metrics.json (docs/CONTRACTS.md);
-`tests/trainer/test_task_metrics.py` runs each task and compares what it really reports.
+`tests/trainer/test_reported_metrics.py` runs each task and compares what it really reports.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_api.conditions import condition, safe_reason
+from finetune_api.conditions import TRAINER_REASONS, condition, safe_reason
 from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, Phase, Workers
 from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
 
@@ -338,7 +338,10 @@ def _failed(seen: _Seen, failed: dict[str, Any]) -> Derived:
     if job_reason == "BackoffLimitExceeded":
         attempts = seen.jstatus.get("failed") or spec.backoff_limit + 1
         last = pod_detail[1] if pod_detail else "see the pod logs."
-        reason = pod_detail[0] if pod_detail and pod_detail[0] == "OOMKilled" else job_reason
+        # A specific cause (OOMKilled, or the trainer's own, e.g. ChatTemplate) names the
+        # failure better than the Job controller's BackoffLimitExceeded.
+        specific = pod_detail and pod_detail[0] in {"OOMKilled", *TRAINER_REASONS}
+        reason = pod_detail[0] if pod_detail and specific else job_reason
         message = (
             f"The trainer failed {attempts} time(s); spec.backoffLimit ({spec.backoff_limit}) "
             f"is used up. Last attempt: {last}"

@@ -24,7 +24,7 @@ def test_smoke_mode_measures_every_workload_for_plain_and_ours(
     out = tmp_path / "result.json"
     result = bench.main(["--smoke", "--repeats", "1", "--no-fp32", "--json", str(out),
                          "--variant", "padded:FINETUNE_PACKING=0"])  # fmt: skip
-    assert set(result["workloads"]) == {"cls-64", "cls-256", "lora-1b"}
+    assert set(result["workloads"]) == {"cls-64", "cls-256", "lora-1b", "chat-sft-1b"}
     for name, workload in result["workloads"].items():
         expected = {"plain-bf16", "ours", "ours[padded]"}
         assert set(workload["median"]) == expected, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from finetune_api.conditions import CHAT_TEMPLATE
 from finetune_api.manifest import UserError
 
 
@@ -23,7 +24,7 @@ class ModelError(TrainerUserError):
 class ChatTemplateError(TrainerUserError):
     """A chat template that would train the wrong tokens, or none (the template gate)."""
 
-    reason = "ChatTemplate"
+    reason = CHAT_TEMPLATE
 
 
 class RunDirError(TrainerUserError):
