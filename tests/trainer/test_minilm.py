@@ -46,4 +46,6 @@ def test_finetune_run_and_predict_on_real_minilm(tmp_path: Path) -> None:
 
     result = runner.invoke(app, ["predict", str(out), "a wonderful, moving film", "dull and bad"])
     assert result.exit_code == 0, result.output
-    assert set(result.output.split()) <= {"0", "1"} and len(result.output.split()) == 2
+    answers = result.stdout.split()  # stderr names the run it reads
+    assert set(answers) <= {"0", "1"} and len(answers) == 2
+    assert "finetune: reading the run in" in result.stderr
