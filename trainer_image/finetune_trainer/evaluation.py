@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,42 @@ def generate(
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+def continuations(
+    info: dict[str, Any],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 8,
+    add_special_tokens: bool = True,
+) -> list[str]:
+    """`generate` for a finished run (its run.json `info` gives the length limit)."""
+    return generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        max_length=int(info.get("maxLength") or 512),
+        batch_size=batch_size,
+        add_special_tokens=add_special_tokens,
+    )
+
+
+def encoded_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch_size: int = 32
+) -> Iterator[Any]:
+    """The texts tokenised in padded batches (for a finished run's forward passes)."""
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(
+            list(texts[start : start + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        )
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

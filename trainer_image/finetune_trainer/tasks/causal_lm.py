@@ -67,13 +67,8 @@ class CausalLm(Recipe):
         texts: Sequence[str],
         max_new_tokens: int,
     ) -> list[str]:
-        return evaluation.generate(
-            model,
-            tokenizer,
-            list(texts),
-            max_new_tokens=max_new_tokens,
-            max_length=int(info.get("maxLength") or 512),
-            batch_size=BATCH,
+        return evaluation.continuations(
+            info, model, tokenizer, texts, max_new_tokens, batch_size=BATCH
         )
 
 

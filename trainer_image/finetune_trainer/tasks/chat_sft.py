@@ -308,14 +308,9 @@ class ChatSft(Recipe):
             )
             for t in texts
         ]
-        return evaluation.generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            max_length=int(info.get("maxLength") or 512),
-            batch_size=BATCH,
-            add_special_tokens=False,  # the template wrote them
+        # add_special_tokens False: the template wrote them
+        return evaluation.continuations(
+            info, model, tokenizer, prompts, max_new_tokens, add_special_tokens=False
         )
 
 

@@ -33,8 +33,6 @@ from finetune_trainer.tasks.recipe import Recipe
 if TYPE_CHECKING:
     from finetune_trainer.runstate import RunState
 
-BATCH = 32
-
 
 class Classification(Recipe):
     task = Task.classification
@@ -113,18 +111,8 @@ class Classification(Recipe):
         max_new_tokens: int,
     ) -> list[str]:
         id2label = _id2label(info, model)
-        max_length = int(info.get("maxLength") or 512)
-        out: list[str] = []
-        for start in range(0, len(texts), BATCH):
-            enc = tokenizer(
-                list(texts[start : start + BATCH]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-            )
-            out += [id2label[int(i)] for i in model(**enc).logits.argmax(dim=-1)]
-        return out
+        batches = evaluation.encoded_batches(tokenizer, texts, int(info.get("maxLength") or 512))
+        return [id2label[int(i)] for enc in batches for i in model(**enc).logits.argmax(dim=-1)]
 
 
 def _id2label(info: dict[str, Any], model: PreTrainedModel) -> dict[int, str]:

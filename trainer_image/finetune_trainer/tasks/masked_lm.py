@@ -14,11 +14,10 @@ from transformers import (
 )
 
 from finetune_api.models import Task
+from finetune_trainer import evaluation
 from finetune_trainer.data import Table, lm_text, tokenize_texts
 from finetune_trainer.errors import ModelError
 from finetune_trainer.tasks.recipe import Recipe
-
-BATCH = 32
 
 
 class MaskedLm(Recipe):
@@ -58,18 +57,12 @@ class MaskedLm(Recipe):
         texts: Sequence[str],
         max_new_tokens: int,
     ) -> list[str]:
-        max_length = int(info.get("maxLength") or 512)
-        out: list[str] = []
-        for start in range(0, len(texts), BATCH):
-            enc = tokenizer(
-                list(texts[start : start + BATCH]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-            )
-            out += _fill_masks(tokenizer, enc["input_ids"], model(**enc).logits)
-        return out
+        batches = evaluation.encoded_batches(tokenizer, texts, int(info.get("maxLength") or 512))
+        return [
+            text
+            for enc in batches
+            for text in _fill_masks(tokenizer, enc["input_ids"], model(**enc).logits)
+        ]
 
 
 def _fill_masks(

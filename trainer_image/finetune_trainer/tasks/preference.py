@@ -101,14 +101,7 @@ class Preference(Recipe):
         texts: Sequence[str],
         max_new_tokens: int,
     ) -> list[str]:
-        return evaluation.generate(
-            model,
-            tokenizer,
-            list(texts),
-            max_new_tokens=max_new_tokens,
-            max_length=int(info.get("maxLength") or 512),
-            batch_size=BATCH,
-        )
+        return evaluation.continuations(info, model, tokenizer, texts, max_new_tokens)
 
     def run_info(self) -> dict[str, Any]:
         return {"method": self.spec.method.type, "beta": self.spec.method.beta}
