@@ -129,13 +129,13 @@ def _stop_component(pid: int, grace: float = 10) -> None:
 def start_plane(root: Path, docs: list[dict[str, Any]], with_controllers: bool) -> Any:
     """A fresh control plane with the CRDs, the chart's RBAC and namespace `bench`;
     returns (ControlPlane, operator kubeconfig path, operator token)."""
-    from finetune_cluster.controlplane import start, stop, write_kubeconfig
+    from finetune_cluster.controlplane import start, stop
     from finetune_cluster.install import (
         SYSTEM_NAMESPACE,
         apply,
         install_crds,
         namespace_doc,
-        service_account_token,
+        service_account_kubeconfig,
     )
 
     cp = start(root / "cp")
@@ -154,9 +154,8 @@ def start_plane(root: Path, docs: list[dict[str, Any]], with_controllers: bool) 
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no watch on {watch_path} after 60 s")
                 time.sleep(0.2)
-        token = service_account_token(cp, SYSTEM_NAMESPACE, OPERATOR_SA)
-        kubeconfig = write_kubeconfig(
-            root / "operator.kubeconfig", cp.server, cp.ca_file, token, OPERATOR_SA
+        kubeconfig, token = service_account_kubeconfig(
+            cp, root / "operator.kubeconfig", SYSTEM_NAMESPACE, OPERATOR_SA
         )
     except BaseException:
         stop(cp.dir)

@@ -13,7 +13,7 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def control_plane():  # type: ignore[no-untyped-def]
     """The session's real control plane (support/plane.py), started on first use."""
     import shutil
     import tempfile

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from finetune_cluster.controlplane import ControlPlane
+from finetune_cluster.controlplane import ControlPlane, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "finetune"
@@ -85,3 +85,12 @@ def service_account_token(cp: ControlPlane, namespace: str, name: str, seconds: 
         "-f", "-", input=json.dumps(body),
     )  # fmt: skip
     return str(json.loads(out.stdout)["status"]["token"])
+
+
+def service_account_kubeconfig(
+    cp: ControlPlane, path: Path, namespace: str, name: str
+) -> tuple[Path, str]:
+    """A kubeconfig that acts as a ServiceAccount (the operator's, as its pod would), and
+    its token."""
+    token = service_account_token(cp, namespace, name)
+    return write_kubeconfig(path, cp.server, cp.ca_file, token, name), token

@@ -36,7 +36,6 @@ from finetune_cluster.controlplane import (
     start,
     start_node_agent,
     stop,
-    write_kubeconfig,
 )
 from finetune_cluster.install import (
     SYSTEM_NAMESPACE,
@@ -44,7 +43,7 @@ from finetune_cluster.install import (
     install_crds,
     namespace_doc,
     render_chart,
-    service_account_token,
+    service_account_kubeconfig,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,9 +185,8 @@ def start_plane(root: Path, *, nodes: int = 2, gpus: int = 8) -> Plane:
             if d["kind"] not in ("Deployment", "ServiceMonitor")
         ]
         apply(cp, docs)
-        token = service_account_token(cp, SYSTEM_NAMESPACE, OPERATOR_SA)
-        kubeconfig = write_kubeconfig(
-            root / "operator.kubeconfig", cp.server, cp.ca_file, token, OPERATOR_SA
+        kubeconfig, _ = service_account_kubeconfig(
+            cp, root / "operator.kubeconfig", SYSTEM_NAMESPACE, OPERATOR_SA
         )
     except BaseException:
         stop(cp.dir)
