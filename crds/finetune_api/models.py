@@ -545,6 +545,49 @@ class Evaluation(ApiModel):
     )
 
 
+class PromoteWhen(ApiModel):
+    """The evaluation gate: `metric` (a status.metrics key) at least `minimum`, or at
+    most `maximum` (exactly one)."""
+
+    metric: str = Field(min_length=1, max_length=256)
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> PromoteWhen:
+        if (self.minimum is None) == (self.maximum is None):
+            raise ValueError("promote.when needs exactly one of minimum or maximum")
+        return self
+
+
+class InferenceServiceSpec(ApiModel):
+    runtime: str | None = Field(
+        None,
+        max_length=253,
+        description="A KServe ServingRuntime name; default: KServe picks the huggingface "
+        "runtime for modelFormat huggingface.",
+    )
+    backend: Literal["vllm", "huggingface"] | None = Field(
+        None,
+        description="The huggingface runtime's backend; default vllm with a GPU, "
+        "huggingface (transformers) on CPU.",
+    )
+    storage_uri: str | None = Field(
+        None,
+        max_length=2048,
+        description="Serve from here instead of the run's artifacts (e.g. s3://bucket/run).",
+    )
+    gpus: int = Field(0, ge=0, le=64)
+    cpu: Quantity = Field("1")
+    memory: Quantity = Field("4Gi")
+    args: list[str] = Field(default_factory=list, max_length=64)
+
+
+class Promote(ApiModel):
+    when: PromoteWhen
+    inference_service: InferenceServiceSpec = Field(default_factory=InferenceServiceSpec)
+
+
 HF_CACHE_MOUNT = "/cache/huggingface"  # where spec.cache is mounted (HF_HOME)
 # CEL: with nodes > 1 every pod must reach the model (rule text in Resources.nodes).
 MULTI_NODE_RULE = (
