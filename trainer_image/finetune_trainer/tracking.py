@@ -73,12 +73,10 @@ class Lost:
     def note(self) -> str:
         if not (self.points or self.artifacts or self.error):
             return ""
-        parts = []
-        if self.points:
-            parts.append(f"{self.points} metric points")
-        if self.artifacts:
-            parts.append("artifacts " + ", ".join(self.artifacts))
-        what = " and ".join(parts) or "some records"
+        parts = [f"{self.points} metric points"] if self.points else []
+        words = {"files": "the run's files", "register": "the model version", "end": "the end"}
+        parts += [words.get(a, a) for a in dict.fromkeys(self.artifacts)]
+        what = ", ".join(parts) or "some records"
         return f"tracking: {what} not logged to MLflow ({self.error})"
 
 
@@ -115,6 +113,11 @@ class MlflowSink:
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._down = False
         self._step = 0
+        # what tracking cost this process: the training thread's time in `emit`, the
+        # worker thread's CPU time and requests (benchmarks/tracking_overhead.py)
+        self.emit_seconds = 0.0
+        self.worker_cpu_seconds = 0.0
+        self.requests = 0
         try:
             self.experiment_id = self._experiment(experiment)
             all_tags = {"mlflow.runName": run_name, **(tags or {})}
@@ -141,12 +144,14 @@ class MlflowSink:
         self._queue.put(("params", spec_params(spec)))
 
     def emit(self, event: Event, state: RunState) -> None:
+        started = time.perf_counter()
         step = int(state.progress.get("step", 0))
         if event.kind in ("progress", "evaluation") and event.metrics:
             self._step = max(self._step, step)
             self._queue.put(("metrics", (step, dict(event.metrics))))
         elif event.kind == "end":
             self._queue.put(("end", (state.phase, state.artifacts.get("metrics"))))
+        self.emit_seconds += time.perf_counter() - started
 
     def finish(self, final: dict[str, float], artifacts: dict[str, str]) -> dict[str, str]:
         """Final metrics, files and the registered model; waits at most the flush bound.
@@ -211,6 +216,7 @@ class MlflowSink:
                     return
                 self._handle(*item)
             finally:
+                self.worker_cpu_seconds = time.thread_time()
                 self._queue.task_done()
 
     def _handle(self, kind: str, payload: Any) -> None:
@@ -221,6 +227,7 @@ class MlflowSink:
                 self._fail(RuntimeError("server unreachable"), artifact=kind)
             return
         try:
+            self.requests += 1
             self._send(kind, payload)
         except Exception as err:
             self._fail(
