@@ -101,7 +101,9 @@ def test_tracked_run_matches_metrics_json_and_lm_eval_matches_by_hand(
     )
 
 
-def _lm_eval_by_hand(model_dir: Path, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+def _lm_eval_by_hand(
+    model_dir: Path, tmp_path: Path, model_args: str | None = None, limit: int | None = None
+) -> dict:  # type: ignore[type-arg]
     """lm-eval's own CLI on the saved model folder, as a user would run it."""
     import os
     import subprocess
@@ -112,12 +114,13 @@ def _lm_eval_by_hand(model_dir: Path, tmp_path: Path) -> dict:  # type: ignore[t
         [
             sys.executable, "-m", "lm_eval", "run",
             "--model", "hf",
-            "--model_args", f"pretrained={model_dir},dtype=float32",
+            "--model_args", f"{model_args or f'pretrained={model_dir}'},dtype=float32",
             "--tasks", "tiny_colors",
             "--include_path", str(TASKS),
             "--device", "cpu",
             "--batch_size", "8",
             "--output_path", str(out),
+            *(["--limit", str(limit)] if limit else []),
         ],
         check=True,
         cwd=TASKS,
@@ -147,3 +150,29 @@ def test_tracking_server_down_costs_a_bounded_wait_and_says_what_was_lost(
     ), record["message"]
     assert "ConnectionError" in record["message"] or "onnection" in record["message"]
     assert elapsed < 120, elapsed  # no retry storm
+
+
+def test_lm_eval_on_a_lora_run_is_base_plus_adapter(
+    gpt2_dir: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    """A LoRA run is evaluated as base plus adapter: the same number as lm-eval by hand
+    with `peft=<adapter>` on the base model."""
+    job = _qa_job(
+        make_job,
+        gpt2_dir,
+        tmp_path,
+        lora={"rank": 4, "alpha": 8, "targetModules": ["c_attn"], "dropout": 0.0},
+        evaluation={"lmEval": {"tasks": ["tiny_colors"], "includePath": str(TASKS), "limit": 12}},
+    )
+    out = tmp_path / "out"
+    run(job, spec_dir=tmp_path, output_dir=out)
+    record = json.loads((out / "metrics.json").read_text())
+    acc = record["metrics"]["lmEval.tiny_colors.acc"]
+    by_hand = _lm_eval_by_hand(
+        out / "adapter",
+        tmp_path,
+        model_args=f"pretrained={gpt2_dir},peft={out / 'adapter'}",
+        limit=12,
+    )
+    assert by_hand["results"]["tiny_colors"]["acc,none"] == pytest.approx(acc, abs=1e-12)
+    assert json.loads((out / "lm_eval.json").read_text())["results"]["tiny_colors"]
