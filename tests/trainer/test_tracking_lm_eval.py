@@ -176,3 +176,50 @@ def test_lm_eval_on_a_lora_run_is_base_plus_adapter(
     )
     assert by_hand["results"]["tiny_colors"]["acc,none"] == pytest.approx(acc, abs=1e-12)
     assert json.loads((out / "lm_eval.json").read_text())["results"]["tiny_colors"]
+
+
+def test_sweep_trials_are_child_runs_of_one_parent(
+    server: MlflowServer, bert_dir: Path, tmp_path: Path
+) -> None:
+    import yaml
+    from conftest import sentiment_rows
+    from typer.testing import CliRunner
+
+    from finetune_cli.app import app
+
+    write_rows(tmp_path / "train.csv", sentiment_rows(32, seed=1))
+    write_rows(tmp_path / "dev.csv", sentiment_rows(16, seed=2))
+    template = {
+        "task": "classification",
+        "model": {"path": str(bert_dir)},
+        "dataset": {"train": {"path": "train.csv"}, "eval": {"path": "dev.csv"}},
+        "hyperparameters": {"epochs": 1, "batchSize": 8, "maxLength": 16, "loggingSteps": 2},
+        "tracking": {"mlflow": {"uri": server.url, "experiment": "sweeps"}},
+    }
+    doc = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "HyperparameterSweep",
+        "metadata": {"name": "tracked-sweep"},
+        "spec": {
+            "template": template,
+            "objective": {"metric": "accuracy"},
+            "searchSpace": {
+                "hyperparameters.learningRate": {"type": "float", "low": 1e-4, "high": 1e-2}
+            },
+            "pruner": {"type": "none"},
+            "maxTrials": 2,
+            "parallelism": 1,
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    experiment = server.get("experiments/get-by-name", experiment_name="sweeps")["experiment"]
+    runs = server.runs(experiment["experiment_id"])
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags, strict=True) if "finetune.dev/sweep-parent" in t]
+    assert len(parents) == 1
+    parent_id = parents[0]["info"]["run_id"]
+    children = sorted(t["mlflow.runName"] for t in tags if t.get("mlflow.parentRunId") == parent_id)
+    assert children == ["tracked-sweep-trial-0", "tracked-sweep-trial-1"]

@@ -125,14 +125,7 @@ def run(
         records = rundir.RunRecords(output_dir)
         reporter = Reporter([MetricsFileSink(records.live), *sinks] if world.is_main else [])
         # spec.tracking: MLflow, from rank 0 only, never blocking training (tracking.py)
-        tracker = (
-            tracking.attach(
-                job.spec, name=job.metadata.name, namespace=job.metadata.namespace,
-                reporter=reporter,
-            )
-            if world.is_main
-            else None
-        )  # fmt: skip
+        tracker = tracking.attach(job, reporter=reporter) if world.is_main else None
         try:
             metrics = _run(
                 job.spec,

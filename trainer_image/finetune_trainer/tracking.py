@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_api.models import FineTuneJobSpec, MlflowTracking
+from finetune_api.models import FineTuneJob, FineTuneJobSpec, MlflowTracking
 from finetune_trainer.report import Event, RunState
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ FILE_ARTIFACTS = (
     "sizeTable",
     "lmEval",
 )
-MODEL_DIRS = ("mergedModel", "model")  # what registerModel uploads, first present wins
+MODEL_DIRS = ("mergedModel", "model")
+PARENT_TAG = "finetune.dev/sweep-parent"
+SWEEP_LABEL = "finetune.dev/sweep"  # a sweep trial's label (docs/CONTRACTS.md)  # what registerModel uploads, first present wins
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -98,6 +100,7 @@ class MlflowSink:
         run_name: str,
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
+        sweep: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _bounded_http()
@@ -121,6 +124,8 @@ class MlflowSink:
         try:
             self.experiment_id = self._experiment(experiment)
             all_tags = {"mlflow.runName": run_name, **(tags or {})}
+            if sweep and not parent_run_id:
+                parent_run_id = self._sweep_parent(sweep)
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -284,6 +289,23 @@ class MlflowSink:
         )
         self.model_version = f"models:/{name}/{version.version}"
 
+    def _sweep_parent(self, sweep: str) -> str:
+        """The sweep's parent run (tag finetune.dev/sweep-parent), created by its first
+        trial; trials are its child runs. (Trials starting at the same moment on a cluster
+        may each create one: the parent is found, not locked.)"""
+        assert self.experiment_id is not None
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{sweep}'",
+            max_results=1,
+        )
+        if found:
+            return str(found[0].info.run_id)
+        tags = {"mlflow.runName": sweep, PARENT_TAG: sweep}
+        parent = self.client.create_run(self.experiment_id, run_name=sweep, tags=tags)
+        self.client.set_terminated(parent.info.run_id, "FINISHED")
+        return str(parent.info.run_id)
+
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
@@ -291,20 +313,23 @@ class MlflowSink:
         return str(self.client.create_experiment(name))
 
 
-def attach(
-    spec: FineTuneJobSpec, *, name: str, namespace: str | None, reporter: Any
-) -> MlflowSink | None:
+def attach(job: FineTuneJob, *, reporter: Any) -> MlflowSink | None:
     """The MLflow sink for `spec.tracking.mlflow` (None without it), added to the
-    reporter's sinks; creating the run costs at most one bounded request."""
+    reporter's sinks; creating the run costs at most a few bounded requests. A sweep
+    trial (label finetune.dev/sweep) is a child run of its sweep's parent run."""
+    spec, meta = job.spec, job.metadata
     config = spec.tracking.mlflow if spec.tracking else None
     if config is None:
         return None
+    sweep = meta.labels.get(SWEEP_LABEL)
+    tags = {"finetune.dev/job": meta.name, "finetune.dev/task": spec.task.value}
     sink = MlflowSink(
         config,
-        experiment=config.experiment or namespace or "default",
-        run_name=name,
-        tags={"finetune.dev/job": name, "finetune.dev/task": spec.task.value},
+        experiment=config.experiment or meta.namespace or "default",
+        run_name=meta.name,
+        tags=tags | ({SWEEP_LABEL: sweep} if sweep else {}),
         parent_run_id=os.environ.get("FINETUNE_TRACKING_PARENT_RUN") or None,
+        sweep=sweep,
     )
     sink.log_params(spec)
     reporter.sinks.append(sink)
