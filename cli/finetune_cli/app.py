@@ -162,10 +162,29 @@ def predict(
 
         lines = do_predict(run_dir, texts, max_new_tokens=max_new_tokens)
         typer.echo(describe(run_dir), err=True)
+        for line in run_summary(run_dir):  # tracking link, lm-eval results
+            typer.echo(line, err=True)
         for line in lines:
             typer.echo(line)
     except UserError as err:
         fail(str(err))
+
+
+def run_summary(run_dir: Path) -> list[str]:
+    """`predict`'s lines after the first: the MLflow run and lm-eval's table, where present."""
+    import json
+
+    from finetune_cli.views import lm_eval_rows, tracking_lines
+
+    try:
+        state = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return []
+    lines = [f"finetune: {line}" for line in tracking_lines(state.get("artifacts") or {})]
+    for task, metric, value, stderr in lm_eval_rows(state.get("metrics") or {}):
+        spread = f" ± {stderr:.4f}" if stderr is not None else ""
+        lines.append(f"finetune: lm-eval {task} {metric} {value:.4f}{spread}")
+    return lines
 
 
 @app.command(epilog=epilog("sweep"))

@@ -458,9 +458,50 @@ def events_table(events: list[Obj], last: int = 10) -> Table:
     return table
 
 
+LM_EVAL_PREFIX = "lmEval."
+
+
+def lm_eval_rows(metrics: dict[str, Any]) -> list[tuple[str, str, float, float | None]]:
+    """(task, metric, value, stderr) from status.metrics `lmEval.<task>.<metric>` keys."""
+    rows = []
+    for key, value in metrics.items():
+        if not key.startswith(LM_EVAL_PREFIX) or key.endswith("_stderr"):
+            continue
+        task, _, metric = key[len(LM_EVAL_PREFIX) :].partition(".")
+        # the stderr key sits beside the metric name (`acc_stderr`, before any `.filter`)
+        name, dot, filter_name = metric.partition(".")
+        stderr = metrics.get(f"{LM_EVAL_PREFIX}{task}.{name}_stderr{dot}{filter_name}")
+        rows.append((task, metric, float(value), float(stderr) if stderr is not None else None))
+    return sorted(rows)
+
+
+def lm_eval_table(metrics: dict[str, Any]) -> Table | None:
+    rows = lm_eval_rows(metrics)
+    if not rows:
+        return None
+    table = Table(box=None, padding=(0, 2), pad_edge=False)
+    for column in ("TASK", "METRIC", "VALUE", "STDERR"):
+        table.add_column(column, style="bold" if column == "TASK" else None)
+    for task, metric, value, stderr in rows:
+        table.add_row(task, metric, f"{value:.4f}", "" if stderr is None else f"{stderr:.4f}")
+    return table
+
+
+def tracking_lines(artifacts: dict[str, Any]) -> list[str]:
+    """The MLflow run's link and the registered model version, where the run has them."""
+    lines = []
+    if artifacts.get("trackingRun"):
+        lines.append(f"MLflow run: {artifacts['trackingRun']}")
+    if artifacts.get("modelVersion"):
+        lines.append(f"registered model: {artifacts['modelVersion']}")
+    return lines
+
+
 def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
     """Sections of `finetune describe` for a FineTuneJob."""
     st, spec = status(ftj), ftj.get("spec") or {}
+    all_metrics = st.get("metrics") or {}
+    plain = {k: v for k, v in all_metrics.items() if not k.startswith(LM_EVAL_PREFIX)}
     model = spec.get("model") or {}
     head = Table.grid(padding=(0, 2))
     for key, value in (
@@ -471,7 +512,8 @@ def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
         ("Model", str(model.get("name") or model.get("path") or "")),
         ("Trial", _trial_of(ftj)),
         ("Progress", progress_cell(ftj)),
-        ("Metrics", "  ".join(f"{k} {_fmt(v)}" for k, v in (st.get("metrics") or {}).items())),
+        ("Metrics", "  ".join(f"{k} {_fmt(v)}" for k, v in plain.items())),
+        ("Tracking", "  ".join(tracking_lines(st.get("artifacts") or {}))),
         ("Started", str(st.get("startTime") or "")),
         ("Completed", str(st.get("completionTime") or "")),
         ("Age", age(ftj)),
@@ -479,6 +521,9 @@ def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
         if value:
             head.add_row(Text(key, style="bold"), value)
     sections: list[RenderableType] = [head]
+    lm_eval = lm_eval_table(all_metrics)
+    if lm_eval is not None:
+        sections += [_section("lm-eval"), lm_eval]
     why = explain(ftj, details)
     if why:
         sections.append(_section("Why it failed" if phase_of(ftj) == "Failed" else "Problems"))

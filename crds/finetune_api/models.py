@@ -480,6 +480,114 @@ class Cache(ApiModel):
     )
 
 
+class MlflowTracking(ApiModel):
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="The MLflow tracking server, e.g. http://mlflow.mlops:5000.",
+    )
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Experiment name (created when missing); default: the job's namespace.",
+    )
+    register_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Register the trained model (or adapter) as a new version of this "
+        "registered model.",
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="A Secret key holding the server's token (MLFLOW_TRACKING_TOKEN); only "
+        "the reference travels.",
+    )
+
+
+class Tracking(ApiModel):
+    mlflow: MlflowTracking | None = Field(
+        None,
+        description="Log params (the resolved spec), every metric at its step and the "
+        "run's files to an MLflow tracking server; a server that is down costs at most a "
+        "bounded timeout and never fails the run.",
+    )
+
+
+LM_EVAL_TASK = r"^[A-Za-z0-9_.-]+$"
+
+
+class LmEval(ApiModel):
+    tasks: list[Annotated[str, Field(pattern=LM_EVAL_TASK, max_length=128)]] = Field(
+        min_length=1,
+        max_length=32,
+        description="lm-evaluation-harness task names (or task groups).",
+    )
+    limit: int | None = Field(None, ge=1, description="At most this many examples per task.")
+    num_fewshot: int | None = Field(None, ge=0, le=64, description="Few-shot examples.")
+    include_path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="A folder of task YAMLs, as lm-eval's --include_path (relative paths "
+        "resolve against the spec's folder).",
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="lm-eval's batch size.")
+
+
+class Evaluation(ApiModel):
+    lm_eval: LmEval | None = Field(
+        None,
+        description="Run EleutherAI's lm-evaluation-harness on the trained model after "
+        "training (rank 0); results are status.metrics lmEval.<task>.<metric>.",
+    )
+
+
+class PromoteWhen(ApiModel):
+    """The evaluation gate: `metric` (a status.metrics key) at least `minimum`, or at
+    most `maximum` (exactly one)."""
+
+    metric: str = Field(min_length=1, max_length=256)
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> PromoteWhen:
+        if (self.minimum is None) == (self.maximum is None):
+            raise ValueError("promote.when needs exactly one of minimum or maximum")
+        return self
+
+
+class InferenceServiceSpec(ApiModel):
+    runtime: str | None = Field(
+        None,
+        max_length=253,
+        description="A KServe ServingRuntime name; default: KServe picks the huggingface "
+        "runtime for modelFormat huggingface.",
+    )
+    backend: Literal["vllm", "huggingface"] | None = Field(
+        None,
+        description="The huggingface runtime's backend; default vllm with a GPU, "
+        "huggingface (transformers) on CPU.",
+    )
+    storage_uri: str | None = Field(
+        None,
+        max_length=2048,
+        description="Serve from here instead of the run's artifacts (e.g. s3://bucket/run).",
+    )
+    gpus: int = Field(0, ge=0, le=64)
+    cpu: Quantity = Field("1")
+    memory: Quantity = Field("4Gi")
+    args: list[str] = Field(default_factory=list, max_length=64)
+
+
+class Promote(ApiModel):
+    when: PromoteWhen
+    inference_service: InferenceServiceSpec = Field(default_factory=InferenceServiceSpec)
+
+
 HF_CACHE_MOUNT = "/cache/huggingface"  # where spec.cache is mounted (HF_HOME)
 # CEL: with nodes > 1 every pod must reach the model (rule text in Resources.nodes).
 MULTI_NODE_RULE = (
@@ -611,6 +719,10 @@ class FineTuneJobSpec(ApiModel):
         None,
         description="A PVC used as the Hugging Face cache on every trainer pod; absent = a "
         "per-pod emptyDir (each pod downloads the model).",
+    )
+    tracking: Tracking | None = Field(None, description="Experiment tracking (MLflow).")
+    evaluation: Evaluation | None = Field(
+        None, description="Benchmark evaluation after training (lm-evaluation-harness)."
     )
     image: str | None = Field(None, description="Trainer image; default from the operator.")
     backoff_limit: int = Field(2, ge=0, le=100)
@@ -882,6 +994,7 @@ class HyperparameterSweepSpec(ApiModel):
 def template_metrics(spec: FineTuneJobSpec) -> tuple[frozenset[str], str]:
     """The metric names a run of `spec` reports (task_metrics.reported_metrics), and the
     run described in words for an error message."""
+    lm_eval = spec.evaluation.lm_eval if spec.evaluation else None
     options = [
         name
         for name, on in (
@@ -905,6 +1018,7 @@ def template_metrics(spec: FineTuneJobSpec) -> tuple[frozenset[str], str]:
         pruning_schedule=spec.pruning.effective_schedule if spec.pruning else None,
         method=spec.method.type,
         chat=spec.dataset.format is not DataFormat.text,
+        lm_eval_tasks=tuple(lm_eval.tasks) if lm_eval else (),
     )
     what = f"a {spec.task.value} trial" + (f" with {', '.join(options)}" if options else "")
     return reported, what

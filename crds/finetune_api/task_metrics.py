@@ -57,6 +57,28 @@ PREFERENCE = frozenset(  # method dpo / orpo (TRL's reward statistics)
 ORPO = frozenset({"logOddsRatio"})
 PRUNING = frozenset({"sparsity", "parameters", "nonzeroParameters", "sizeMb", "compressedSizeMb"})
 DENSE_HEADLINE = ("accuracy", "f1Macro", "evalLoss", "perplexity")  # one-shot pruning
+# spec.evaluation.lmEval: status.metrics `lmEval.<task>.<metric>` (the harness's filter
+# "none"; another filter F adds `.F`), with `<metric>_stderr` beside each. The metric names
+# a task may report are the harness's common ones (a sweep objective is checked on them).
+LM_EVAL_PREFIX = "lmEval"
+LM_EVAL_METRICS = (
+    "acc",
+    "acc_norm",
+    "exact_match",
+    "f1",
+    "mcc",
+    "bleu",
+    "perplexity",
+    "word_perplexity",
+    "byte_perplexity",
+    "bits_per_byte",
+)
+
+
+def lm_eval_key(task: str, metric: str, filter_name: str = "none") -> str:
+    """The status.metrics key of one lm-eval result (`lmEval.<task>.<metric>[.<filter>]`)."""
+    key = f"{LM_EVAL_PREFIX}.{task}.{metric}"
+    return key if filter_name == "none" else f"{key}.{filter_name}"
 
 
 def reported_metrics(
@@ -68,11 +90,13 @@ def reported_metrics(
     pruning_schedule: str | None = None,
     method: str = "sft",
     chat: bool = False,
+    lm_eval_tasks: tuple[str, ...] = (),
 ) -> frozenset[str]:
     """Every status.metrics key a run of this shape may report."""
+    lm_eval = {lm_eval_key(t, m) for t in lm_eval_tasks for m in LM_EVAL_METRICS}
     if method != "sft":  # preference tuning: rewards, not perplexity
-        return frozenset(EVERY_RUN | PREFERENCE | (ORPO if method == "orpo" else set()))
-    names = set(EVERY_RUN | BY_TASK[task])
+        return frozenset(EVERY_RUN | PREFERENCE | (ORPO if method == "orpo" else set()) | lm_eval)
+    names = set(EVERY_RUN | BY_TASK[task]) | lm_eval
     if chat:
         names |= CHAT
     if task == "causal-lm" and target_column:

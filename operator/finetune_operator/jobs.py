@@ -132,7 +132,19 @@ def _env(ftj: FineTuneJob, uid: str, config: OperatorConfig) -> list[dict[str, A
         }
         for s in ftj.spec.secrets
     )
+    tracking = ftj.spec.tracking.mlflow if ftj.spec.tracking else None
+    if tracking is not None and tracking.secret_ref is not None:
+        ref = tracking.secret_ref
+        env.append(
+            {
+                "name": MLFLOW_TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
     return env
+
+
+MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # spec.tracking.mlflow.secretRef
 
 
 def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:

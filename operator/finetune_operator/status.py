@@ -285,11 +285,14 @@ class _Seen:
     image: str
     metrics: dict[str, float] = field(init=False)
     artifacts: dict[str, str] = field(init=False)
+    note: str = field(init=False)  # a successful run's note (e.g. what tracking lost)
 
     def __post_init__(self) -> None:
         report = _report_from_pods(self.pods) or {}
         self.metrics = _numbers(report.get("metrics"))
         self.artifacts = _strings(report.get("artifacts"))
+        succeeded = report.get("phase") == "Succeeded"
+        self.note = str(report.get("message") or "") if succeeded else ""
 
     @property
     def jstatus(self) -> dict[str, Any]:
@@ -312,6 +315,8 @@ def _succeeded(seen: _Seen, done: dict[str, Any] | None) -> Derived:
     message = f"Training succeeded; artifacts in {where}."
     if summary:
         message += f" {summary}."
+    if seen.note:
+        message += f" {seen.note}"
     return seen.out(Phase.succeeded, "Succeeded", message, completion)
 
 

@@ -23,6 +23,7 @@ from support.plane import Plane
 pytestmark = pytest.mark.trainer
 
 NAMESPACE = "team-a"
+TASKS = str(Path(__file__).resolve().parents[2] / "examples" / "lm-eval-tasks")
 FAST = {"epochs": 2, "batchSize": 8, "evalSteps": 4, "loggingSteps": 2}
 
 
@@ -42,6 +43,12 @@ ROUTINES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qat": ("classification", "bert_dir", {"quantization": {"mode": "qat"}}),
     "masked-lm": ("masked-lm", "bert_dir", {}),
     "causal-lm-lora-merge": ("causal-lm", "gpt2_dir", {"lora": {"rank": 4, "merge": True}}),
+    # lmEval.<task>.<metric> keys (dots) and artifacts.lmEval
+    "causal-lm-lm-eval": (
+        "causal-lm",
+        "gpt2_dir",
+        {"evaluation": {"lmEval": {"tasks": ["tiny_colors"], "includePath": TASKS, "limit": 8}}},
+    ),
     "early-stopping": (
         "classification",
         "bert_dir",
@@ -148,6 +155,9 @@ def test_every_status_write_survives_the_apiserver(
     written = json.loads((out / "metrics.json").read_text())
     for key in patches[-1]:
         assert stored[key] == written[key], key
+    if "evaluation" in overrides:  # the dotted lm-eval keys reached the server
+        assert "lmEval.tiny_colors.acc" in stored["metrics"], stored["metrics"]
+        assert stored["artifacts"]["lmEval"].endswith("lm_eval.json")
 
 
 def test_the_check_catches_a_field_the_crd_does_not_know(control_plane: Plane) -> None:

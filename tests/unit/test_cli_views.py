@@ -99,3 +99,56 @@ def test_explain_says_each_reason_once() -> None:
     assert "DeadlineExceeded: the Job ran longer than activeDeadlineSeconds (60 s)" in reasons[1]
     assert reasons[2] == "ImagePullBackOff: cannot pull image 'trainer:9': not found"
     assert len(reasons) == 3  # pods: the newest only
+
+
+def test_describe_shows_the_tracking_link_and_the_lm_eval_table() -> None:
+    from rich.console import Console
+
+    status = {
+        "phase": "Succeeded",
+        "metrics": {
+            "perplexity": 3.5,
+            "lmEval.tiny_colors.acc": 0.75,
+            "lmEval.tiny_colors.acc_stderr": 0.0903,
+            "lmEval.gsm8k.exact_match.strict-match": 0.25,
+        },
+        "artifacts": {
+            "trackingRun": "http://mlflow:5000/#/experiments/1/runs/abc",
+            "modelVersion": "models:/bot/3",
+        },
+    }
+    console = Console(width=200, record=True)
+    for section in views.describe_job(ftj(status), Details(job=None, pods=[])):
+        console.print(section)
+    text = console.export_text()
+    assert "http://mlflow:5000/#/experiments/1/runs/abc" in text
+    assert "models:/bot/3" in text
+    assert views.lm_eval_rows(status["metrics"]) == [
+        ("gsm8k", "exact_match.strict-match", 0.25, None),
+        ("tiny_colors", "acc", 0.75, 0.0903),
+    ]
+    row = next(line for line in text.splitlines() if "tiny_colors" in line)
+    assert row.split() == ["tiny_colors", "acc", "0.7500", "0.0903"]
+    metrics_row = next(line for line in text.splitlines() if line.startswith("Metrics"))
+    assert "lmEval" not in metrics_row
+
+
+def test_predict_summary_names_the_tracking_run_and_lm_eval(tmp_path: Any) -> None:
+    import json
+
+    from finetune_cli.app import run_summary
+
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "phase": "Succeeded",
+                "metrics": {"lmEval.tiny_colors.acc": 0.5, "perplexity": 2.0},
+                "artifacts": {"trackingRun": "http://m/#/experiments/1/runs/r"},
+            }
+        )
+    )
+    assert run_summary(tmp_path) == [
+        "finetune: MLflow run: http://m/#/experiments/1/runs/r",
+        "finetune: lm-eval tiny_colors acc 0.5000",
+    ]
+    assert run_summary(tmp_path / "missing") == []

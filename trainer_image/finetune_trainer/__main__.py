@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 "phase": "Succeeded",
                 "metrics": metrics,
                 "artifacts": state.get("artifacts", {}),
-                "message": "",
+                "message": state.get("message", ""),  # e.g. what tracking lost
             }
         )
         return 0

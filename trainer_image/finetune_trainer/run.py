@@ -36,6 +36,7 @@ from finetune_trainer import (
     lm_speed,
     rundir,
     throughput,
+    tracking,
 )
 from finetune_trainer.batching import FastTrainer
 from finetune_trainer.data import load_raw
@@ -123,6 +124,8 @@ def run(
     with rundir.locked(output_dir, main=world.is_main), sigterm_raises():
         records = rundir.RunRecords(output_dir)
         reporter = Reporter([MetricsFileSink(records.live), *sinks] if world.is_main else [])
+        # spec.tracking: MLflow, from rank 0 only, never blocking training (tracking.py)
+        tracker = tracking.attach(job, reporter=reporter) if world.is_main else None
         try:
             metrics = _run(
                 job.spec,
@@ -132,6 +135,7 @@ def run(
                 reporter,
                 list(callbacks),
                 progress_bar,
+                tracker,
             )
         except BaseException as err:
             message = failure_message(err, output_dir)
@@ -139,6 +143,9 @@ def run(
             if world.is_main:
                 rundir.record_failure(records)
             raise
+        finally:
+            if tracker is not None:
+                tracker.close()
         if world.is_main:
             records.succeeded()
         return metrics
@@ -152,16 +159,40 @@ def _run(
     reporter: Reporter,
     callbacks: list[TrainerCallback],
     progress_bar: bool,
+    tracker: tracking.MlflowSink | None = None,
 ) -> dict[str, float]:
     _quiet_libraries(progress_bar)
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
     state.trainer = _build_trainer(state, callbacks)
+    if tracker is not None:
+        tracker.log_params(state.spec)  # the resolved spec (batchSize auto made concrete)
     _train(state)
     _compression_finish(state)
     _evaluate(state)
     _save(state)
-    reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts)
+    _lm_eval(state, spec_dir)
+    notes = []
+    if tracker is not None:
+        state.artifacts |= tracker.finish(state.final, state.artifacts)
+        notes.append(tracker.note())
+    message = "; ".join(n for n in notes if n)
+    reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts, message=message)
     return dict(reporter.state.metrics)
+
+
+def _lm_eval(state: RunState, spec_dir: Path | None) -> None:
+    """spec.evaluation.lmEval: lm-evaluation-harness on the trained model, rank 0 only
+    (lm_eval_run.py); its results join the final metrics."""
+    config = state.spec.evaluation.lm_eval if state.spec.evaluation else None
+    if config is None or not state.world.is_main:
+        return
+    from finetune_trainer import lm_eval_run  # lm-eval only when asked for
+
+    results = lm_eval_run.evaluate(
+        state.trainer.model, state.tokenizer, config, spec_dir, state.output_dir
+    )
+    state.final |= results.metrics
+    state.artifacts["lmEval"] = str(results.path)
 
 
 def _quiet_libraries(progress_bar: bool) -> None:
