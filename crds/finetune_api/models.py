@@ -399,6 +399,41 @@ class Output(ApiModel):
     )
 
 
+DEFAULT_GRACE_SECONDS = (
+    120  # pod terminationGracePeriodSeconds without checkpoint.gracePeriodSeconds
+)
+DEFAULT_KEEP = 2
+
+
+class Checkpoint(ApiModel):
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        description="Where checkpoints outlive the pod: a path (a PVC under spec.volumes, "
+        "a local folder) or an object-store URI (s3://bucket/prefix, gs://..., any fsspec "
+        "scheme installed in the image). A checkpoint is complete only once its marker "
+        "(written last, by rank 0) is there; a restarted run of the same spec resumes from "
+        "the newest complete one. Absent: checkpoints stay in the output directory.",
+    )
+    interval_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Save a checkpoint at least this often (seconds of training); default "
+        "600 (FINETUNE_CHECKPOINT_SECONDS), plus every epoch.",
+    )
+    keep: int = Field(
+        DEFAULT_KEEP, ge=1, le=100, description="How many complete checkpoints uri keeps."
+    )
+    grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description="The trainer pod's terminationGracePeriodSeconds: time from SIGTERM "
+        f"(eviction, preemption, deletion) to SIGKILL, in which the trainer saves a "
+        f"checkpoint of its last completed step; default {DEFAULT_GRACE_SECONDS}.",
+    )
+
+
 class Toleration(ApiModel):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
@@ -592,6 +627,11 @@ class FineTuneJobSpec(ApiModel):
     )
     pruning: Pruning | None = Field(None, description="Prune the model (any task).")
     output: Output = Field(default_factory=Output)
+    checkpoint: Checkpoint | None = Field(
+        None,
+        description="Checkpoints: where (uri), how often, how many, and the grace period "
+        "after SIGTERM in which the last completed step is saved.",
+    )
     resources: Resources = Field(default_factory=Resources)
     secrets: list[SecretEnv] = Field(
         default_factory=list,

@@ -31,6 +31,7 @@ from finetune_trainer import (
     atomic,
     autobatch,
     distributed,
+    durable,
     evaluation,
     heartbeat,
     lm_speed,
@@ -57,13 +58,14 @@ from finetune_trainer.report import (
 )
 from finetune_trainer.rundir import RUN_INFO
 from finetune_trainer.runstate import RunState
-from finetune_trainer.signals import sigterm_raises
+from finetune_trainer.signals import deferred, sigterm_raises
 from finetune_trainer.tasks import recipe_for
 from finetune_trainer.training import (
     CHECKPOINTS,
     QuietProgressCallback,
     TimedCheckpoints,
     checkpoint_interval,
+    fingerprint,
     resume_checkpoint,
     total_steps,
     training_arguments,
@@ -154,7 +156,13 @@ def _run(
     progress_bar: bool,
 ) -> dict[str, float]:
     _quiet_libraries(progress_bar)
+    # spec.checkpoint.uri is reached before anything loads: a bad bucket fails in seconds
+    store = durable.store_for(spec.checkpoint.uri if spec.checkpoint else None, spec_dir)
+    if store is not None and distributed.world().is_main:
+        store.check()
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
+    keep = spec.checkpoint.keep if spec.checkpoint else 1
+    state.publisher = durable.Publisher(store, fingerprint(spec), keep)
     state.trainer = _build_trainer(state, callbacks)
     _train(state)
     _compression_finish(state)
@@ -341,7 +349,15 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
     if hp.eval_steps is None and not state.world.distributed:
         # Time-based saves would differ between ranks; several workers save per epoch only.
-        trainer.add_callback(TimedCheckpoints(checkpoint_interval()))
+        trainer.add_callback(TimedCheckpoints(checkpoint_interval(spec)))
+    # SIGTERM saves the last completed step and exits 143; each save goes to checkpoint.uri
+    assert state.publisher is not None
+    for durable_callback in (
+        durable.PublishCheckpoints(state.publisher),
+        durable.SaveOnSigterm(state.publisher),
+    ):
+        durable_callback.trainer = trainer
+        trainer.add_callback(durable_callback)
     if spec.pruning is not None and spec.pruning.effective_schedule == "gradual":
         from finetune_trainer import pruning
 
@@ -359,6 +375,14 @@ def _train(state: RunState) -> None:
     spec, trainer = state.spec, state.trainer
     with trainer.args.main_process_first(local=False, desc="checkpoints"):
         state.resume = resume_checkpoint(state.output_dir, spec)  # rank 0 cleans up first
+        # the newest complete checkpoint at spec.checkpoint.uri, when newer (durable.py)
+        store = state.publisher.store if state.publisher else None
+        state.resume = durable.fetch_newest(
+            store,
+            state.publisher.fingerprint if state.publisher else "",
+            state.output_dir / CHECKPOINTS,
+            state.resume,
+        )
     steps = total_steps(spec, len(state.train_ds), state.world.size)
     state.final["worldSize"] = float(state.world.size)
     state.reporter.start(steps, message=_start_message(state, steps))
@@ -367,7 +391,8 @@ def _train(state: RunState) -> None:
             trainer, state.output_dir, state.resume
         )
     # halves the batch and doubles the accumulation on out-of-memory (autobatch.py)
-    train_result = autobatch.train(trainer, state.resume)
+    with deferred():  # SIGTERM: save at the next step boundary, then exit (durable.py)
+        train_result = autobatch.train(trainer, state.resume)
     state.final.update(status_metrics(train_result.metrics))
     state.final.update(throughput.metrics(trainer))
     state.final.update(
