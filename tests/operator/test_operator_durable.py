@@ -1,0 +1,77 @@
+"""Disruption is not failure, on the real control plane: a trainer pod evicted through the
+Eviction API (pods/eviction, what a drain and the scheduler's preemption use) ends with the
+apiserver's `DisruptionTarget` condition; the Job's podFailurePolicy ignores it, so the Job
+controller creates a new pod without counting a failure (backoffLimit 0 here: one counted
+failure would fail the Job), and the run finishes. The pod's grace period is
+spec.checkpoint.gracePeriodSeconds."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from operator_harness import (
+    FTJ,
+    JOB,
+    NAMESPACE,
+    POD,
+    SMALL_SPEC,
+    Cluster,
+    Kubelet,
+    OperatorRunner,
+    make_ftj,
+)
+
+pytestmark = pytest.mark.operator
+
+
+def _condition(pod: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+async def test_an_evicted_trainer_pod_is_replaced_without_counting_a_failure(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    spec = copy.deepcopy(SMALL_SPEC)
+    spec |= {"backoffLimit": 0, "checkpoint": {"gracePeriodSeconds": 45}}
+    await cluster.create(FTJ, make_ftj("evicted", spec))
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "evicted-train")
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+    first = await kubelet.run_pod(job)
+    name = first["metadata"]["name"]
+    assert first["spec"]["terminationGracePeriodSeconds"] == 45
+
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+    }
+    await cluster.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/eviction", eviction)
+    kubelet.ordered.add(first["metadata"]["uid"])  # the evicted pod takes no more orders
+
+    # The evicted pod's last status carries the apiserver's DisruptionTarget condition,
+    # and the stub trainer's SIGTERM exit (143): a failure by exit code, ignored by policy.
+    seen: dict[str, Any] = {}
+
+    def disrupted() -> bool:
+        pod = cluster.get_object(POD, NAMESPACE, name)
+        if pod is not None and _condition(pod, "DisruptionTarget"):
+            seen.update(pod)
+        return bool(seen) or pod is None
+
+    await cluster.wait_for(disrupted, 30, f"pod {name} DisruptionTarget")
+    assert seen, "the evicted pod was deleted before its DisruptionTarget condition was seen"
+    target = _condition(seen, "DisruptionTarget")
+    assert target["status"] == "True" and target["reason"] == "EvictionByEvictionAPI"
+
+    second = await kubelet.run_pod(job, timeout=60)  # a new pod, same Job
+    assert second["metadata"]["name"] != name
+    status = cluster.status(JOB, NAMESPACE, "evicted-train")
+    assert not kubelet.job_condition(job, "Failed")
+    assert (status.get("failed") or 0) == 0  # ignored: nothing counted against backoffLimit
+    await kubelet.succeed(job, metrics={"accuracy": 0.9})
+    await cluster.wait_phase(NAMESPACE, "evicted", "Succeeded")
