@@ -434,6 +434,24 @@ class Checkpoint(ApiModel):
     )
 
 
+class Budget(ApiModel):
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="Stop at this cost: GPU-hours x the operator's price per GPU-hour "
+        "(chart cost.gpuHourPrice; FINETUNE_GPU_HOUR_PRICE locally), priced as status cost.",
+    )
+    max_gpu_hours: float | None = Field(
+        None, gt=0, description="Stop at this many GPU-hours of training (GPUs x hours)."
+    )
+    max_duration_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many seconds of training wall time (summed over "
+        "resumes; works on CPU nodes too).",
+    )
+
+
 class Toleration(ApiModel):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
@@ -627,6 +645,12 @@ class FineTuneJobSpec(ApiModel):
     )
     pruning: Pruning | None = Field(None, description="Prune the model (any task).")
     output: Output = Field(default_factory=Output)
+    budget: Budget | None = Field(
+        None,
+        description="A spending limit: at maxCost, maxGpuHours or maxDurationSeconds the "
+        "trainer saves a checkpoint and stops; the run goes Suspended with reason "
+        "BudgetExhausted. Raising the budget resumes from that checkpoint.",
+    )
     checkpoint: Checkpoint | None = Field(
         None,
         description="Checkpoints: where (uri), how often, how many, and the grace period "

@@ -255,3 +255,70 @@ def test_bad_checkpoint_storage_is_one_error_line_naming_the_field(
     assert "Traceback" not in result.stderr
     assert "step 1/" not in result.stdout  # refused before training
     assert time.monotonic() - started < 120
+
+
+def test_a_spent_budget_suspends_with_a_checkpoint_and_a_larger_one_finishes(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_api.models import FineTuneJob
+    from finetune_trainer.run import run
+    from finetune_trainer.signals import BudgetExhausted
+
+    train, dev = sentiment_data
+    out = tmp_path / "out"
+    store = tmp_path / "store"
+    hp = {"maxSteps": 300, "batchSize": 8, "evalSteps": 1000, "loggingSteps": 10}
+    job = make_job(
+        task="classification",
+        model_path=bert_dir,
+        train=train,
+        eval=dev,
+        hyperparameters=hp,
+        checkpoint={"uri": str(store)},
+        budget={"maxDurationSeconds": 2},
+    )
+    with pytest.raises(BudgetExhausted) as stopped:
+        run(job, spec_dir=tmp_path, output_dir=out)
+    step = stopped.value.step
+    assert 0 < step < 300
+    state = json.loads((out / "metrics.json").read_text())
+    assert state["phase"] == "Suspended" and state["reason"] == "BudgetExhausted"
+    assert state["message"].startswith(f"budget exhausted at step {step}/300: maxDurationSeconds 2")
+    assert (store / f"checkpoint-{step}" / MARKER).is_file()
+    spent = json.loads((store / f"checkpoint-{step}" / "finetune-spent.json").read_text())
+    assert spent["trainingSeconds"] >= 2
+
+    # The same budget again: already spent, it stops at the next step (time sums over resumes)
+    with pytest.raises(BudgetExhausted) as again:
+        run(job, spec_dir=tmp_path, output_dir=out)
+    assert again.value.step == step + 1
+
+    raised = FineTuneJob.model_validate(
+        job.dump() | {"spec": job.spec.dump() | {"budget": {"maxDurationSeconds": 3600}}}
+    )
+    starts: list[str] = []
+
+    class Record:
+        def emit(self, event: Any, state: Any) -> None:
+            if event.kind == "start":
+                starts.append(event.message)
+
+    run(raised, spec_dir=tmp_path, output_dir=out, sinks=[Record()])
+    assert f"resuming from checkpoint-{step + 1}" in starts[0]
+    state = json.loads((out / "metrics.json").read_text())
+    assert state["phase"] == "Succeeded" and state["progress"]["step"] == 300
+
+
+def test_max_cost_without_a_price_is_refused_before_training(
+    bert_dir: Path, make_job: MakeJob, sentiment_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from finetune_api.manifest import UserError
+    from finetune_trainer.run import run
+
+    train, dev = sentiment_data
+    job = make_job(
+        task="classification", model_path=bert_dir, train=train, eval=dev, budget={"maxCost": 5}
+    )
+    os.environ.pop("FINETUNE_GPU_HOUR_PRICE", None)
+    with pytest.raises(UserError, match=r"^spec.budget.maxCost: no price per GPU-hour"):
+        run(job, spec_dir=tmp_path, output_dir=tmp_path / "out")

@@ -42,6 +42,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from finetune_api.models import Budget
 from finetune_trainer import signals, storage
 
 log = logging.getLogger(__name__)
@@ -179,22 +180,55 @@ def _any_rank(flag: bool, args: TrainingArguments) -> bool:
     return bool(value.item())
 
 
-class Publisher:
-    """Publishes each checkpoint the Trainer saves to the store (None: local only)."""
+SPENT_FILE = "finetune-spent.json"  # in each checkpoint: training seconds so far
 
-    def __init__(self, store: CheckpointStore | None, fingerprint: str, keep: int) -> None:
+
+class Ledger:
+    """Training wall time, summed over resumes (each checkpoint records it)."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.before = 0.0  # seconds of the runs this one resumed
+        self.started: float | None = None
+
+    def resume_from(self, checkpoint: str | None) -> None:
+        path = Path(checkpoint) / SPENT_FILE if checkpoint else None
+        if path is not None and path.is_file():
+            self.before = float(json.loads(path.read_text()).get("trainingSeconds", 0.0))
+
+    def start(self) -> None:
+        self.started = self.clock()
+
+    def seconds(self) -> float:
+        running = self.clock() - self.started if self.started is not None else 0.0
+        return self.before + running
+
+    def write(self, checkpoint: Path) -> None:
+        (checkpoint / SPENT_FILE).write_text(json.dumps({"trainingSeconds": self.seconds()}))
+
+
+class Publisher:
+    """Records the spent time in each checkpoint the Trainer saves and publishes it to the
+    store (None: local only)."""
+
+    def __init__(
+        self, store: CheckpointStore | None, fingerprint: str, keep: int, ledger: Ledger
+    ) -> None:
         self.store = store
         self.fingerprint = fingerprint
         self.keep = keep
+        self.ledger = ledger
         self.published: list[str] = []
 
     def publish(self, trainer: Trainer) -> None:
-        if self.store is None:
-            return
         last = get_last_checkpoint(trainer.args.output_dir)
         if last is None:
             return
         args = trainer.args
+        if args.process_index == 0:
+            self.ledger.write(Path(last))
+        if self.store is None:
+            return
         started = time.monotonic()
         self.store.upload(Path(last), args.process_index, args.world_size)
         _barrier()
@@ -224,6 +258,21 @@ class PublishCheckpoints(TrainerCallback):
             self.publisher.publish(self.trainer)
 
 
+def save_now(trainer: Trainer, publisher: Publisher) -> float | None:
+    """A checkpoint of the last completed optimizer step (a half-accumulated step is
+    dropped), published; the seconds it took (None before the first step)."""
+    state, model = trainer.state, trainer.model
+    if state.global_step == 0 or model is None:
+        return None
+    started = time.monotonic()
+    model.zero_grad(set_to_none=True)
+    latest = get_last_checkpoint(trainer.args.output_dir)
+    if latest is None or step_of(latest) != state.global_step:
+        trainer._save_checkpoint(model, trial=None)
+    publisher.publish(trainer)
+    return time.monotonic() - started
+
+
 class SaveOnSigterm(TrainerCallback):
     """SIGTERM during training: save the last completed step, publish it, exit 143."""
 
@@ -235,20 +284,10 @@ class SaveOnSigterm(TrainerCallback):
     def _stop_if_asked(self, args: TrainingArguments, state: TrainerState) -> None:
         if not _any_rank(signals.requested(), args):
             return
-        trainer = self.trainer
-        if trainer is not None and state.global_step > 0 and trainer.model is not None:
-            started = time.monotonic()
-            trainer.model.zero_grad(set_to_none=True)  # a half-accumulated step is dropped
-            latest = get_last_checkpoint(args.output_dir)
-            if latest is None or step_of(latest) != state.global_step:
-                trainer._save_checkpoint(trainer.model, trial=None)
-            self.publisher.publish(trainer)
-            self.saved_at = time.monotonic()
-            log.warning(
-                "SIGTERM: saved checkpoint-%d in %.1f s",
-                state.global_step,
-                self.saved_at - started,
-            )
+        if self.trainer is not None:
+            seconds = save_now(self.trainer, self.publisher)
+            if seconds is not None:
+                log.warning("SIGTERM: saved checkpoint-%d in %.1f s", state.global_step, seconds)
         raise signals.Terminated()
 
     def on_step_end(
@@ -267,6 +306,71 @@ class SaveOnSigterm(TrainerCallback):
     ) -> None:
         if args.world_size <= 1:  # an evaluation inside training
             self._stop_if_asked(args, state)
+
+
+class BudgetStop(TrainerCallback):
+    """spec.budget: at a step end where training time, GPU-hours or cost reach the budget,
+    save and publish a checkpoint and raise BudgetExhausted (every rank agrees first)."""
+
+    def __init__(
+        self,
+        budget: Budget,
+        publisher: Publisher,
+        gpus: int,
+        price_per_gpu_hour: float | None,
+    ) -> None:
+        self.budget = budget
+        self.publisher = publisher
+        self.gpus = gpus
+        self.price = price_per_gpu_hour
+        self.trainer: Trainer | None = None
+
+    def spent(self) -> str | None:
+        """Which limit is reached, in words (None: within budget)."""
+        seconds = self.publisher.ledger.seconds()
+        gpu_hours = self.gpus * seconds / 3600.0
+        budget = self.budget
+        if budget.max_duration_seconds is not None and seconds >= budget.max_duration_seconds:
+            return f"maxDurationSeconds {budget.max_duration_seconds} ({seconds:.1f} s of training)"
+        if budget.max_gpu_hours is not None and gpu_hours >= budget.max_gpu_hours:
+            return f"maxGpuHours {budget.max_gpu_hours} ({gpu_hours:.4f} GPU-hours)"
+        if budget.max_cost is not None and self.price is not None:
+            cost = gpu_hours * self.price
+            if cost >= budget.max_cost:
+                return f"maxCost {budget.max_cost} ({cost:.4f} at {self.price}/GPU-hour)"
+        return None
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        which = self.spent()
+        if not _any_rank(which is not None, args) or state.global_step >= state.max_steps:
+            return
+        if self.trainer is not None:
+            save_now(self.trainer, self.publisher)
+        where = f" and {self.publisher.store.uri}" if self.publisher.store else ""
+        raise signals.BudgetExhausted(
+            f"budget exhausted at step {state.global_step}/{state.max_steps}: "
+            f"{which or 'another rank reached it'}; checkpoint-{state.global_step} is saved "
+            f"in {args.output_dir}{where}; raise spec.budget and run again to resume",
+            state.global_step,
+        )
+
+
+def check_budget(budget: Budget | None) -> None:
+    """maxCost needs a price per GPU-hour: refused before training without one."""
+    if budget is not None and budget.max_cost is not None and price_per_gpu_hour() is None:
+        raise storage.StorageError(
+            "spec.budget.maxCost: no price per GPU-hour is configured (the chart's "
+            "cost.gpuHourPrice, or FINETUNE_GPU_HOUR_PRICE for a local run); set one, "
+            "or use maxGpuHours / maxDurationSeconds"
+        )
+
+
+def price_per_gpu_hour() -> float | None:
+    """FINETUNE_GPU_HOUR_PRICE: set by the operator from its cost.gpuHourPrice."""
+    value = os.environ.get("FINETUNE_GPU_HOUR_PRICE")
+    return float(value) if value else None
 
 
 def store_for(uri: str | None, spec_dir: Path | None) -> CheckpointStore | None:

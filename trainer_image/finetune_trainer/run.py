@@ -58,7 +58,7 @@ from finetune_trainer.report import (
 )
 from finetune_trainer.rundir import RUN_INFO
 from finetune_trainer.runstate import RunState
-from finetune_trainer.signals import deferred, sigterm_raises
+from finetune_trainer.signals import BudgetExhausted, deferred, sigterm_raises
 from finetune_trainer.tasks import recipe_for
 from finetune_trainer.training import (
     CHECKPOINTS,
@@ -135,6 +135,11 @@ def run(
                 list(callbacks),
                 progress_bar,
             )
+        except BudgetExhausted as err:  # a clean stop with a checkpoint: Suspended
+            reporter.end(phase="Suspended", message=err.message, reason=err.reason)
+            if world.is_main:
+                rundir.record_failure(records)
+            raise
         except BaseException as err:
             message = failure_message(err, output_dir)
             reporter.end(phase="Failed", message=message, reason=getattr(err, "reason", None))
@@ -157,12 +162,13 @@ def _run(
 ) -> dict[str, float]:
     _quiet_libraries(progress_bar)
     # spec.checkpoint.uri is reached before anything loads: a bad bucket fails in seconds
+    durable.check_budget(spec.budget)
     store = durable.store_for(spec.checkpoint.uri if spec.checkpoint else None, spec_dir)
     if store is not None and distributed.world().is_main:
         store.check()
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
     keep = spec.checkpoint.keep if spec.checkpoint else 1
-    state.publisher = durable.Publisher(store, fingerprint(spec), keep)
+    state.publisher = durable.Publisher(store, fingerprint(spec), keep, durable.Ledger())
     state.trainer = _build_trainer(state, callbacks)
     _train(state)
     _compression_finish(state)
@@ -352,10 +358,16 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
         trainer.add_callback(TimedCheckpoints(checkpoint_interval(spec)))
     # SIGTERM saves the last completed step and exits 143; each save goes to checkpoint.uri
     assert state.publisher is not None
-    for durable_callback in (
+    durable_callbacks: list[durable.PublishCheckpoints | durable.SaveOnSigterm | durable.BudgetStop]
+    durable_callbacks = [
         durable.PublishCheckpoints(state.publisher),
         durable.SaveOnSigterm(state.publisher),
-    ):
+    ]
+    if spec.budget is not None:  # save and stop at the budget (status Suspended)
+        gpus = state.world.size if torch.cuda.is_available() else 0
+        price = durable.price_per_gpu_hour()
+        durable_callbacks.append(durable.BudgetStop(spec.budget, state.publisher, gpus, price))
+    for durable_callback in durable_callbacks:
         durable_callback.trainer = trainer
         trainer.add_callback(durable_callback)
     if spec.pruning is not None and spec.pruning.effective_schedule == "gradual":
@@ -391,6 +403,9 @@ def _train(state: RunState) -> None:
             trainer, state.output_dir, state.resume
         )
     # halves the batch and doubles the accumulation on out-of-memory (autobatch.py)
+    if state.publisher is not None:  # training time so far, summed over resumes (budget)
+        state.publisher.ledger.resume_from(state.resume)
+        state.publisher.ledger.start()
     with deferred():  # SIGTERM: save at the next step boundary, then exit (durable.py)
         train_result = autobatch.train(trainer, state.resume)
     state.final.update(status_metrics(train_result.metrics))

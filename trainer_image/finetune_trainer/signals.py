@@ -25,6 +25,21 @@ class Terminated(BaseException):  # like KeyboardInterrupt: not an Exception
     """The process received SIGTERM during a run."""
 
 
+BUDGET_EXHAUSTED = "BudgetExhausted"
+
+
+class BudgetExhausted(BaseException):
+    """spec.budget is spent: a checkpoint was saved and the run stops (phase Suspended,
+    reason BudgetExhausted). Not an error: the image exits 0, so the Job is not retried."""
+
+    reason = BUDGET_EXHAUSTED
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+
+
 _deferring = False
 _requested = threading.Event()
 

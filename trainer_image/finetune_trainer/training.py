@@ -43,6 +43,7 @@ NOT_TRAINING = {
     "suspend",
     "cache",
     "checkpoint",
+    "budget",
 }
 
 
