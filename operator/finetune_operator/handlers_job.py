@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import kopf
 
+from finetune_api.conditions import BUDGET_EXHAUSTED
 from finetune_api.manifest import SpecError
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Phase
 from finetune_operator import kube, oom, usage
@@ -372,6 +373,7 @@ async def _reconcile(
         derived, attempt, jname = await _recover_from_oom(
             state, seen, model, derived, pods, attempt, jname
         )
+        derived = await _resume_after_budget(state, seen, model, derived, attempt)
     else:
         assert blocked is not None  # no Job: _ensure_job said why
         derived = blocked[0]
@@ -518,6 +520,26 @@ async def _recover_from_oom(
     if derived.oom_retry is not None and derived.reason != "OOMRetry":
         derived.message = f"{derived.message} {derived.oom_retry[1]}"  # the run's history
     return derived, attempt, jname
+
+
+async def _resume_after_budget(
+    state: ReconcileState, seen: Observed, model: FineTuneJob, derived: Derived, attempt: int
+) -> Derived:
+    """Suspended at spec.budget (the trainer saved a checkpoint and stopped): once the spec
+    changed (a raised budget) and is not suspended, a new Job resumes from the checkpoint
+    (the trainer's fingerprint ignores spec.budget)."""
+    if derived.reason != BUDGET_EXHAUSTED or seen.job is None or model.spec.suspend:
+        return derived
+    annotations = seen.job.get("metadata", {}).get("annotations") or {}
+    if annotations.get(ANNOTATION_SPEC_HASH) in (None, spec_hash(model.spec)):
+        return derived  # the same budget: it stays spent
+    namespace, old = seen.key[0], seen.job["metadata"]["name"]
+    await state.kube.delete(*JOB_RESOURCE, old, namespace, propagation="Background")
+    message = f"spec.budget changed; resuming in a new Job after: {derived.message}"
+    seen.events.append(("Normal", "BudgetRaised", message[:1024]))
+    seen.job = None
+    blocked = await _ensure_job(state, seen, model, attempt)
+    return blocked[0] if blocked is not None else Derived(Phase.pending, "Resuming", message)
 
 
 async def _retry_after_oom(

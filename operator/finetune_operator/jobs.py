@@ -123,6 +123,9 @@ def _env(ftj: FineTuneJob, uid: str, config: OperatorConfig) -> list[dict[str, A
         env.append(
             {"name": "FINETUNE_STATUS_INTERVAL", "value": str(config.status_interval_seconds)}
         )
+    if ftj.spec.budget is not None and config.gpu_hour_price is not None:
+        # spec.budget.maxCost is priced as status cost: the same price per GPU-hour
+        env.append({"name": "FINETUNE_GPU_HOUR_PRICE", "value": str(config.gpu_hour_price)})
     env.extend({"name": k, "value": v} for k, v in config.extra_env)
     # Secrets: only references travel; the value never leaves the Secret.
     env.extend(

@@ -8,6 +8,7 @@ spec.checkpoint.gracePeriodSeconds."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -75,3 +76,48 @@ async def test_an_evicted_trainer_pod_is_replaced_without_counting_a_failure(
     assert (status.get("failed") or 0) == 0  # ignored: nothing counted against backoffLimit
     await kubelet.succeed(job, metrics={"accuracy": 0.9})
     await cluster.wait_phase(NAMESPACE, "evicted", "Succeeded")
+
+
+async def test_a_spent_budget_suspends_and_a_raised_one_resumes_in_a_new_job(
+    cluster: Cluster, operator: OperatorRunner, kubelet: Kubelet
+) -> None:
+    spec = copy.deepcopy(SMALL_SPEC) | {"budget": {"maxDurationSeconds": 60}}
+    await cluster.create(FTJ, make_ftj("budget", spec))
+    job = await cluster.wait_for_object(JOB, NAMESPACE, "budget-train")
+    message = (
+        "budget exhausted at step 7/20: maxDurationSeconds 60 (60.2 s of training); "
+        "checkpoint-7 is saved in /output/checkpoints; raise spec.budget and run again to resume"
+    )
+    report = {
+        "phase": "Suspended",
+        "reason": "BudgetExhausted",
+        "message": message,
+        "step": 7,
+        "metrics": {},
+        "artifacts": {},
+    }
+    first = await kubelet.run_pod(job)
+    await kubelet.terminate(job, exit_code=0, message=json.dumps(report))
+    status = await cluster.wait_phase(NAMESPACE, "budget", "Suspended")
+    suspended = cluster.condition(NAMESPACE, "budget", "Suspended")
+    assert suspended["status"] == "True" and suspended["reason"] == "BudgetExhausted"
+    assert "at step 7/20" in suspended["message"] and "at step 7/20" in status["message"]
+    assert cluster.condition(NAMESPACE, "budget", "Failed")["status"] == "False"
+
+    # Raising the budget resumes: a new Job (the trainer resumes from its checkpoint)
+    await cluster.patch(FTJ, NAMESPACE, "budget", {"spec": {"budget": {"maxDurationSeconds": 600}}})
+
+    def new_pod() -> dict[str, Any] | None:
+        fresh = cluster.get_object(JOB, NAMESPACE, "budget-train")
+        if fresh is None or fresh["metadata"]["uid"] == job["metadata"]["uid"]:
+            return None
+        return fresh
+
+    second_job = await cluster.wait_for(new_pod, 60, "a new Job after the budget was raised")
+    second = await kubelet.run_pod(second_job, timeout=60)
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    await cluster.wait_for(
+        lambda: "BudgetRaised" in [e["reason"] for e in cluster.events(NAMESPACE, "budget")]
+    )
+    await kubelet.succeed(second_job, metrics={"accuracy": 0.9})
+    await cluster.wait_phase(NAMESPACE, "budget", "Succeeded")
