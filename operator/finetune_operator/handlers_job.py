@@ -623,6 +623,22 @@ async def _apply_suspend(state: ReconcileState, seen: Observed, model: FineTuneJ
         )
 
 
+def _announce_resume(
+    state: ReconcileState, seen: Observed, involved: dict[str, Any], jname: str
+) -> None:
+    """The trainer resumed from a checkpoint (status.metrics.resumedFromStep): one Normal
+    Event `Resumed` naming the step, per Job and step."""
+    step = (seen.status.get("metrics") or {}).get("resumedFromStep")
+    if not isinstance(step, int | float) or step <= 0:
+        return
+    posted = state.jobs.posted.setdefault(seen.key, set())
+    mark = (seen.uid, jname, -1, f"Resumed:{int(step)}")
+    if mark not in posted:
+        posted.add(mark)
+        message = f"The trainer resumed from its checkpoint at step {int(step)}."
+        state.events.post(involved, "Resumed", message, "Normal")
+
+
 def _latest_status(
     state: ReconcileState, key: Key, uid: str, observed: dict[str, Any]
 ) -> dict[str, Any]:
@@ -681,6 +697,7 @@ async def _write_status(
                 posted.add((*attempt, m.reason))
                 state.events.post(involved, m.reason, m.message, m.type)
         state.jobs.announced[seen.key] = transition
+    _announce_resume(state, seen, involved, str(jname))
     # Our own PATCH rather than kopf's `patch` kwarg: most reconciles run on a Job's or a
     # pod's event, where kopf's patch would target that object, and the write must be
     # known to have landed before it is remembered.

@@ -74,8 +74,21 @@ async def test_an_evicted_trainer_pod_is_replaced_without_counting_a_failure(
     status = cluster.status(JOB, NAMESPACE, "evicted-train")
     assert not kubelet.job_condition(job, "Failed")
     assert (status.get("failed") or 0) == 0  # ignored: nothing counted against backoffLimit
+    # The new pod's trainer resumes and says from which step (its status sink's PATCH, as
+    # the real trainer sends it): the operator posts a Resumed Event naming it.
+    progress = {"progress": {"step": 6, "totalSteps": 20}, "metrics": {"resumedFromStep": 6}}
+    await cluster.patch(FTJ, NAMESPACE, "evicted", {"status": progress}, status=True)
+
+    def resumed() -> list[str]:
+        return [
+            e["message"] for e in cluster.events(NAMESPACE, "evicted") if e["reason"] == "Resumed"
+        ]
+
+    await cluster.wait_for(resumed, 30, "a Resumed Event")
+    assert resumed() == ["The trainer resumed from its checkpoint at step 6."]
     await kubelet.succeed(job, metrics={"accuracy": 0.9})
     await cluster.wait_phase(NAMESPACE, "evicted", "Succeeded")
+    assert len(resumed()) == 1
 
 
 async def test_a_spent_budget_suspends_and_a_raised_one_resumes_in_a_new_job(

@@ -128,6 +128,8 @@ def test_sigterm_saves_to_a_checkpoint_path_and_the_rerun_ends_at_the_same_step(
     assert "[succeeded] step 400/400" in stdout
     history = json.loads((tmp_path / "out" / "log_history.json").read_text())
     assert max(h["step"] for h in history) == 400
+    final = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert final["metrics"]["resumedFromStep"] == steps[-1]  # the operator's Resumed Event
 
 
 def test_sigterm_saves_to_s3_and_the_rerun_resumes_from_there(

@@ -397,6 +397,10 @@ def _train(state: RunState) -> None:
         )
     steps = total_steps(spec, len(state.train_ds), state.world.size)
     state.final["worldSize"] = float(state.world.size)
+    resumed_step = durable.step_of(state.resume) if state.resume else None
+    if resumed_step is not None:  # status.metrics: the operator's Resumed Event names it
+        state.final["resumedFromStep"] = float(resumed_step)
+        state.reporter.state.metrics["resumedFromStep"] = float(resumed_step)
     state.reporter.start(steps, message=_start_message(state, steps))
     if state.recipe.reports_perplexity:
         state.final["perplexityBefore"] = _perplexity_before(
