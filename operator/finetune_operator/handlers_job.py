@@ -374,6 +374,7 @@ async def _reconcile(
             state, seen, model, derived, pods, attempt, jname
         )
         derived = await _resume_after_budget(state, seen, model, derived, attempt)
+        derived = await _restart_disrupted_gang(state, seen, model, derived, pods, attempt)
     else:
         assert blocked is not None  # no Job: _ensure_job said why
         derived = blocked[0]
@@ -520,6 +521,53 @@ async def _recover_from_oom(
     if derived.oom_retry is not None and derived.reason != "OOMRetry":
         derived.message = f"{derived.message} {derived.oom_retry[1]}"  # the run's history
     return derived, attempt, jname
+
+
+def _note_disruption(state: ReconcileState, seen: Observed, pods: list[dict[str, Any]]) -> None:
+    """Remember a trainer pod of this Job that carries DisruptionTarget (eviction, drain,
+    preemption), before the pod itself is deleted."""
+    assert seen.job is not None
+    uid = str(seen.job.get("metadata", {}).get("uid"))
+    for pod in pods:
+        if not _pod_of(pod, uid):
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+                name = pod.get("metadata", {}).get("name")
+                why = f"pod {name} was disrupted ({cond.get('reason') or 'DisruptionTarget'})"
+                state.jobs.disrupted[seen.key] = (uid, why)
+
+
+async def _restart_disrupted_gang(
+    state: ReconcileState,
+    seen: Observed,
+    model: FineTuneJob,
+    derived: Derived,
+    pods: list[dict[str, Any]],
+    attempt: int,
+) -> Derived:
+    """Multi-node: the disrupted pod is replaced by the Job (podFailurePolicy Ignore), but
+    its peers lose their collectives and fail the Job; a gang failed after a disruption is
+    re-created as a whole (a new Job, every pod) and resumes from its checkpoint."""
+    if model.spec.resources.nodes <= 1 or seen.job is None:
+        return derived
+    _note_disruption(state, seen, pods)
+    uid = str(seen.job.get("metadata", {}).get("uid"))
+    noted = state.jobs.disrupted.get(seen.key)
+    if derived.phase is not Phase.failed or noted is None or noted[0] != uid:
+        return derived
+    namespace, old = seen.key[0], seen.job["metadata"]["name"]
+    await state.kube.delete(*JOB_RESOURCE, old, namespace, propagation="Background")
+    state.jobs.disrupted.pop(seen.key, None)
+    message = (
+        f"{noted[1]} and the gang failed after it; restarting all "
+        f"{model.spec.resources.nodes} pods in a new Job (they resume from the newest "
+        "checkpoint)."
+    )
+    seen.events.append(("Warning", "GangRestart", message))
+    seen.job = None
+    blocked = await _ensure_job(state, seen, model, attempt)
+    return blocked[0] if blocked is not None else Derived(Phase.pending, "GangRestart", message)
 
 
 async def _resume_after_budget(
