@@ -397,6 +397,14 @@ class Output(ApiModel):
         pattern=DNS_LABEL,
         description="PersistentVolumeClaim mounted at output.path in the pod (else an emptyDir).",
     )
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        description="Where the finished run's artifacts are uploaded (s3://bucket/prefix, "
+        "gs://..., a path): every file of the output directory, then "
+        "finetune-complete.json last; status.artifacts then holds these URIs. Credentials "
+        "come from spec.secrets (AWS_ACCESS_KEY_ID, ...); they are checked before training.",
+    )
 
 
 DEFAULT_GRACE_SECONDS = (

@@ -141,6 +141,8 @@ def test_sigterm_saves_to_s3_and_the_rerun_resumes_from_there(
 ) -> None:
     s3_server.make_bucket("runs")
     job = _job(make_job, bert_dir, sentiment_data, tmp_path / "out", "s3://runs/sigterm/ckpt")
+    output = job.spec.output.model_copy(update={"uri": "s3://runs/sigterm/out"})
+    job = job.model_copy(update={"spec": job.spec.model_copy(update={"output": output})})
     env = s3_server.env()
 
     def listing() -> list[int]:
@@ -154,6 +156,18 @@ def test_sigterm_saves_to_s3_and_the_rerun_resumes_from_there(
     steps, _, stdout = _sigterm_then_rerun(job, tmp_path, env, listing)
     assert f"resuming from checkpoint-{steps[-1]}" in stdout
     assert "[succeeded] step 400/400" in stdout
+    # the artifacts landed at output.uri, the marker last; status holds their URIs
+    from finetune_trainer.storage import filesystem
+
+    fs, root = filesystem("s3://runs/sigterm/out", "test")
+    names = {p[len(root) + 1 :] for p in fs.find(root)}
+    assert {"model/model.safetensors", "run.json", "metrics.json", MARKER} <= names
+    assert not any(n.startswith("checkpoints/") for n in names)
+    termination = json.loads((tmp_path / "termination-log").read_text())
+    assert termination["artifacts"]["model"] == "s3://runs/sigterm/out/model"
+    uploaded = json.loads(fs.cat_file(f"{root}/metrics.json"))
+    assert uploaded["phase"] == "Succeeded"
+    assert uploaded["artifacts"]["metrics"] == "s3://runs/sigterm/out/metrics.json"
 
 
 def test_a_half_written_checkpoint_is_never_chosen_and_keep_bounds_the_rest(
@@ -207,7 +221,7 @@ def _run_cli(spec: Path, env: dict[str, str], tmp_path: Path) -> subprocess.Comp
     )
 
 
-def _spec_file(tmp_path: Path, bert_dir: Path, uri: str) -> Path:
+def _spec_file(tmp_path: Path, bert_dir: Path, uri: str, field: str) -> Path:
     from conftest import sentiment_rows, write_rows
 
     write_rows(tmp_path / "train.csv", sentiment_rows(16, seed=1))
@@ -220,7 +234,11 @@ def _spec_file(tmp_path: Path, bert_dir: Path, uri: str) -> Path:
             "model": {"path": str(bert_dir)},
             "dataset": {"train": {"path": "train.csv"}},
             "hyperparameters": {"maxSteps": 2, "batchSize": 8},
-            "checkpoint": {"uri": uri},
+            **(
+                {"output": {"uri": uri}}
+                if field == "spec.output.uri"
+                else {"checkpoint": {"uri": uri}}
+            ),
         },
     }
     path = tmp_path / "job.yaml"
@@ -235,6 +253,7 @@ def _spec_file(tmp_path: Path, bert_dir: Path, uri: str) -> Path:
         ("missing credentials", "s3://runs/x", "no credentials"),
         ("unknown scheme", "nosuchfs://bucket/x", "no filesystem for the URI scheme"),
         ("unreachable endpoint", "s3://runs/x", "the endpoint cannot be reached"),
+        ("output bad bucket", "s3://no-such-bucket/out", "the bucket does not exist"),
     ],
 )
 def test_bad_checkpoint_storage_is_one_error_line_naming_the_field(
@@ -247,11 +266,12 @@ def test_bad_checkpoint_storage_is_one_error_line_naming_the_field(
     if case == "unreachable endpoint":
         env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # nothing listens on the discard port
     started = time.monotonic()
-    result = _run_cli(_spec_file(tmp_path, bert_dir, uri), env, tmp_path)
+    field = "spec.output.uri" if case.startswith("output") else "spec.checkpoint.uri"
+    result = _run_cli(_spec_file(tmp_path, bert_dir, uri, field), env, tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith(f"error: spec.checkpoint.uri: {uri}: ")
+    assert lines[0].startswith(f"error: {field}: {uri}: ")
     assert expected in lines[0]
     assert "finetune-test-secret" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

@@ -24,6 +24,7 @@ from), and it has no notion of several ranks or of a remote copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -373,13 +374,61 @@ def price_per_gpu_hour() -> float | None:
     return float(value) if value else None
 
 
+OUTPUT_FIELD = "spec.output.uri"
+
+
+class OutputStore:
+    """spec.output.uri: the finished run's files, uploaded with the marker written last
+    (an earlier run's marker there is removed first, so a half-new set is never complete)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = storage.filesystem(uri, OUTPUT_FIELD)
+
+    def check(self) -> None:
+        storage.probe(self.fs, self.root, self.uri, OUTPUT_FIELD)
+
+    def uri_of(self, path: str | Path, output_dir: Path) -> str:
+        local = Path(path)
+        if not local.is_relative_to(output_dir):
+            return str(path)
+        return f"{self.uri}/{local.relative_to(output_dir).as_posix()}"
+
+    def _put(self, local: Path, output_dir: Path) -> None:
+        remote = "/".join([self.root, *local.relative_to(output_dir).parts])
+        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), remote)
+
+    def upload_run(self, output_dir: Path, skip: set[str]) -> None:
+        """Every file of the run but `skip` (top-level names) and the records written at
+        the very end (`finish`)."""
+        marker = f"{self.root}/{MARKER}"
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(marker)
+        for local in sorted(p for p in output_dir.rglob("*") if p.is_file()):
+            top = local.relative_to(output_dir).parts[0]
+            if top in skip or top.startswith("."):
+                continue
+            self._put(local, output_dir)
+
+    def finish(self, output_dir: Path, records: list[Path]) -> None:
+        for local in records:
+            if local.is_file():
+                self._put(local, output_dir)
+        marker = {"complete": True, "time": time.time()}
+        self.fs.pipe_file(f"{self.root}/{MARKER}", json.dumps(marker).encode())
+
+
+def resolve_uri(uri: str, spec_dir: Path | None) -> str:
+    """A relative path resolves against spec_dir (the YAML file's folder); URIs stay."""
+    if "://" not in uri and not Path(uri).is_absolute() and spec_dir is not None:
+        return str((spec_dir / uri).resolve())
+    return uri
+
+
 def store_for(uri: str | None, spec_dir: Path | None) -> CheckpointStore | None:
     """The store of spec.checkpoint.uri (a relative path resolves against spec_dir)."""
-    if not uri:
-        return None
-    if "://" not in uri and not Path(uri).is_absolute() and spec_dir is not None:
-        uri = str((spec_dir / uri).resolve())
-    return CheckpointStore(uri)
+    return CheckpointStore(resolve_uri(uri, spec_dir)) if uri else None
 
 
 def fetch_newest(

@@ -148,6 +148,9 @@ def run(
             raise
         if world.is_main:
             records.succeeded()
+            if job.spec.output.uri:  # metrics.json, then the marker: the upload is complete
+                outbox = durable.resolve_uri(job.spec.output.uri, spec_dir)
+                durable.OutputStore(outbox).finish(output_dir, [output_dir / METRICS_FILE])
         return metrics
 
 
@@ -166,6 +169,7 @@ def _run(
     store = durable.store_for(spec.checkpoint.uri if spec.checkpoint else None, spec_dir)
     if store is not None and distributed.world().is_main:
         store.check()
+    outbox = _output_store(spec, spec_dir)  # spec.output.uri, checked before training too
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
     keep = spec.checkpoint.keep if spec.checkpoint else 1
     state.publisher = durable.Publisher(store, fingerprint(spec), keep, durable.Ledger())
@@ -174,8 +178,21 @@ def _run(
     _compression_finish(state)
     _evaluate(state)
     _save(state)
+    if outbox is not None and state.world.is_main:  # status.artifacts: the final URIs
+        skip = {CHECKPOINTS, rundir.METRICS, rundir.IN_PROGRESS}
+        outbox.upload_run(output_dir, skip)
+        state.artifacts = {k: outbox.uri_of(v, output_dir) for k, v in state.artifacts.items()}
     reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts)
     return dict(reporter.state.metrics)
+
+
+def _output_store(spec: FineTuneJobSpec, spec_dir: Path | None) -> durable.OutputStore | None:
+    if not spec.output.uri:
+        return None
+    outbox = durable.OutputStore(durable.resolve_uri(spec.output.uri, spec_dir))
+    if distributed.world().is_main:
+        outbox.check()
+    return outbox
 
 
 def _quiet_libraries(progress_bar: bool) -> None:

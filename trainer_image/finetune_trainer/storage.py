@@ -50,12 +50,17 @@ def filesystem(uri: str, field: str) -> tuple[Any, str]:
                 f"{OBSTORE_SCHEMES[scheme]} or obstore in the trainer image"
             ) from None
         obstore.fsspec.register(scheme)
+    if _is_obstore(fsspec.get_filesystem_class(scheme)):  # registered here, now or earlier
         kwargs = _obstore_options(scheme)
     try:
         fs, root = fsspec.core.url_to_fs(uri, **kwargs)
     except Exception as err:
         raise StorageError(f"{field}: {uri}: {describe(err)}") from None
     return fs, str(root).rstrip("/")
+
+
+def _is_obstore(cls: type) -> bool:
+    return any(base.__module__.startswith("obstore") for base in cls.__mro__)
 
 
 def _obstore_options(scheme: str) -> dict[str, Any]:
