@@ -91,7 +91,7 @@ def run(
     """Run a FineTuneJob in-process on this machine (CPU or GPU)."""
     from finetune_api.manifest import load_manifest
     from finetune_api.models import FineTuneJob
-    from finetune_trainer.signals import SIGTERM_EXIT, Terminated, sigterm_raises
+    from finetune_trainer.signals import SIGTERM_EXIT, BudgetExhausted, Terminated, sigterm_raises
 
     output_dir: Path | None = None
     try:
@@ -117,6 +117,8 @@ def run(
         interrupted(output_dir)
     except Terminated:
         interrupted(output_dir, "SIGTERM", SIGTERM_EXIT)
+    except BudgetExhausted as err:  # spec.budget spent: checkpoint saved, phase Suspended
+        typer.echo(f"finetune: {err.message}", err=True)
     except Exception as err:
         unexpected(err)
 

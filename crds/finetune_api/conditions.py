@@ -17,6 +17,8 @@ _REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 # they name a failure better than the Job controller's BackoffLimitExceeded.
 CHAT_TEMPLATE = "ChatTemplate"
 TRAINER_REASONS = frozenset({CHAT_TEMPLATE})
+# Suspended because spec.budget is spent (the trainer saved a checkpoint and stopped).
+BUDGET_EXHAUSTED = "BudgetExhausted"
 
 
 def now_rfc3339() -> str:

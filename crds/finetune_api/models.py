@@ -397,6 +397,67 @@ class Output(ApiModel):
         pattern=DNS_LABEL,
         description="PersistentVolumeClaim mounted at output.path in the pod (else an emptyDir).",
     )
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        description="Where the finished run's artifacts are uploaded (s3://bucket/prefix, "
+        "gs://..., a path): every file of the output directory, then "
+        "finetune-complete.json last; status.artifacts then holds these URIs. Credentials "
+        "come from spec.secrets (AWS_ACCESS_KEY_ID, ...); they are checked before training.",
+    )
+
+
+DEFAULT_GRACE_SECONDS = (
+    120  # pod terminationGracePeriodSeconds without checkpoint.gracePeriodSeconds
+)
+DEFAULT_KEEP = 2
+
+
+class Checkpoint(ApiModel):
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        description="Where checkpoints outlive the pod: a path (a PVC under spec.volumes, "
+        "a local folder) or an object-store URI (s3://bucket/prefix, gs://..., any fsspec "
+        "scheme installed in the image). A checkpoint is complete only once its marker "
+        "(written last, by rank 0) is there; a restarted run of the same spec resumes from "
+        "the newest complete one. Absent: checkpoints stay in the output directory.",
+    )
+    interval_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Save a checkpoint at least this often (seconds of training); default "
+        "600 (FINETUNE_CHECKPOINT_SECONDS), plus every epoch.",
+    )
+    keep: int = Field(
+        DEFAULT_KEEP, ge=1, le=100, description="How many complete checkpoints uri keeps."
+    )
+    grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description="The trainer pod's terminationGracePeriodSeconds: time from SIGTERM "
+        f"(eviction, preemption, deletion) to SIGKILL, in which the trainer saves a "
+        f"checkpoint of its last completed step; default {DEFAULT_GRACE_SECONDS}.",
+    )
+
+
+class Budget(ApiModel):
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="Stop at this cost: GPU-hours x the operator's price per GPU-hour "
+        "(chart cost.gpuHourPrice; FINETUNE_GPU_HOUR_PRICE locally), priced as status cost.",
+    )
+    max_gpu_hours: float | None = Field(
+        None, gt=0, description="Stop at this many GPU-hours of training (GPUs x hours)."
+    )
+    max_duration_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many seconds of training wall time (summed over "
+        "resumes; works on CPU nodes too).",
+    )
 
 
 class Toleration(ApiModel):
@@ -700,6 +761,17 @@ class FineTuneJobSpec(ApiModel):
     )
     pruning: Pruning | None = Field(None, description="Prune the model (any task).")
     output: Output = Field(default_factory=Output)
+    budget: Budget | None = Field(
+        None,
+        description="A spending limit: at maxCost, maxGpuHours or maxDurationSeconds the "
+        "trainer saves a checkpoint and stops; the run goes Suspended with reason "
+        "BudgetExhausted. Raising the budget resumes from that checkpoint.",
+    )
+    checkpoint: Checkpoint | None = Field(
+        None,
+        description="Checkpoints: where (uri), how often, how many, and the grace period "
+        "after SIGTERM in which the last completed step is saved.",
+    )
     resources: Resources = Field(default_factory=Resources)
     secrets: list[SecretEnv] = Field(
         default_factory=list,

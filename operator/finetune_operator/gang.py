@@ -124,6 +124,9 @@ def shape_job(job: dict[str, Any], ftj: FineTuneJob) -> dict[str, Any]:
     spec["parallelism"] = nodes
     spec["podFailurePolicy"] = {
         "rules": [
+            # a disruption first (eviction, preemption, drain): the pod is recreated and
+            # the gang re-forms (torchrun's rendezvous), no failure counted
+            *spec.get("podFailurePolicy", {}).get("rules", []),
             {
                 "action": "FailJob",
                 "onExitCodes": {
@@ -131,7 +134,7 @@ def shape_job(job: dict[str, Any], ftj: FineTuneJob) -> dict[str, Any]:
                     "operator": "NotIn",
                     "values": [0],
                 },
-            }
+            },
         ]
     }
     return job

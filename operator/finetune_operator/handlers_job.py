@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import kopf
 
+from finetune_api.conditions import BUDGET_EXHAUSTED
 from finetune_api.manifest import SpecError
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Phase
 from finetune_operator import kube, oom, usage
@@ -372,6 +373,8 @@ async def _reconcile(
         derived, attempt, jname = await _recover_from_oom(
             state, seen, model, derived, pods, attempt, jname
         )
+        derived = await _resume_after_budget(state, seen, model, derived, attempt)
+        derived = await _restart_disrupted_gang(state, seen, model, derived, pods, attempt)
     else:
         assert blocked is not None  # no Job: _ensure_job said why
         derived = blocked[0]
@@ -520,6 +523,73 @@ async def _recover_from_oom(
     return derived, attempt, jname
 
 
+def _note_disruption(state: ReconcileState, seen: Observed, pods: list[dict[str, Any]]) -> None:
+    """Remember a trainer pod of this Job that carries DisruptionTarget (eviction, drain,
+    preemption), before the pod itself is deleted."""
+    assert seen.job is not None
+    uid = str(seen.job.get("metadata", {}).get("uid"))
+    for pod in pods:
+        if not _pod_of(pod, uid):
+            continue
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+                name = pod.get("metadata", {}).get("name")
+                why = f"pod {name} was disrupted ({cond.get('reason') or 'DisruptionTarget'})"
+                state.jobs.disrupted[seen.key] = (uid, why)
+
+
+async def _restart_disrupted_gang(
+    state: ReconcileState,
+    seen: Observed,
+    model: FineTuneJob,
+    derived: Derived,
+    pods: list[dict[str, Any]],
+    attempt: int,
+) -> Derived:
+    """Multi-node: the disrupted pod is replaced by the Job (podFailurePolicy Ignore), but
+    its peers lose their collectives and fail the Job; a gang failed after a disruption is
+    re-created as a whole (a new Job, every pod) and resumes from its checkpoint."""
+    if model.spec.resources.nodes <= 1 or seen.job is None:
+        return derived
+    _note_disruption(state, seen, pods)
+    uid = str(seen.job.get("metadata", {}).get("uid"))
+    noted = state.jobs.disrupted.get(seen.key)
+    if derived.phase is not Phase.failed or noted is None or noted[0] != uid:
+        return derived
+    namespace, old = seen.key[0], seen.job["metadata"]["name"]
+    await state.kube.delete(*JOB_RESOURCE, old, namespace, propagation="Background")
+    state.jobs.disrupted.pop(seen.key, None)
+    message = (
+        f"{noted[1]} and the gang failed after it; restarting all "
+        f"{model.spec.resources.nodes} pods in a new Job (they resume from the newest "
+        "checkpoint)."
+    )
+    seen.events.append(("Warning", "GangRestart", message))
+    seen.job = None
+    blocked = await _ensure_job(state, seen, model, attempt)
+    return blocked[0] if blocked is not None else Derived(Phase.pending, "GangRestart", message)
+
+
+async def _resume_after_budget(
+    state: ReconcileState, seen: Observed, model: FineTuneJob, derived: Derived, attempt: int
+) -> Derived:
+    """Suspended at spec.budget (the trainer saved a checkpoint and stopped): once the spec
+    changed (a raised budget) and is not suspended, a new Job resumes from the checkpoint
+    (the trainer's fingerprint ignores spec.budget)."""
+    if derived.reason != BUDGET_EXHAUSTED or seen.job is None or model.spec.suspend:
+        return derived
+    annotations = seen.job.get("metadata", {}).get("annotations") or {}
+    if annotations.get(ANNOTATION_SPEC_HASH) in (None, spec_hash(model.spec)):
+        return derived  # the same budget: it stays spent
+    namespace, old = seen.key[0], seen.job["metadata"]["name"]
+    await state.kube.delete(*JOB_RESOURCE, old, namespace, propagation="Background")
+    message = f"spec.budget changed; resuming in a new Job after: {derived.message}"
+    seen.events.append(("Normal", "BudgetRaised", message[:1024]))
+    seen.job = None
+    blocked = await _ensure_job(state, seen, model, attempt)
+    return blocked[0] if blocked is not None else Derived(Phase.pending, "Resuming", message)
+
+
 async def _retry_after_oom(
     state: ReconcileState, seen: Observed, model: FineTuneJob, retry: oom.Retry
 ) -> Derived:
@@ -601,6 +671,22 @@ async def _apply_suspend(state: ReconcileState, seen: Observed, model: FineTuneJ
         )
 
 
+def _announce_resume(
+    state: ReconcileState, seen: Observed, involved: dict[str, Any], jname: str
+) -> None:
+    """The trainer resumed from a checkpoint (status.metrics.resumedFromStep): one Normal
+    Event `Resumed` naming the step, per Job and step."""
+    step = (seen.status.get("metrics") or {}).get("resumedFromStep")
+    if not isinstance(step, int | float) or step <= 0:
+        return
+    posted = state.jobs.posted.setdefault(seen.key, set())
+    mark = (seen.uid, jname, -1, f"Resumed:{int(step)}")
+    if mark not in posted:
+        posted.add(mark)
+        message = f"The trainer resumed from its checkpoint at step {int(step)}."
+        state.events.post(involved, "Resumed", message, "Normal")
+
+
 def _latest_status(
     state: ReconcileState, key: Key, uid: str, observed: dict[str, Any]
 ) -> dict[str, Any]:
@@ -659,6 +745,7 @@ async def _write_status(
                 posted.add((*attempt, m.reason))
                 state.events.post(involved, m.reason, m.message, m.type)
         state.jobs.announced[seen.key] = transition
+    _announce_resume(state, seen, involved, str(jname))
     # Our own PATCH rather than kopf's `patch` kwarg: most reconciles run on a Job's or a
     # pod's event, where kopf's patch would target that object, and the write must be
     # known to have landed before it is remembered.

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from finetune_api.models import API_VERSION, FineTuneJob, FineTuneJobSpec
+from finetune_api.models import API_VERSION, DEFAULT_GRACE_SECONDS, FineTuneJob, FineTuneJobSpec
 from finetune_operator.config import (
     ANNOTATION_SPEC_HASH,
     CONTAINER_NAME,
@@ -123,6 +123,9 @@ def _env(ftj: FineTuneJob, uid: str, config: OperatorConfig) -> list[dict[str, A
         env.append(
             {"name": "FINETUNE_STATUS_INTERVAL", "value": str(config.status_interval_seconds)}
         )
+    if ftj.spec.budget is not None and config.gpu_hour_price is not None:
+        # spec.budget.maxCost is priced as status cost: the same price per GPU-hour
+        env.append({"name": "FINETUNE_GPU_HOUR_PRICE", "value": str(config.gpu_hour_price)})
     env.extend({"name": k, "value": v} for k, v in config.extra_env)
     # Secrets: only references travel; the value never leaves the Secret.
     env.extend(
@@ -187,6 +190,21 @@ def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str
     return volumes, mounts
 
 
+# podFailurePolicy: a pod that ends with the DisruptionTarget condition (the Eviction
+# API, preemption, a node drain, taint eviction) is replaced without counting a failure.
+def disruption_rule() -> dict[str, Any]:
+    return {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+
+
+def grace_period_seconds(spec: FineTuneJobSpec) -> int:
+    """spec.checkpoint.gracePeriodSeconds, default DEFAULT_GRACE_SECONDS."""
+    chosen = spec.checkpoint.grace_period_seconds if spec.checkpoint else None
+    return chosen or DEFAULT_GRACE_SECONDS
+
+
 def build_job(
     ftj: FineTuneJob,
     uid: str,
@@ -220,6 +238,8 @@ def build_job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM to SIGKILL: the trainer saves its last completed step in between
+        "terminationGracePeriodSeconds": grace_period_seconds(spec),
         "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": volumes,
@@ -242,6 +262,8 @@ def build_job(
         "backoffLimit": spec.backoff_limit,
         "completions": 1,
         "parallelism": 1,
+        # an evicted/preempted/drained pod is recreated, not counted against backoffLimit
+        "podFailurePolicy": {"rules": [disruption_rule()]},
         "suspend": desired_suspend(ftj, current_suspend),
         "template": {
             "metadata": {"labels": dict(labels)},

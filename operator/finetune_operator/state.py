@@ -45,6 +45,10 @@ class JobMemory:
     # Milestone Events posted, per FineTuneJob: (uid, Job, the Job's failed pods, reason).
     # Each goes out once per attempt even when the observed status flickers back.
     posted: dict[Key, set[tuple[str, str, int, str]]] = field(default_factory=dict)
+    # Multi-node: (Job uid, what happened) of a trainer pod seen with DisruptionTarget; an
+    # evicted pod is deleted soon after, and the gang's failure that follows must still
+    # be known as a disruption (handlers_job._restart_disrupted_gang).
+    disrupted: dict[Key, tuple[str, str]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         caches: tuple[dict[Key, Any], ...] = (
@@ -55,6 +59,7 @@ class JobMemory:
             self.create_sent,
             self.announced,
             self.posted,
+            self.disrupted,
         )
         for cache in caches:
             cache.pop(key, None)

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_api.conditions import TRAINER_REASONS, condition, safe_reason
+from finetune_api.conditions import BUDGET_EXHAUSTED, TRAINER_REASONS, condition, safe_reason
 from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, Phase, Workers
 from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
 
@@ -286,9 +286,11 @@ class _Seen:
     metrics: dict[str, float] = field(init=False)
     artifacts: dict[str, str] = field(init=False)
     note: str = field(init=False)  # a successful run's note (e.g. what tracking lost)
+    report: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         report = _report_from_pods(self.pods) or {}
+        self.report = report
         self.metrics = _numbers(report.get("metrics"))
         self.artifacts = _strings(report.get("artifacts"))
         succeeded = report.get("phase") == "Succeeded"
@@ -309,6 +311,10 @@ class _Seen:
 
 def _succeeded(seen: _Seen, done: dict[str, Any] | None) -> Derived:
     completion = seen.jstatus.get("completionTime") or (done or {}).get("lastTransitionTime")
+    if budget_exhausted(seen.report):
+        # spec.budget spent: the trainer saved a checkpoint and stopped (exit 0)
+        message = str(seen.report.get("message") or "budget exhausted")
+        return seen.out(Phase.suspended, BUDGET_EXHAUSTED, message)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(seen.metrics.items())[:6])
     output = seen.spec.output
     where = (output.path or DEFAULT_OUTPUT_PATH) + (f" (PVC {output.pvc})" if output.pvc else "")
@@ -318,6 +324,11 @@ def _succeeded(seen: _Seen, done: dict[str, Any] | None) -> Derived:
     if seen.note:
         message += f" {seen.note}"
     return seen.out(Phase.succeeded, "Succeeded", message, completion)
+
+
+def budget_exhausted(report: dict[str, Any]) -> bool:
+    """The trainer's termination message says it stopped at spec.budget."""
+    return report.get("phase") == "Suspended" and report.get("reason") == BUDGET_EXHAUSTED
 
 
 def _failed(seen: _Seen, failed: dict[str, Any]) -> Derived:

@@ -170,7 +170,7 @@ async def test_two_nodes_of_four_gpus_get_an_indexed_job_service_and_rendezvous(
         assert spec["completionMode"] == "Indexed"
         assert spec["completions"] == spec["parallelism"] == 2
         assert spec["suspend"] is True, "created suspended: Kueue admits the whole gang"
-        assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+        assert [r["action"] for r in spec["podFailurePolicy"]["rules"]] == ["Ignore", "FailJob"]
         pod = spec["template"]["spec"]
         assert pod["subdomain"] == service["metadata"]["name"]
         (container,) = pod["containers"]
@@ -382,3 +382,61 @@ async def test_one_failed_rank_fails_the_gang_by_the_pod_failure_policy(
         assert (cluster.status(JOB, NAMESPACE, "split-train").get("failed") or 0) >= 1
         status = await cluster.wait_phase(NAMESPACE, "split", "Failed", timeout=60)
         assert "illegal memory access" in status["message"]
+
+
+async def test_an_evicted_rank_restarts_the_whole_gang_in_a_new_job(
+    cluster: Cluster, operator: Any, kubelet: Kubelet
+) -> None:
+    """Eviction of one rank (the Eviction API): its pod is replaced without a counted
+    failure (podFailurePolicy Ignore on DisruptionTarget); the surviving rank then fails
+    its collective (here: ordered to exit 1, as gloo's broken connection does), which
+    fails the Job by FailJob; the operator re-creates the gang as a whole (a new Job, both
+    pods, Warning Event GangRestart) and the run finishes."""
+    async with bound_claim(cluster, "models"):
+        await cluster.create(FTJ, make_ftj("drain", GANG_SPEC))
+        job = await cluster.wait_for_object(JOB, NAMESPACE, "drain-train")
+
+        def both_running(j: dict[str, Any]) -> dict[int, dict[str, Any]] | None:
+            pods = by_index(cluster, j)
+            fresh = {i: p for i, p in pods.items() if p["metadata"]["uid"] not in kubelet.ordered}
+            return fresh if fresh.keys() == {0, 1} and all(map(running, fresh.values())) else None
+
+        pods = await cluster.wait_for(lambda: both_running(job), 60, "both pods running")
+        evicted = pods[1]["metadata"]["name"]
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": evicted}}
+        await cluster.request(
+            "POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{evicted}/eviction", eviction
+        )
+        kubelet.ordered.add(pods[1]["metadata"]["uid"])
+        await cluster.wait_for(
+            lambda: cluster.get_object(("", "v1", "pods"), NAMESPACE, evicted) is None,
+            60,
+            "the evicted pod gone",
+        )
+        kubelet.order(
+            pods[0],
+            {
+                "exit": 1,
+                "message": report_message("Failed", message="gloo: Connection closed by peer"),
+            },
+        )
+
+        def new_job() -> dict[str, Any] | None:
+            fresh = cluster.get_object(JOB, NAMESPACE, "drain-train")
+            return fresh if fresh and fresh["metadata"]["uid"] != job["metadata"]["uid"] else None
+
+        second = await cluster.wait_for(new_job, 90, "the gang re-created in a new Job")
+        restarts = await cluster.wait_for(
+            lambda: [e for e in cluster.events(NAMESPACE, "drain") if e["reason"] == "GangRestart"],
+            30,
+            "the GangRestart Event",
+        )
+        assert (
+            restarts
+            and f"pod {evicted} was disrupted (EvictionByEvictionAPI)" in restarts[0]["message"]
+        )
+        pods = await cluster.wait_for(lambda: both_running(second), 60, "the new gang running")
+        report = report_message("Succeeded", {"accuracy": 0.9})
+        kubelet.order(pods[1], {"exit": 0})
+        kubelet.order(pods[0], {"exit": 0, "message": report})
+        await cluster.wait_phase(NAMESPACE, "drain", "Succeeded", timeout=60)

@@ -115,8 +115,13 @@ def test_two_nodes_of_four_gpus_make_an_indexed_gang() -> None:
     assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     )
-    # One failed trainer fails the whole gang at once (no survivor waits on a dead peer).
-    (rule,) = spec["podFailurePolicy"]["rules"]
+    # A disruption (eviction, preemption, drain) is not a failure; one failed trainer
+    # fails the whole gang at once (no survivor waits on a dead peer).
+    disruption, rule = spec["podFailurePolicy"]["rules"]
+    assert disruption == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert rule["action"] == "FailJob"
     assert rule["onExitCodes"] == {"containerName": "trainer", "operator": "NotIn", "values": [0]}
     assert world_size(ftj) == 8

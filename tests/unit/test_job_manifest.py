@@ -260,3 +260,31 @@ def test_scratch_size_limits_come_from_the_operator_config(
     pod = build_job(ftj, UID, OperatorConfig.from_env())["spec"]["template"]["spec"]
     sizes = {v["name"]: v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v}
     assert sizes["tmp"] == "1Gi" and sizes["hf-cache"] == "200Gi"
+
+
+def test_grace_period_comes_from_spec_checkpoint_and_disruption_is_not_failure() -> None:
+    from finetune_api.models import DEFAULT_GRACE_SECONDS
+
+    default = build_job(
+        FineTuneJob.model_validate({"metadata": {"name": "g"}, "spec": BASE}), UID, OperatorConfig()
+    )
+    assert default["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    assert DEFAULT_GRACE_SECONDS == 120
+    spec = {**BASE, "checkpoint": {"uri": "s3://b/p", "gracePeriodSeconds": 900, "keep": 3}}
+    job = build_job(
+        FineTuneJob.model_validate({"metadata": {"name": "g"}, "spec": spec}), UID, OperatorConfig()
+    )
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    # a single-pod Job too: an evicted/preempted pod is recreated without counting a failure
+    assert job["spec"]["podFailurePolicy"] == {
+        "rules": [
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            }
+        ]
+    }
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        FineTuneJob.model_validate(
+            {"metadata": {"name": "g"}, "spec": {**BASE, "checkpoint": {"gracePeriodSeconds": 0}}}
+        )

@@ -17,7 +17,7 @@ from typing import Any
 
 from finetune_api.manifest import SpecError, UserError, load_manifest, parse
 from finetune_api.models import FineTuneJob
-from finetune_trainer.signals import SIGTERM_EXIT, Terminated
+from finetune_trainer.signals import SIGTERM_EXIT, BudgetExhausted, Terminated
 
 DEFAULT_OUTPUT = "/output"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             | ({"reason": reason} if reason else {})
         )
         return 2
+    except BudgetExhausted as err:  # spec.budget spent, checkpoint saved: not a failure
+        print(f"finetune: {err.message}", file=sys.stderr, flush=True)
+        write_termination(
+            {"phase": "Suspended", "reason": err.reason, "metrics": {}, "artifacts": {}}
+            | {"message": err.message, "step": err.step}
+        )
+        return 0  # exit 0: the Job completes, nothing retries a spent budget
     except (Terminated, KeyboardInterrupt) as err:  # one line, metrics.json says it too
         from finetune_trainer.interrupt import failure_message
 

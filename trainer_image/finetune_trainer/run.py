@@ -31,6 +31,7 @@ from finetune_trainer import (
     atomic,
     autobatch,
     distributed,
+    durable,
     evaluation,
     heartbeat,
     lm_speed,
@@ -58,13 +59,14 @@ from finetune_trainer.report import (
 )
 from finetune_trainer.rundir import RUN_INFO
 from finetune_trainer.runstate import RunState
-from finetune_trainer.signals import sigterm_raises
+from finetune_trainer.signals import BudgetExhausted, deferred, sigterm_raises
 from finetune_trainer.tasks import recipe_for
 from finetune_trainer.training import (
     CHECKPOINTS,
     QuietProgressCallback,
     TimedCheckpoints,
     checkpoint_interval,
+    fingerprint,
     resume_checkpoint,
     total_steps,
     training_arguments,
@@ -137,6 +139,11 @@ def run(
                 progress_bar,
                 tracker,
             )
+        except BudgetExhausted as err:  # a clean stop with a checkpoint: Suspended
+            reporter.end(phase="Suspended", message=err.message, reason=err.reason)
+            if world.is_main:
+                rundir.record_failure(records)
+            raise
         except BaseException as err:
             message = failure_message(err, output_dir)
             reporter.end(phase="Failed", message=message, reason=getattr(err, "reason", None))
@@ -148,6 +155,9 @@ def run(
                 tracker.close()
         if world.is_main:
             records.succeeded()
+            if job.spec.output.uri:  # metrics.json, then the marker: the upload is complete
+                outbox = durable.resolve_uri(job.spec.output.uri, spec_dir)
+                durable.OutputStore(outbox).finish(output_dir, [output_dir / METRICS_FILE])
         return metrics
 
 
@@ -162,7 +172,15 @@ def _run(
     tracker: tracking.MlflowSink | None = None,
 ) -> dict[str, float]:
     _quiet_libraries(progress_bar)
+    # spec.checkpoint.uri is reached before anything loads: a bad bucket fails in seconds
+    durable.check_budget(spec.budget)
+    store = durable.store_for(spec.checkpoint.uri if spec.checkpoint else None, spec_dir)
+    if store is not None and distributed.world().is_main:
+        store.check()
+    outbox = _output_store(spec, spec_dir)  # spec.output.uri, checked before training too
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
+    keep = spec.checkpoint.keep if spec.checkpoint else 1
+    state.publisher = durable.Publisher(store, fingerprint(spec), keep, durable.Ledger())
     state.trainer = _build_trainer(state, callbacks)
     if tracker is not None:
         tracker.log_params(state.spec)  # the resolved spec (batchSize auto made concrete)
@@ -175,6 +193,10 @@ def _run(
     if tracker is not None:
         state.artifacts |= tracker.finish(state.final, state.artifacts)
         notes.append(tracker.note())
+    if outbox is not None and state.world.is_main:  # status.artifacts: the final URIs
+        skip = {CHECKPOINTS, rundir.METRICS, rundir.IN_PROGRESS}
+        outbox.upload_run(output_dir, skip)
+        state.artifacts = {k: outbox.uri_of(v, output_dir) for k, v in state.artifacts.items()}
     message = "; ".join(n for n in notes if n)
     reporter.end(phase="Succeeded", metrics=state.final, artifacts=state.artifacts, message=message)
     return dict(reporter.state.metrics)
@@ -193,6 +215,15 @@ def _lm_eval(state: RunState, spec_dir: Path | None) -> None:
     )
     state.final |= results.metrics
     state.artifacts["lmEval"] = str(results.path)
+
+
+def _output_store(spec: FineTuneJobSpec, spec_dir: Path | None) -> durable.OutputStore | None:
+    if not spec.output.uri:
+        return None
+    outbox = durable.OutputStore(durable.resolve_uri(spec.output.uri, spec_dir))
+    if distributed.world().is_main:
+        outbox.check()
+    return outbox
 
 
 def _quiet_libraries(progress_bar: bool) -> None:
@@ -372,7 +403,21 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
         trainer.add_callback(EarlyStoppingCallback(hp.early_stopping_patience))
     if hp.eval_steps is None and not state.world.distributed:
         # Time-based saves would differ between ranks; several workers save per epoch only.
-        trainer.add_callback(TimedCheckpoints(checkpoint_interval()))
+        trainer.add_callback(TimedCheckpoints(checkpoint_interval(spec)))
+    # SIGTERM saves the last completed step and exits 143; each save goes to checkpoint.uri
+    assert state.publisher is not None
+    durable_callbacks: list[durable.PublishCheckpoints | durable.SaveOnSigterm | durable.BudgetStop]
+    durable_callbacks = [
+        durable.PublishCheckpoints(state.publisher),
+        durable.SaveOnSigterm(state.publisher),
+    ]
+    if spec.budget is not None:  # save and stop at the budget (status Suspended)
+        gpus = state.world.size if torch.cuda.is_available() else 0
+        price = durable.price_per_gpu_hour()
+        durable_callbacks.append(durable.BudgetStop(spec.budget, state.publisher, gpus, price))
+    for durable_callback in durable_callbacks:
+        durable_callback.trainer = trainer
+        trainer.add_callback(durable_callback)
     if spec.pruning is not None and spec.pruning.effective_schedule == "gradual":
         from finetune_trainer import pruning
 
@@ -390,15 +435,31 @@ def _train(state: RunState) -> None:
     spec, trainer = state.spec, state.trainer
     with trainer.args.main_process_first(local=False, desc="checkpoints"):
         state.resume = resume_checkpoint(state.output_dir, spec)  # rank 0 cleans up first
+        # the newest complete checkpoint at spec.checkpoint.uri, when newer (durable.py)
+        store = state.publisher.store if state.publisher else None
+        state.resume = durable.fetch_newest(
+            store,
+            state.publisher.fingerprint if state.publisher else "",
+            state.output_dir / CHECKPOINTS,
+            state.resume,
+        )
     steps = total_steps(spec, len(state.train_ds), state.world.size)
     state.final["worldSize"] = float(state.world.size)
+    resumed_step = durable.step_of(state.resume) if state.resume else None
+    if resumed_step is not None:  # status.metrics: the operator's Resumed Event names it
+        state.final["resumedFromStep"] = float(resumed_step)
+        state.reporter.state.metrics["resumedFromStep"] = float(resumed_step)
     state.reporter.start(steps, message=_start_message(state, steps))
     if state.recipe.reports_perplexity:
         state.final["perplexityBefore"] = _perplexity_before(
             trainer, state.output_dir, state.resume
         )
     # halves the batch and doubles the accumulation on out-of-memory (autobatch.py)
-    train_result = autobatch.train(trainer, state.resume)
+    if state.publisher is not None:  # training time so far, summed over resumes (budget)
+        state.publisher.ledger.resume_from(state.resume)
+        state.publisher.ledger.start()
+    with deferred():  # SIGTERM: save at the next step boundary, then exit (durable.py)
+        train_result = autobatch.train(trainer, state.resume)
     state.final.update(status_metrics(train_result.metrics))
     state.final.update(throughput.metrics(trainer))
     state.final.update(

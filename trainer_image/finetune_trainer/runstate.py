@@ -15,6 +15,7 @@ from finetune_trainer.modeling import ModelRef, PrecisionChoice
 from finetune_trainer.report import Reporter
 
 if TYPE_CHECKING:
+    from finetune_trainer.durable import Publisher
     from finetune_trainer.tasks.recipe import Recipe
 
 
@@ -45,6 +46,7 @@ class RunState:
     trainer: Trainer = field(init=False)
     metrics_fn: Any = None  # the recipe's compute_metrics, kept for its last predictions
     resume: str | None = None
+    publisher: Publisher | None = None  # spec.checkpoint.uri (durable.py)
     # _train, _evaluate, _save
     final: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)

@@ -42,6 +42,8 @@ NOT_TRAINING = {
     "activeDeadlineSeconds",
     "suspend",
     "cache",
+    "checkpoint",
+    "budget",
 }
 
 
@@ -147,7 +149,10 @@ def resume_checkpoint(output_dir: Path, spec: FineTuneJobSpec) -> str | None:
     return get_last_checkpoint(str(directory))
 
 
-def checkpoint_interval() -> float:
+def checkpoint_interval(spec: FineTuneJobSpec | None = None) -> float:
+    """spec.checkpoint.intervalSeconds, else FINETUNE_CHECKPOINT_SECONDS (default 600)."""
+    if spec is not None and spec.checkpoint is not None and spec.checkpoint.interval_seconds:
+        return float(spec.checkpoint.interval_seconds)
     return float(os.environ.get("FINETUNE_CHECKPOINT_SECONDS", "600"))
 
 
