@@ -272,3 +272,7 @@ cluster_commands.register(app)  # get, watch, describe, logs
 
 def main() -> None:  # pragma: no cover - console entry
     app()
+
+
+if __name__ == "__main__":  # python -m finetune_cli.app ...
+    main()
