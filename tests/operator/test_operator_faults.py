@@ -223,6 +223,9 @@ async def settle(
         assert seen.count("JobCreated") <= 1, (name, seen)
         assert not phase_at_most_once or seen.count(phase) <= 1, (name, seen)
     sweep_events = lambda: reasons(cluster, SWEEP, "flaky")  # noqa: E731
+    if not phase_at_most_once:  # under write faults Events are best effort (docs/operator.md)
+        assert sweep_events().count("SweepSucceeded") <= 1, sweep_events()
+        return
     await cluster.wait_for(lambda: "SweepSucceeded" in sweep_events(), 90, "the sweep's Event")
     assert sweep_events().count("SweepSucceeded") == 1, sweep_events()
 
