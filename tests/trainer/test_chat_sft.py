@@ -129,8 +129,6 @@ def test_predict_wraps_the_prompt_as_a_user_turn(
         model, tokenizer, [prompt], max_new_tokens=6, max_length=64, add_special_tokens=False
     )
     assert answer == expected
-    raw = generate(model, tokenizer, ["what color is the sky ?"], max_new_tokens=6, max_length=64)
-    assert answer != raw or answer == [""]  # the template made a difference (or both empty)
 
 
 @pytest.mark.parametrize(

@@ -215,7 +215,7 @@ class ChatSft(Recipe):
                     f"chat template {name}: rendering row {i + 1} of {table.where} for "
                     "generation (add_generation_prompt) is not a prefix of the conversation "
                     f"it trains on: the prompt ends {prompt[-40:]!r}, the conversation has "
-                    f"{full[len(_common(prompt, full)) :][:40]!r} there"
+                    f"{full[_shared_prefix(prompt, full) :][:40]!r} there"
                 )
 
     # ---- model ---------------------------------------------------------------------
@@ -346,7 +346,7 @@ def encode_row(
         return_dict=True,
         add_generation_prompt=True,
     )
-    start = _common_prefix(list(prompt["input_ids"]), ids)
+    start = _shared_prefix(prompt["input_ids"], ids)
     return ids, [-100] * start + ids[start:]
 
 
@@ -374,22 +374,14 @@ def _render(
     )
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _shared_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items (characters, token ids) a and b share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
     return n
-
-
-def _common(a: str, b: str) -> str:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
 
 
 def _span_ends(labels: list[int]) -> list[int]:

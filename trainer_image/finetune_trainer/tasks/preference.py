@@ -49,10 +49,7 @@ class Preference(Recipe):
         return [(c, f"method.type {method}: column") for c in COLUMNS]
 
     def texts(self, table: Table) -> list[str]:
-        return [
-            _text(p) + " " + _text(c)
-            for p, c in zip(table.data["prompt"], table.data["chosen"], strict=True)
-        ]
+        return _pairs(table.data["prompt"], table.data["chosen"])
 
     def tokenize(
         self, table: Table, tokenizer: PreTrainedTokenizerBase, max_length: int
@@ -60,10 +57,7 @@ class Preference(Recipe):
         """The rows as they are (TRL tokenises them), with their length in tokens."""
 
         def lengths(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
-            texts = [
-                _text(p) + " " + _text(c)
-                for p, c in zip(batch["prompt"], batch["chosen"], strict=True)
-            ]
+            texts = _pairs(batch["prompt"], batch["chosen"])
             ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
             return {LENGTH_COLUMN: [len(i) for i in ids]}
 
@@ -119,6 +113,11 @@ def _config(cls: Any, args: TrainingArguments, **extra: Any) -> Any:
     values.pop("logging_dir", None)
     values["remove_unused_columns"] = False  # TRL picks its own columns
     return cls(**values, **extra)
+
+
+def _pairs(prompts: Sequence[Any], chosen: Sequence[Any]) -> list[str]:
+    """Prompt plus chosen answer as one text: what the length and the token meter count."""
+    return [_text(p) + " " + _text(c) for p, c in zip(prompts, chosen, strict=True)]
 
 
 def _text(value: Any) -> str:
