@@ -80,7 +80,7 @@ def _obstore_options(scheme: str) -> dict[str, Any]:
             config["session_token"] = profile.session_token
     env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     endpoint = env_endpoint or profile.endpoint_url
-    if endpoint and not env_endpoint:
+    if endpoint:  # explicit, so fsspec's instance cache keys on it too
         config["endpoint"] = endpoint
     if endpoint and endpoint.startswith("http://"):
         options["client_options"] = {"allow_http": True}
