@@ -55,11 +55,12 @@ def s3_env(s3_server: s3.S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 @pytest.fixture
 def online(hub: hub_server.HubServer, monkeypatch: pytest.MonkeyPatch) -> hub_server.HubServer:
-    """huggingface_hub in this process talks to the local hub (HF_HUB_OFFLINE is read at
-    import: the constant is switched off for this test only)."""
+    """huggingface_hub in this process talks to the local hub (HF_HUB_OFFLINE and
+    HF_HUB_DISABLE_XET are read at import: the constants are switched for this test only)."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the LFS path (no Xet here)
     for key, value in hub.env().items():
         monkeypatch.setenv(key, value)
     return hub
@@ -194,10 +195,11 @@ def test_hf_sources_and_a_hub_push_with_a_model_card(
     assert api.repo_info("org/pushed").private
 
     # read back through huggingface_hub itself: the model loads, the card says what it is
-    folder = snapshot_download("org/pushed", cache_dir=tmp_path / "read-back", token=online.hub.token)
+    read = {"endpoint": online.url, "token": online.hub.token}
+    folder = snapshot_download("org/pushed", cache_dir=tmp_path / "read-back", **read)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert model.config.num_labels == 2
-    readme = hf_hub_download("org/pushed", "README.md", cache_dir=tmp_path / "rb2")
+    readme = hf_hub_download("org/pushed", "README.md", cache_dir=tmp_path / "rb2", **read)
     card = ModelCard.load(readme)
     assert card.data.base_model == "org/tiny-bert"
     assert card.data.library_name == "transformers"
