@@ -83,18 +83,24 @@ def _doc(spec: dict[str, Any], name: str = "uri-run") -> dict[str, Any]:
     }
 
 
-def _image(tmp_path: Path, doc: dict[str, Any], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _image(
+    tmp_path: Path, doc: dict[str, Any], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     """The trainer image's entry point, as a pod runs it."""
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(doc))
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
-    env = clean | {
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "FINETUNE_SOURCE_CACHE": str(tmp_path / "source-cache"),
-        "FINETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
-        "HF_HOME": str(tmp_path / "hf-home"),
-    } | env
+    env = (
+        clean
+        | {
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "FINETUNE_SOURCE_CACHE": str(tmp_path / "source-cache"),
+            "FINETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+            "HF_HOME": str(tmp_path / "hf-home"),
+        }
+        | env
+    )
     command = [sys.executable, "-m", "finetune_trainer", "--spec", str(spec)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
@@ -126,7 +132,10 @@ def test_model_and_data_from_s3_train_and_are_cached(
     assert final["phase"] == "Succeeded" and final["progress"]["step"] == 4
     info = json.loads((out / "run.json").read_text())
     assert info["baseModelUri"] == "s3://models/tiny-bert"
-    assert info["dataset"] == {"train": "s3://data/sst/train.csv", "eval": "s3://data/sst/dev.jsonl"}
+    assert info["dataset"] == {
+        "train": "s3://data/sst/train.csv",
+        "eval": "s3://data/sst/dev.jsonl",
+    }
     cache = tmp_path / "source-cache"
     folders = sorted(p for p in cache.iterdir() if not p.name.startswith("."))
     assert len(folders) == 3  # the model folder and two data files, each complete
@@ -201,12 +210,13 @@ def test_hf_sources_and_a_hub_push_with_a_model_card(
     assert model.config.num_labels == 2
     readme = hf_hub_download("org/pushed", "README.md", cache_dir=tmp_path / "rb2", **read)
     card = ModelCard.load(readme)
-    assert card.data.base_model == "org/tiny-bert"
-    assert card.data.library_name == "transformers"
-    assert card.data.pipeline_tag == "text-classification"
-    assert card.data.datasets == ["org/sst"]
-    assert {"finetune", "classification", "sft"} <= set(card.data.tags)
-    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    data: Any = card.data  # ModelCardData
+    assert data.base_model == "org/tiny-bert"
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag == "text-classification"
+    assert data.datasets == ["org/sst"]
+    assert {"finetune", "classification", "sft"} <= set(data.tags)
+    metrics = {r.metric_type: r.metric_value for r in data.eval_results}
     final = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["accuracy"] == pytest.approx(final["accuracy"])
     assert "learningRate" in card.text and "hf://datasets/org/sst/train.jsonl" in card.text
@@ -227,11 +237,12 @@ def test_model_card_metadata_for_an_adapter_from_a_local_base() -> None:
         "hyperparameters": {"learningRate": 0.0001, "epochs": 1},
     }
     card = ModelCard(model_card("me/adapter", info, {"evalLoss": 1.5, "perplexity": 4.48}))
-    assert card.data.base_model is None  # a path is no hub id: named in the text only
-    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
-    assert {"lora", "peft", "dpo"} <= set(card.data.tags)
-    assert card.data.datasets is None
-    assert {r.metric_type for r in card.data.eval_results} == {"evalLoss", "perplexity"}
+    data: Any = card.data  # ModelCardData
+    assert data.base_model is None  # a path is no hub id: named in the text only
+    assert data.library_name == "peft" and data.pipeline_tag == "text-generation"
+    assert {"lora", "peft", "dpo"} <= set(data.tags)
+    assert data.datasets is None
+    assert {r.metric_type for r in data.eval_results} == {"evalLoss", "perplexity"}
     assert "/models/llama" in card.text and "s3://data/prefs.jsonl" in card.text
 
 
@@ -332,7 +343,9 @@ def test_bad_hub_settings_are_refused_naming_the_field(
     assert online.hub.token not in message
 
 
-def test_hub_push_in_offline_mode_is_refused_before_training(bert_dir: Path, tmp_path: Path) -> None:
+def test_hub_push_in_offline_mode_is_refused_before_training(
+    bert_dir: Path, tmp_path: Path
+) -> None:
     write_rows(tmp_path / "train.csv", sentiment_rows(16, seed=1))
     spec = {
         "model": {"path": str(bert_dir)},
@@ -347,17 +360,26 @@ def test_a_bad_model_uri_is_one_error_line_from_the_cli(
     bert_dir: Path, tmp_path: Path, s3_server: s3.S3Server
 ) -> None:
     write_rows(tmp_path / "train.csv", sentiment_rows(16, seed=1))
-    doc = _doc({"model": {"uri": "s3://no-such-bucket/m"}, "dataset": {"train": {"path": "train.csv"}}})
+    doc = _doc(
+        {"model": {"uri": "s3://no-such-bucket/m"}, "dataset": {"train": {"path": "train.csv"}}}
+    )
     (tmp_path / "job.yaml").write_text(json.dumps(doc))
     command = [sys.executable, "-c", "from finetune_cli.app import main; main()", "run", "job.yaml"]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     result = subprocess.run(
-        command, env=clean | s3_server.env(), capture_output=True, text=True, timeout=180, cwd=tmp_path
+        command,
+        env=clean | s3_server.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[0].startswith("error: spec.model.uri: s3://no-such-bucket/m: the bucket does not exist")
+    assert lines[0].startswith(
+        "error: spec.model.uri: s3://no-such-bucket/m: the bucket does not exist"
+    )
     assert "finetune-test-secret" not in result.stderr + result.stdout
 
 
