@@ -442,8 +442,10 @@ class Output(ApiModel):
         "spec.secrets), the hub HF_ENDPOINT (default huggingface.co); both are checked "
         "before training. status.artifacts.hubRepo holds the repository's URL.",
     )
-    hub_private: bool = Field(
-        False, description="Create the hub repository private (an existing one keeps its own)."
+    hub_private: bool | None = Field(
+        None,
+        description="Create the hub repository private (default public; an existing one "
+        "keeps its own visibility).",
     )
     hub_revision: str | None = Field(
         None,

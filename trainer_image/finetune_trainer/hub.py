@@ -83,7 +83,7 @@ def check(output: Output) -> None:
     except Exception as err:
         raise _error(output, f"{endpoint()}: {_reason(err)}") from None
     try:
-        api.create_repo(output.hub_repo, private=output.hub_private, exist_ok=True)
+        api.create_repo(output.hub_repo, private=bool(output.hub_private), exist_ok=True)
         if output.hub_revision:
             api.create_branch(output.hub_repo, branch=output.hub_revision, exist_ok=True)
     except Exception as err:
