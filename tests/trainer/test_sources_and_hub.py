@@ -189,22 +189,28 @@ def test_hf_sources_and_a_hub_push_with_a_model_card(
         {
             "model": {"uri": "hf://org/tiny-bert"},
             "dataset": {"train": {"uri": "hf://datasets/org/sst/train.jsonl"}},
-            "output": {"path": str(out), "hubRepo": "org/pushed", "hubPrivate": True},
+            "output": {
+                "path": str(out),
+                "hubRepo": "org/pushed",
+                "hubPrivate": True,
+                "hubRevision": "v1",
+            },
         }
     )
     result = _image(tmp_path, doc, online.env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert online.hub.token not in result.stdout + result.stderr
     termination = json.loads((tmp_path / "termination-log").read_text())
-    assert termination["artifacts"]["hubRepo"] == f"{online.url}/org/pushed"
+    assert termination["artifacts"]["hubRepo"] == f"{online.url}/org/pushed/tree/v1"
     # through the upload path: preupload, LFS batch + upload + verify, the commit
     assert "POST /org/pushed.git/info/lfs/objects/batch" in online.hub.requests
     assert any(r.startswith("PUT /lfs-upload/") for r in online.hub.requests)
-    assert "POST /api/models/org/pushed/commit/main" in online.hub.requests
+    assert "POST /api/models/org/pushed/commit/v1" in online.hub.requests
     assert api.repo_info("org/pushed").private
+    assert api.list_repo_files("org/pushed") == []  # main untouched: the push went to v1
 
     # read back through huggingface_hub itself: the model loads, the card says what it is
-    read = {"endpoint": online.url, "token": online.hub.token}
+    read = {"endpoint": online.url, "token": online.hub.token, "revision": "v1"}
     folder = snapshot_download("org/pushed", cache_dir=tmp_path / "read-back", **read)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert model.config.num_labels == 2
@@ -418,3 +424,32 @@ def test_an_aws_profile_gives_credentials_region_and_endpoint(
     assert not storage.has_credentials("s3")
     with pytest.raises(storage.StorageError, match="no credentials"):
         storage.probe(fs, root, "s3://profiled/run", "spec.checkpoint.uri")
+
+
+def test_offline_an_hf_source_comes_from_the_cache_only(
+    tmp_path: Path, online: hub_server.HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi
+
+    from finetune_trainer import sources, storage
+
+    monkeypatch.setenv("FINETUNE_SOURCE_CACHE", str(tmp_path / "cache"))
+    api = HfApi(endpoint=online.url, token=online.hub.token)
+    api.create_repo("org/offline-data", repo_type="dataset", exist_ok=True)
+    api.upload_file(
+        path_or_fileobj=b"text,label\na,0\nb,1\n",
+        path_in_repo="t.csv",
+        repo_id="org/offline-data",
+        repo_type="dataset",
+    )
+    uri = "hf://datasets/org/offline-data/t.csv"
+    first = sources.fetch(uri, "spec.dataset.train.uri", single=True)
+    assert first.read_bytes() == b"text,label\na,0\nb,1\n"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = len(online.hub.requests)
+    assert sources.fetch(uri, "spec.dataset.train.uri", single=True) == first
+    assert len(online.hub.requests) == seen  # not a single request
+    with pytest.raises(storage.StorageError, match=r"^spec.dataset.eval.uri: .*HF_HUB_OFFLINE=1"):
+        sources.fetch(
+            "hf://datasets/org/offline-data/other.csv", "spec.dataset.eval.uri", single=True
+        )

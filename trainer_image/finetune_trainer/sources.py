@@ -7,6 +7,7 @@ path is today:
 
 - the folder is `<cache>/<sha256(uri)[:16]>/` (cache: FINETUNE_SOURCE_CACHE, else
   $HF_HOME/finetune-sources, HF_HOME defaulting to ~/.cache/huggingface);
+  a read-only cache that lacks a source falls back to $TMPDIR/finetune-sources;
 - a download goes to a temporary name and is renamed into place, with a marker
   (`.finetune-source.json`: the uri and the remote listing, name/size/etag) written
   inside first, so a folder there is always complete;
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +127,21 @@ def _complete(folder: Path) -> dict[str, Any] | None:
 
 
 def _cached(uri: str) -> Path:
-    return cache_root() / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    """The cache folder of `uri`; when the cache is read-only (a read-only spec.cache)
+    and does not hold it complete, a folder under TMPDIR instead."""
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = cache_root() / name
+    if _complete(target) is not None or _writable(cache_root()):
+        return target
+    return Path(tempfile.gettempdir()) / "finetune-sources" / name
+
+
+def _writable(folder: Path) -> bool:
+    """Whether folder (or the nearest existing folder above it) can be written."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return os.access(candidate, os.W_OK | os.X_OK)
+    return False
 
 
 def fetch(uri: str, field: str, *, single: bool) -> Path:
