@@ -313,7 +313,10 @@ def test_bad_source_uris_are_refused_naming_the_field(
         ("no token", "no token: set HF_TOKEN"),
         ("wrong token", "the hub refused the token"),
         ("unreachable", "cannot be reached"),
-        ("missing dataset repo", "spec.dataset.train.uri: hf://datasets/org/none/t.jsonl: "),
+        (
+            "missing dataset repo",
+            "spec.dataset.train.uri: hf://datasets/org/none/t.jsonl: not found",
+        ),
     ],
 )
 def test_bad_hub_settings_are_refused_naming_the_field(

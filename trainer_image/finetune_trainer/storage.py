@@ -56,6 +56,8 @@ def filesystem(uri: str, field: str) -> tuple[Any, str]:
         obstore.fsspec.register(scheme)
     if _is_obstore(fsspec.get_filesystem_class(scheme)):  # registered here, now or earlier
         kwargs = _obstore_options(scheme)
+    if scheme == "hf" and os.environ.get("HF_ENDPOINT"):  # as set now, not at import
+        kwargs = {"endpoint": os.environ["HF_ENDPOINT"].rstrip("/")}
     try:
         fs, root = fsspec.core.url_to_fs(uri, **kwargs)
     except Exception as err:
