@@ -15,6 +15,7 @@ and never carry a credential.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -107,8 +108,10 @@ def has_credentials(scheme: str) -> bool:
     if _env_keys():
         return True
     profile = aws_profile.settings()
+    s3fs = importlib.util.find_spec("s3fs") is not None  # it reads every kind of profile
     return bool(
         (profile.access_key_id and profile.secret_access_key)
+        or (s3fs and env.get("AWS_PROFILE"))
         or env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
         or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
         or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
