@@ -78,10 +78,18 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
 # `--set spec.model.path=DIR` on a manifest naming model.name means "use DIR instead".
 # Keyed by the mapping's own name (model, distillation.teacher, dataset.train/eval).
 ONE_OF: dict[str, dict[str, tuple[str, ...]]] = {
-    "model": {"name": ("path",), "path": ("name",)},
-    "teacher": {"name": ("path",), "path": ("name",)},
-    "train": {"path": ("hub", "config", "split"), "hub": ("path",)},
-    "eval": {"path": ("hub", "config", "split"), "hub": ("path",)},
+    "model": {"name": ("path", "uri"), "path": ("name", "uri"), "uri": ("name", "path")},
+    "teacher": {"name": ("path", "uri"), "path": ("name", "uri"), "uri": ("name", "path")},
+    "train": {
+        "path": ("hub", "config", "split", "uri"),
+        "hub": ("path", "uri"),
+        "uri": ("path", "hub", "config", "split"),
+    },
+    "eval": {
+        "path": ("hub", "config", "split", "uri"),
+        "hub": ("path", "uri"),
+        "uri": ("path", "hub", "config", "split"),
+    },
 }
 
 

@@ -109,12 +109,17 @@ class Phase(StrEnum):
 # --------------------------------------------------------------------------- FineTuneJob spec
 
 
+# URIs a source can be read from (storage.py): object stores through fsspec, and hf://
+SOURCE_URI_PATTERN = r"^[a-z][a-z0-9+.-]*://.+"
+
+
 class ModelSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
             (
-                "has(self.name) != has(self.path)",
-                "exactly one of model.name or model.path must be set",
+                "(has(self.name) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0)"
+                " == 1",
+                "exactly one of model.name, model.path or model.uri must be set",
             ),
         )
     )
@@ -129,19 +134,32 @@ class ModelSource(ApiModel):
         description="A local or mounted (PVC) model directory. With resources.nodes > 1 it "
         "must lie under a spec.volumes mountPath (or /cache/huggingface with spec.cache).",
     )
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=SOURCE_URI_PATTERN,
+        description="A model directory in object storage or on a hub, read through fsspec: "
+        "s3://bucket/prefix, gs://..., az://..., hf://org/model (hf://org/model@revision). "
+        "Downloaded once into the trainer's cache (HF_HOME/finetune-sources) and reused "
+        "while the remote files are unchanged; credentials come from spec.secrets "
+        "(AWS_ACCESS_KEY_ID, HF_TOKEN, ...) and are checked before training.",
+    )
     revision: str = Field("main", min_length=1, description="Hub revision (branch, tag or commit).")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
-        if (self.name is None) == (self.path is None):
-            raise ValueError("exactly one of model.name or model.path must be set")
+        if sum(v is not None for v in (self.name, self.path, self.uri)) != 1:
+            raise ValueError("exactly one of model.name, model.path or model.uri must be set")
         return self
 
 
 class DataSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
-            ("has(self.path) != has(self.hub)", "exactly one of path or hub must be set"),
+            (
+                "(has(self.path) ? 1 : 0) + (has(self.hub) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+                "exactly one of path, hub or uri must be set",
+            ),
         )
     )
 
@@ -152,13 +170,22 @@ class DataSource(ApiModel):
         "Relative paths resolve against the spec file's directory.",
     )
     hub: str | None = Field(None, min_length=1, description="A hub dataset id, e.g. glue.")
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=SOURCE_URI_PATTERN,
+        description="A data file in object storage or on a hub, read through fsspec "
+        "(format from the extension): s3://bucket/train.jsonl, gs://..., az://..., "
+        "hf://datasets/org/name/train.jsonl. Downloaded into the trainer's cache and "
+        "reused while unchanged; credentials from spec.secrets, checked before training.",
+    )
     config: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
     split: str = Field("train", min_length=1, description="Hub dataset split.")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("exactly one of path or hub must be set")
+        if sum(v is not None for v in (self.path, self.hub, self.uri)) != 1:
+            raise ValueError("exactly one of path, hub or uri must be set")
         return self
 
 
@@ -404,6 +431,29 @@ class Output(ApiModel):
         "gs://..., a path): every file of the output directory, then "
         "finetune-complete.json last; status.artifacts then holds these URIs. Credentials "
         "come from spec.secrets (AWS_ACCESS_KEY_ID, ...); they are checked before training.",
+    )
+    hub_repo: str | None = Field(
+        None,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Push the trained model (or LoRA adapter) and a model card built from "
+        "the run's records (metrics, data, base model, hyperparameters) to this hub "
+        "repository (org/name), created when missing. The token is env HF_TOKEN (through "
+        "spec.secrets), the hub HF_ENDPOINT (default huggingface.co); both are checked "
+        "before training. status.artifacts.hubRepo holds the repository's URL.",
+    )
+    hub_private: bool | None = Field(
+        None,
+        description="Create the hub repository private (default public; an existing one "
+        "keeps its own visibility).",
+    )
+    hub_revision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]*$",
+        description="Push to this branch of hubRepo (created from main when missing); "
+        "default main.",
     )
 
 
@@ -653,7 +703,7 @@ HF_CACHE_MOUNT = "/cache/huggingface"  # where spec.cache is mounted (HF_HOME)
 # CEL: with nodes > 1 every pod must reach the model (rule text in Resources.nodes).
 MULTI_NODE_RULE = (
     "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes <= 1 || "
-    "(has(self.model.name) ? has(self.cache) : "
+    "has(self.model.uri) || (has(self.model.name) ? has(self.cache) : "
     f"(has(self.cache) && self.model.path.startsWith('{HF_CACHE_MOUNT}/')) || "
     "(has(self.volumes) && self.volumes.exists(v, self.model.path == v.mountPath || "
     "self.model.path.startsWith(v.mountPath.endsWith('/') ? v.mountPath : v.mountPath + '/'))))"
@@ -661,7 +711,7 @@ MULTI_NODE_RULE = (
 MULTI_NODE_MESSAGE = (
     "with resources.nodes > 1 every pod must reach the model: put model.path under a "
     "spec.volumes mountPath (a shared PVC) or under /cache/huggingface with spec.cache, "
-    "or use model.name with spec.cache"
+    "or use model.name with spec.cache, or model.uri (each pod downloads it)"
 )
 
 

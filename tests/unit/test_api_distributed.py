@@ -87,6 +87,11 @@ SHARED = [{"claimName": "models", "mountPath": "/models"}]
             True,
         ),
         (
+            "two nodes, model.uri (each pod downloads it)",
+            {"resources": {"nodes": 2}, "model": {"uri": "s3://models/minilm"}},
+            True,
+        ),
+        (
             "two nodes, path inside the cache",
             {
                 "resources": {"nodes": 2},

@@ -48,6 +48,21 @@ def test_data_path_replaces_hub_and_its_config(tmp_path: Path) -> None:
     assert (job.spec.dataset.eval.hub, job.spec.dataset.eval.path) == ("imdb", None)  # type: ignore[union-attr]
 
 
+def test_a_uri_replaces_a_name_or_path_and_back() -> None:
+    overrides = [
+        "spec.model.uri=s3://models/minilm",
+        "spec.dataset.train.uri=hf://datasets/o/d/t.csv",
+    ]
+    job = load_manifest(EXAMPLES / "sst2-minilm.yaml", FineTuneJob, overrides)
+    assert (job.spec.model.uri, job.spec.model.name) == ("s3://models/minilm", None)
+    train = job.spec.dataset.train
+    assert (train.uri, train.path) == ("hf://datasets/o/d/t.csv", None)
+    back = load_manifest(
+        EXAMPLES / "sst2-minilm.yaml", FineTuneJob, [*overrides, "spec.model.path=/m"]
+    )
+    assert (back.spec.model.path, back.spec.model.uri) == ("/m", None)
+
+
 def test_sweep_template_overrides_and_a_hint_for_the_job_form() -> None:
     sweep = EXAMPLES / "sweep-sst2.yaml"
     spec = load_manifest(

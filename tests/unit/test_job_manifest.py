@@ -82,6 +82,26 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, str], OperatorConfig]] = {
         ),
     ),
     "suspended": ({**BASE, "suspend": True}, {}, OperatorConfig()),
+    # sources by URI and a hub push: nothing new in the Job but the secrets' references
+    # (no model volume: the pod downloads model.uri into its own HF cache)
+    "uri-sources-hub-push": (
+        {
+            **BASE,
+            "model": {"uri": "s3://models/minilm"},
+            "dataset": {
+                "train": {"uri": "s3://data/sst2/train.csv"},
+                "eval": {"uri": "hf://datasets/org/sst2/dev.jsonl"},
+            },
+            "output": {"uri": "s3://runs/sst2/out", "hubRepo": "org/sst2", "hubPrivate": True},
+            "secrets": [
+                {"env": "AWS_ACCESS_KEY_ID", "secretRef": {"name": "s3", "key": "id"}},
+                {"env": "AWS_SECRET_ACCESS_KEY", "secretRef": {"name": "s3", "key": "secret"}},
+                {"env": "HF_TOKEN", "secretRef": {"name": "hub", "key": "token"}},
+            ],
+        },
+        {},
+        OperatorConfig(),
+    ),
     "gpu-pool-defaults": (
         BASE,
         {},

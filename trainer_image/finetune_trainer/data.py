@@ -97,9 +97,15 @@ def load_table(source: DataSource, spec_dir: Path | None, role: str) -> Table:
     """Read one data source (file by extension, or a hub dataset split)."""
     if source.hub is not None:
         return _load_hub(source, role)
-    assert source.path is not None
-    path = resolve(source.path, spec_dir)
-    where = f"dataset.{role} file {path}"
+    if source.uri is not None:  # downloaded into the source cache first (sources.py)
+        from finetune_trainer import sources
+
+        path = sources.fetch(source.uri, f"spec.dataset.{role}.uri", single=True)
+        where = f"dataset.{role} file {source.uri}"
+    else:
+        assert source.path is not None
+        path = resolve(source.path, spec_dir)
+        where = f"dataset.{role} file {path}"
     if not path.is_file():
         raise DataError(
             f"{where}: no such file" + (" (it is a directory)" if path.is_dir() else "")

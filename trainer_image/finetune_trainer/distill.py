@@ -142,7 +142,7 @@ def load_teacher(
             raise ModelError(f"distillation.teacher {teacher_dir}: a {info['task']} run")
         location = str(teacher_dir)
     else:
-        ref = resolve_model(spec.teacher, spec_dir)
+        ref = resolve_model(spec.teacher, spec_dir, "spec.distillation.teacher.uri")
         tokenizer = load_tokenizer(ref, recipe)
         model = AutoModelForSequenceClassification.from_pretrained(ref.location, **ref.kwargs())
         location = ref.location

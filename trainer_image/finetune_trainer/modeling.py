@@ -26,6 +26,7 @@ class ModelRef:
     location: str
     revision: str | None
     is_path: bool
+    uri: str | None = None  # spec model.uri, when the location is its downloaded copy
 
     def kwargs(self) -> dict[str, Any]:
         return {} if self.revision is None else {"revision": self.revision}
@@ -35,8 +36,16 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_model(source: ModelSource, spec_dir: Path | None) -> ModelRef:
-    """Check the model exists (a directory, or a hub id available here) and say where it is."""
+def resolve_model(
+    source: ModelSource, spec_dir: Path | None, field: str = "spec.model.uri"
+) -> ModelRef:
+    """Check the model exists (a directory, or a hub id available here) and say where it
+    is; a model.uri is downloaded into the source cache first (sources.py)."""
+    if source.uri is not None:
+        from finetune_trainer import sources
+
+        folder = sources.fetch(source.uri, field, single=False)
+        return ModelRef(str(folder), None, True, uri=source.uri)
     if source.path is not None:
         path = resolve(source.path, spec_dir)
         if not path.exists():

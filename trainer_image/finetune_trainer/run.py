@@ -34,8 +34,10 @@ from finetune_trainer import (
     durable,
     evaluation,
     heartbeat,
+    hub,
     lm_speed,
     rundir,
+    sources,
     throughput,
     tracking,
 )
@@ -178,6 +180,9 @@ def _run(
     if store is not None and distributed.world().is_main:
         store.check()
     outbox = _output_store(spec, spec_dir)  # spec.output.uri, checked before training too
+    sources.check(spec)  # model.uri, dataset.*.uri: listed before anything downloads
+    if spec.output.hub_repo and distributed.world().is_main:
+        hub.check(spec.output)  # token, endpoint, repository (hub.py)
     state = _load(spec, spec_dir, output_dir, reporter, progress_bar)
     keep = spec.checkpoint.keep if spec.checkpoint else 1
     state.publisher = durable.Publisher(store, fingerprint(spec), keep, durable.Ledger())
@@ -189,6 +194,7 @@ def _run(
     _evaluate(state)
     _save(state)
     _lm_eval(state, spec_dir)
+    _push_to_hub(state)
     notes = []
     if tracker is not None:
         state.artifacts |= tracker.finish(state.final, state.artifacts)
@@ -215,6 +221,17 @@ def _lm_eval(state: RunState, spec_dir: Path | None) -> None:
     )
     state.final |= results.metrics
     state.artifacts["lmEval"] = str(results.path)
+
+
+def _push_to_hub(state: RunState) -> None:
+    """spec.output.hubRepo: the model (or adapter) and its card; status.artifacts.hubRepo."""
+    output = state.spec.output
+    if not output.hub_repo or not state.world.is_main:
+        return
+    info = json.loads((state.output_dir / RUN_INFO).read_text())
+    folder = Path(state.artifacts["model"])
+    state.artifacts["hubRepo"] = hub.push(output, folder, info, state.final)
+    log.info("pushed %s to %s", folder.name, state.artifacts["hubRepo"])
 
 
 def _output_store(spec: FineTuneJobSpec, spec_dir: Path | None) -> durable.OutputStore | None:
@@ -578,6 +595,13 @@ def _write_run_info(state: RunState) -> None:
         "merged": "merged" if spec.lora is not None and spec.lora.merge else None,
         "baseModel": ref.location,
         "baseModelRevision": ref.revision,
+        "baseModelUri": ref.uri,
+        "method": spec.method.type,
+        "dataset": {
+            role: (source.uri or source.hub or source.path) if source is not None else None
+            for role, source in (("train", spec.dataset.train), ("eval", spec.dataset.eval))
+        },
+        "hyperparameters": spec.hyperparameters.dump(),
         "maxLength": max_length,
         "labels": list(label_map.labels) if label_map else None,
         "quantizeBase": spec.lora.quantize_base if spec.lora else None,
