@@ -46,7 +46,7 @@ def test_gate_states_value_bound_and_gap() -> None:
 
 def test_gate_needs_exactly_one_bound() -> None:
     for bad in ({"metric": "acc"}, {"metric": "acc", "minimum": 1, "maximum": 2}):
-        with pytest.raises(ValidationError, match="exactly one of minimum or maximum"):
+        with pytest.raises(ValidationError, match="exactly one of minimum, maximum or beatsBase"):
             PromoteWhen.model_validate(bad)
 
 
