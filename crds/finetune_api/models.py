@@ -620,8 +620,7 @@ class BeatsBase(ApiModel):
 
 
 PROMOTE_WHEN_RULE = (
-    "(has(self.minimum) ? 1 : 0) + (has(self.maximum) ? 1 : 0) + "
-    "(has(self.beatsBase) ? 1 : 0) == 1"
+    "(has(self.minimum) ? 1 : 0) + (has(self.maximum) ? 1 : 0) + (has(self.beatsBase) ? 1 : 0) == 1"
 )
 PROMOTE_WHEN_MESSAGE = "promote.when needs exactly one of minimum, maximum or beatsBase"
 

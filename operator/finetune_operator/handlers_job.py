@@ -60,7 +60,6 @@ from finetune_operator.runtime import (
     parse_object,
 )
 from finetune_operator.state import ReconcileState, from_memo
-from finetune_operator.sweep_space import LABEL_SWEEP
 from finetune_operator.status import (
     OWNED_KEYS,
     Derived,
@@ -69,6 +68,7 @@ from finetune_operator.status import (
     milestones,
     status_patch,
 )
+from finetune_operator.sweep_space import LABEL_SWEEP
 
 MANAGED = MappingProxyType({LABEL_MANAGED_BY: MANAGED_BY})
 TERMINAL = (Phase.succeeded.value, Phase.failed.value)

@@ -45,9 +45,7 @@ def settled(previous: dict[str, Any]) -> Outcome | None:
     """A promotion already complete in the stored status (Promoted=True with a URL): keep
     it without any API call."""
     served = previous.get("inferenceService") or {}
-    cond = next(
-        (c for c in previous.get("conditions") or [] if c.get("type") == CONDITION), None
-    )
+    cond = next((c for c in previous.get("conditions") or [] if c.get("type") == CONDITION), None)
     if not served.get("url") or cond is None or cond.get("status") != "True":
         return None
     return Outcome(
