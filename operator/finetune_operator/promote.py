@@ -1,11 +1,10 @@
-"""Pure core of promotion to serving: the evaluation gate, the `Promoted` condition's
-content and the KServe InferenceService the operator would create and own.
-
-Not wired into the FineTuneJob handler yet, so `FineTuneJobSpec` has no `promote` field
-(the models `Promote`, `PromoteWhen`, `InferenceServiceSpec` exist; a field the operator
-ignored would be accepted silently). The gate and the manifest are unit-tested, and the
-manifest is checked against KServe's real CRD on the control plane
-(tests/operator/test_promote_kserve_crd.py).
+"""Pure core of promotion to serving (spec.promote): the evaluation gate (minimum,
+maximum or beatsBase against the trainer's `base.<metric>`), the `Promoted` condition's
+message, where the model is served from, and the KServe InferenceService the operator
+creates and owns. promotion.py does the I/O (create/adopt, poll for the URL, KServe not
+installed); handlers_job calls it once a run is Succeeded. Unit-tested in
+tests/unit/test_promote.py; the manifest against KServe's real CRD on the control plane
+(tests/operator/test_promote_kserve_crd.py, tests/operator/test_operator_promote.py).
 """
 
 from __future__ import annotations
