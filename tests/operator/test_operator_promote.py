@@ -108,9 +108,14 @@ async def test_without_kserve_the_run_succeeds_and_promoted_says_so(
     )
 
 
+@pytest.fixture(scope="module")
+def kserve_crd() -> dict[str, Any]:
+    return kserve.inference_service_crd()
+
+
 @pytest.fixture()
-def with_kserve(cluster: Cluster) -> None:
-    kserve.install(cluster.sync, kserve.inference_service_crd())
+def with_kserve(cluster: Cluster, kserve_crd: dict[str, Any]) -> None:
+    kserve.install(cluster.sync, kserve_crd)
 
 
 async def test_a_gate_it_cannot_meet_leaves_it_succeeded_with_the_gap(
@@ -181,6 +186,16 @@ async def test_a_met_gate_creates_the_inference_service_and_reports_its_url(
         and (e.get("objectRef") or {}).get("resource") == "inferenceservices"
     ]
     assert [e["responseStatus"]["code"] for e in creates] == [201], creates
+    # the chart's RBAC (create, get) is all promotion uses, and the authorizer allowed it
+    who = cluster.plane.operator_user
+    calls = {
+        (e["verb"], e["responseStatus"]["code"])
+        for e in cluster.audit()
+        if e.get("user", {}).get("username") == who
+        and (e.get("objectRef") or {}).get("resource") == "inferenceservices"
+    }
+    assert {verb for verb, _ in calls} == {"create", "get"}, calls
+    assert all(code < 400 for _, code in calls), calls
 
 
 async def test_a_sweep_promotes_only_its_best_trial(
