@@ -173,10 +173,11 @@ def predict(
 
 
 def run_summary(run_dir: Path) -> list[str]:
-    """`predict`'s lines after the first: the MLflow run and lm-eval's table, where present."""
+    """`predict`'s lines after the first: the MLflow run, lm-eval's table, the base model's
+    metrics (spec.promote.when.beatsBase) and the promotion, where present."""
     import json
 
-    from finetune_cli.views import lm_eval_rows, tracking_lines
+    from finetune_cli.views import base_lines, lm_eval_rows, promotion_lines, tracking_lines
 
     try:
         state = json.loads((run_dir / "metrics.json").read_text())
@@ -186,7 +187,8 @@ def run_summary(run_dir: Path) -> list[str]:
     for task, metric, value, stderr in lm_eval_rows(state.get("metrics") or {}):
         spread = f" ± {stderr:.4f}" if stderr is not None else ""
         lines.append(f"finetune: lm-eval {task} {metric} {value:.4f}{spread}")
-    return lines
+    extra = base_lines(state.get("metrics") or {}) + promotion_lines(state)
+    return lines + [f"finetune: {line}" for line in extra]
 
 
 @app.command(epilog=epilog("sweep"))

@@ -497,11 +497,47 @@ def tracking_lines(artifacts: dict[str, Any]) -> list[str]:
     return lines
 
 
+BASE_PREFIX = "base."
+
+
+def base_lines(metrics: dict[str, Any]) -> list[str]:
+    """spec.promote.when.beatsBase: the base model's value of each metric beside the run's."""
+    lines = []
+    for key, value in sorted(metrics.items()):
+        name = key[len(BASE_PREFIX) :]
+        if key.startswith(BASE_PREFIX) and not name.endswith("_stderr"):
+            run = metrics.get(name)
+            beside = f" (this run {_fmt(run)})" if run is not None else ""
+            lines.append(f"base model {name} {_fmt(value)}{beside}")
+    return lines
+
+
+def promotion_lines(st: dict[str, Any]) -> list[str]:
+    """spec.promote: the Promoted condition, the InferenceService and its URL, if any."""
+    cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Promoted"), None)
+    served = st.get("inferenceService") or {}
+    if cond is None and not served:
+        return []
+    lines = []
+    if cond is not None:
+        verdict = "yes" if cond.get("status") == "True" else "no"
+        lines.append(f"promoted: {verdict} ({cond.get('reason')}): {cond.get('message', '')}")
+    if served.get("name"):
+        trial = f" (trial {served['trial']})" if served.get("trial") else ""
+        url = served.get("url") or "not Ready yet"
+        lines.append(f"InferenceService {served['name']}{trial}: {url}")
+    return lines
+
+
 def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
     """Sections of `finetune describe` for a FineTuneJob."""
     st, spec = status(ftj), ftj.get("spec") or {}
     all_metrics = st.get("metrics") or {}
-    plain = {k: v for k, v in all_metrics.items() if not k.startswith(LM_EVAL_PREFIX)}
+    plain = {
+        k: v
+        for k, v in all_metrics.items()
+        if not k.startswith(LM_EVAL_PREFIX) and not k.startswith(BASE_PREFIX)
+    }
     model = spec.get("model") or {}
     head = Table.grid(padding=(0, 2))
     for key, value in (
@@ -524,6 +560,9 @@ def describe_job(ftj: Obj, details: Details) -> list[RenderableType]:
     lm_eval = lm_eval_table(all_metrics)
     if lm_eval is not None:
         sections += [_section("lm-eval"), lm_eval]
+    promoted = promotion_lines(st) + base_lines(all_metrics)
+    if promoted:
+        sections += [_section("Promotion"), *(Text(f"  {line}") for line in promoted)]
     why = explain(ftj, details)
     if why:
         sections.append(_section("Why it failed" if phase_of(ftj) == "Failed" else "Problems"))
@@ -576,6 +615,9 @@ def describe_sweep(sweep: Obj, trials: list[Obj], events: list[Obj]) -> list[Ren
     if best.get("params"):
         sections.append(_section("Best trial"))
         sections += [Text(f"  {k}: {_fmt(v)}") for k, v in best["params"].items()]
+    promoted = promotion_lines(st)
+    if promoted:
+        sections += [_section("Promotion"), *(Text(f"  {line}") for line in promoted)]
     sections += [_section("Conditions"), conditions_table(sweep)]
     sections += [_section("Trials"), trials_table(sweep, trials)]
     sections += [_section("Events"), events_table(events) if events else Text("  none")]

@@ -656,18 +656,50 @@ class Evaluation(ApiModel):
     )
 
 
-class PromoteWhen(ApiModel):
-    """The evaluation gate: `metric` (a status.metrics key) at least `minimum`, or at
-    most `maximum` (exactly one)."""
+class BeatsBase(ApiModel):
+    by: float = Field(
+        0,
+        ge=0,
+        description="The margin: the run must beat the base model's value by at least this.",
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None,
+        description="Which way is better; default minimize for a loss or perplexity, "
+        "else maximize (task_metrics.lower_is_better).",
+    )
 
-    metric: str = Field(min_length=1, max_length=256)
-    minimum: float | None = None
-    maximum: float | None = None
+
+PROMOTE_WHEN_RULE = (
+    "(has(self.minimum) ? 1 : 0) + (has(self.maximum) ? 1 : 0) + (has(self.beatsBase) ? 1 : 0) == 1"
+)
+PROMOTE_WHEN_MESSAGE = "promote.when needs exactly one of minimum, maximum or beatsBase"
+
+
+class PromoteWhen(ApiModel):
+    """The evaluation gate: `metric` (a status.metrics key) at least `minimum`, at most
+    `maximum`, or better than the base model's `base.<metric>` by `beatsBase.by`
+    (exactly one)."""
+
+    model_config = ConfigDict(json_schema_extra=cel((PROMOTE_WHEN_RULE, PROMOTE_WHEN_MESSAGE)))
+
+    metric: str = Field(
+        min_length=1,
+        max_length=256,
+        description="A status.metrics key, e.g. perplexity or lmEval.<task>.acc.",
+    )
+    minimum: float | None = Field(None, description="Promote when metric >= minimum.")
+    maximum: float | None = Field(None, description="Promote when metric <= maximum.")
+    beats_base: BeatsBase | None = Field(
+        None,
+        description="Promote when the run beats the base model (evaluated by the trainer "
+        "on the same eval set and lm-eval tasks, reported as base.<metric>) by `by`.",
+    )
 
     @model_validator(mode="after")
     def _one_bound(self) -> PromoteWhen:
-        if (self.minimum is None) == (self.maximum is None):
-            raise ValueError("promote.when needs exactly one of minimum or maximum")
+        bounds = (self.minimum, self.maximum, self.beats_base)
+        if sum(b is not None for b in bounds) != 1:
+            raise ValueError(PROMOTE_WHEN_MESSAGE)
         return self
 
 
@@ -695,8 +727,11 @@ class InferenceServiceSpec(ApiModel):
 
 
 class Promote(ApiModel):
-    when: PromoteWhen
-    inference_service: InferenceServiceSpec = Field(default_factory=InferenceServiceSpec)
+    when: PromoteWhen = Field(description="The evaluation gate.")
+    inference_service: InferenceServiceSpec = Field(
+        default_factory=InferenceServiceSpec,
+        description="The KServe InferenceService that serves the model once the gate holds.",
+    )
 
 
 HF_CACHE_MOUNT = "/cache/huggingface"  # where spec.cache is mounted (HF_HOME)
@@ -846,6 +881,11 @@ class FineTuneJobSpec(ApiModel):
     evaluation: Evaluation | None = Field(
         None, description="Benchmark evaluation after training (lm-evaluation-harness)."
     )
+    promote: Promote | None = Field(
+        None,
+        description="Serve the model once the run succeeded and the gate holds: the operator "
+        "creates (and owns) a KServe InferenceService; condition Promoted says why or why not.",
+    )
     image: str | None = Field(None, description="Trainer image; default from the operator.")
     backoff_limit: int = Field(2, ge=0, le=100)
     active_deadline_seconds: int | None = Field(None, ge=1)
@@ -915,6 +955,15 @@ class Workers(ApiModel):
     total: int = Field(1, ge=1, description="Trainer pods of the run (spec.resources.nodes).")
 
 
+class ServedModel(ApiModel):
+    """The InferenceService a promotion created (status.inferenceService)."""
+
+    name: str
+    url: str | None = Field(None, description="Set once KServe reports it Ready.")
+    storage_uri: str | None = None
+    trial: str | None = Field(None, description="A sweep's: the trial it serves.")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -942,6 +991,9 @@ class FineTuneJobStatus(ApiModel):
         None,
         max_length=64,
         description="Why a Failed run failed, when the trainer knows (ChatTemplate, ...).",
+    )
+    inference_service: ServedModel | None = Field(
+        None, description="spec.promote: the InferenceService serving this run's model."
     )
 
 
@@ -1031,6 +1083,7 @@ def tunable_paths(model: type[BaseModel] = FineTuneJobSpec, prefix: str = "") ->
         "distributed",
         "cache",
         "chatTemplate",
+        "promote",
     }
     paths: list[str] = []
     for name, field in model.model_fields.items():
@@ -1062,10 +1115,16 @@ TUNABLE_PATHS = tunable_paths()
 _TUNABLE_CEL = "{" + ", ".join(f"'{p}': true" for p in TUNABLE_PATHS) + "}"
 
 
+SWEEP_PROMOTE_MESSAGE = (
+    "a sweep promotes only its best trial: put promote on the sweep's spec, not in template"
+)
+
+
 class HyperparameterSweepSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("self.parallelism <= self.maxTrials", "parallelism must not exceed maxTrials"),
+            ("!has(self.template.promote)", SWEEP_PROMOTE_MESSAGE),
             (
                 f"self.searchSpace.all(k, k in {_TUNABLE_CEL})",
                 "searchSpace keys must be tunable paths of the template, e.g. "
@@ -1087,11 +1146,18 @@ class HyperparameterSweepSpec(ApiModel):
     max_trials: int = Field(20, ge=1, le=10000)
     parallelism: int = Field(2, ge=1, le=1000)
     max_failed_trials: int = Field(3, ge=0)
+    promote: Promote | None = Field(
+        None,
+        description="Once the sweep succeeds, promote its best trial (and only it) as a "
+        "FineTuneJob's spec.promote would; the gate applies to the best trial's metrics.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> HyperparameterSweepSpec:
         if self.parallelism > self.max_trials:
             raise ValueError("parallelism must not exceed maxTrials")
+        if self.template.promote is not None:
+            raise ValueError(SWEEP_PROMOTE_MESSAGE)
         unknown = sorted(set(self.search_space) - set(TUNABLE_PATHS))
         if unknown:
             raise ValueError(
@@ -1167,6 +1233,9 @@ class HyperparameterSweepStatus(ApiModel):
     trials: TrialCounts | None = None
     best_trial: BestTrial | None = None
     message: str | None = None
+    inference_service: ServedModel | None = Field(
+        None, description="spec.promote: the InferenceService serving the best trial."
+    )
 
 
 # --------------------------------------------------------------------------- whole objects

@@ -124,3 +124,19 @@ def objective_error(metric: str, reported: frozenset[str], what: str) -> str | N
         f"metric {metric!r} is not reported by {what}; {hint}"
         f"it reports: {', '.join(sorted(reported))}"
     )
+
+
+# spec.promote.when.beatsBase: the trainer reports the base model's value of a metric as
+# `base.<metric>` (evaluated on the same eval set and lm-eval tasks as the run).
+BASE_PREFIX = "base"
+_LOWER_IS_BETTER = ("loss", "perplexity", "stderr", "bits_per_byte", "error")
+
+
+def base_key(metric: str) -> str:
+    return f"{BASE_PREFIX}.{metric}"
+
+
+def lower_is_better(metric: str) -> bool:
+    """A loss, perplexity, error or stderr: smaller is better (everything else: larger)."""
+    name = metric.lower()
+    return any(word in name for word in _LOWER_IS_BETTER)

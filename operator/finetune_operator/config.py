@@ -21,6 +21,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_JOB = "finetune.dev/job"  # the owning FineTuneJob's name, on the Job and its pods
 LABEL_TASK = "finetune.dev/task"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
+# On a sweep's trial: "best" once the sweep succeeded and this trial is its best; only
+# then does the trial's spec.promote (the sweep's) act.
+ANNOTATION_PROMOTE = "finetune.dev/promote"
+PROMOTE_BEST = "best"
 # Labels copied from the FineTuneJob onto the Job (Kueue reads its labels from the Job).
 PASSTHROUGH_LABELS = (
     "kueue.x-k8s.io/queue-name",
@@ -68,6 +72,10 @@ class OperatorConfig:
     cost_currency: str = "USD"
     # Out-of-memory recovery (chart value oomRecovery.maxRetries): retry Jobs at most.
     oom_max_retries: int = 3
+    # spec.promote: how often an InferenceService that is not Ready yet is read again, and
+    # how often a promotion refused for lack of KServe (or RBAC) is tried again.
+    promote_poll_seconds: float = 10.0
+    promote_recheck_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, trainer_image: str | None = None) -> OperatorConfig:
@@ -101,6 +109,12 @@ class OperatorConfig:
             gpu_hour_price=_number_env("FINETUNE_GPU_HOUR_PRICE", float, None),
             cost_currency=env.get("FINETUNE_COST_CURRENCY") or "USD",
             oom_max_retries=int(_number_env("FINETUNE_OOM_MAX_RETRIES", int, 3) or 0),
+            promote_poll_seconds=float(
+                _number_env("FINETUNE_PROMOTE_POLL_SECONDS", float, 10.0) or 10.0
+            ),
+            promote_recheck_seconds=float(
+                _number_env("FINETUNE_PROMOTE_RECHECK_SECONDS", float, 300.0) or 300.0
+            ),
         )
 
 

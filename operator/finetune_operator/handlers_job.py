@@ -31,13 +31,15 @@ import kopf
 from finetune_api.conditions import BUDGET_EXHAUSTED
 from finetune_api.manifest import SpecError
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Phase
-from finetune_operator import kube, oom, usage
+from finetune_operator import kube, oom, promotion, usage
 from finetune_operator.config import (
+    ANNOTATION_PROMOTE,
     ANNOTATION_SPEC_HASH,
     KUEUE_QUEUE_LABEL,
     LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    PROMOTE_BEST,
 )
 from finetune_operator.gang import SERVICE_RESOURCE, build_service
 from finetune_operator.jobs import (
@@ -66,6 +68,7 @@ from finetune_operator.status import (
     milestones,
     status_patch,
 )
+from finetune_operator.sweep_space import LABEL_SWEEP
 
 MANAGED = MappingProxyType({LABEL_MANAGED_BY: MANAGED_BY})
 TERMINAL = (Phase.succeeded.value, Phase.failed.value)
@@ -240,8 +243,10 @@ async def _reconcile_if_changed(state: ReconcileState, key: Key, indexes: Indexe
     if memory.settled.get(key) == _inputs(state, key, ftj, jobs, pods):
         return
     memory.settled.pop(key, None)
-    await _reconcile(state, ftj, jobs, pods)  # TemporaryError: run again later
+    look_again = await _reconcile(state, ftj, jobs, pods)  # TemporaryError: run again later
     memory.settled[key] = _inputs(state, key, ftj, jobs, pods)
+    if look_again is not None:
+        _look_again(state, key, indexes, look_again)
 
 
 def _inputs(
@@ -265,6 +270,7 @@ def _inputs(
         meta.get("generation"),
         meta.get("deletionTimestamp"),
         meta.get("labels"),
+        (meta.get("annotations") or {}).get(ANNOTATION_PROMOTE),
         ftj.get("spec"),
         _latest_status(state, key, uid, dict(ftj.get("status") or {})),
         None if job is None else _job_view(job),
@@ -339,12 +345,13 @@ async def _reconcile(
     ftj: dict[str, Any],
     jobs: list[dict[str, Any]],
     pods: list[dict[str, Any]],
-) -> None:
+) -> float | None:
     """One reconcile: ensure the Job, apply suspend, write the status. Raises
-    kopf.TemporaryError(delay=...) when it must run again although nothing changes."""
+    kopf.TemporaryError(delay=...) when it must run again although nothing changes;
+    returns when to read an InferenceService again (spec.promote), None when not."""
     meta = ftj.get("metadata", {})
     if meta.get("deletionTimestamp"):
-        return
+        return None
     key, uid = (meta["namespace"], meta["name"]), str(meta.get("uid") or "")
     status = _latest_status(state, key, uid, dict(ftj.get("status") or {}))
     attempt = oom.attempt_of(key[1], status.get("jobName"))  # out-of-memory retries so far
@@ -356,7 +363,7 @@ async def _reconcile(
         model = parse_job(ftj)
     except SpecError as err:
         await _write_status(state, seen, invalid_spec(str(err)), status.get("jobName"))
-        return
+        return None
     _created_unanswered(state, seen, model)
     finished = status.get("phase") in TERMINAL and status.get("jobName")
     if seen.job is None and finished and not seen.new_generation:
@@ -364,7 +371,7 @@ async def _reconcile(
         state.publisher.publish_job(
             *key, status.get("phase"), status.get("metrics"), status.get("progress")
         )
-        return
+        return None
     blocked = await _ensure_job(state, seen, model, attempt) if seen.job is None else None
     if seen.job is not None:
         await _apply_suspend(state, seen, model)
@@ -375,13 +382,72 @@ async def _reconcile(
         )
         derived = await _resume_after_budget(state, seen, model, derived, attempt)
         derived = await _restart_disrupted_gang(state, seen, model, derived, pods, attempt)
+        look_again = await _promote(state, seen, model, derived)
     else:
         assert blocked is not None  # no Job: _ensure_job said why
-        derived = blocked[0]
+        derived, look_again = blocked[0], None
     _count_usage(state, seen, model, derived, jname, attempt)
     await _write_status(state, seen, derived, jname)
     if blocked is not None and blocked[1] is not None:
         raise kopf.TemporaryError(derived.reason, delay=blocked[1])
+    return look_again
+
+
+# --------------------------------------------------------------------------- promotion
+
+
+def _promotes(seen: Observed, model: FineTuneJob) -> bool:
+    """spec.promote acts on a run of its own, and on a sweep's trial only once the sweep
+    marked it its best (ANNOTATION_PROMOTE)."""
+    if model.spec.promote is None:
+        return False
+    meta = seen.meta
+    if not (meta.get("labels") or {}).get(LABEL_SWEEP):
+        return True
+    return (meta.get("annotations") or {}).get(ANNOTATION_PROMOTE) == PROMOTE_BEST
+
+
+async def _promote(
+    state: ReconcileState, seen: Observed, model: FineTuneJob, derived: Derived
+) -> float | None:
+    """A succeeded run with spec.promote: the gate, the InferenceService, the Promoted
+    condition and status.inferenceService (promotion.py). Returns when to look again
+    (None: done), e.g. while KServe has not reported the InferenceService Ready."""
+    config = model.spec.promote
+    if config is None or derived.phase is not Phase.succeeded or not _promotes(seen, model):
+        return None
+    done = promotion.settled(seen.status)
+    if done is None:
+        metrics = {**derived.metrics, **(seen.status.get("metrics") or {})}
+        artifacts = {**derived.artifacts, **(seen.status.get("artifacts") or {})}
+        known = bool((seen.status.get("inferenceService") or {}).get("name"))
+        trial = seen.meta["name"] if (seen.meta.get("labels") or {}).get(LABEL_SWEEP) else None
+        done = await promotion.run(
+            state.kube, model, seen.uid, config, metrics, artifacts, known=known, trial=trial
+        )
+    derived.promoted, derived.served = done.condition(), done.served
+    if done.created and done.served is not None:
+        message = f"Created InferenceService {done.served.name} ({done.served.storage_uri})."
+        seen.events.append(("Normal", "Promoted", message))
+    state.publisher.publish_promotion(*seen.key, done.promoted)
+    if done.poll:
+        return state.config.promote_poll_seconds
+    return state.config.promote_recheck_seconds if done.recheck else None
+
+
+def _look_again(state: ReconcileState, key: Key, indexes: Indexes, delay: float) -> None:
+    """One pending re-read per FineTuneJob (a reconcile ignoring the settled inputs: what
+    it waits for, the InferenceService's status, is not among them)."""
+    if key in state.jobs.looking:
+        return
+    state.jobs.looking.add(key)
+
+    async def again() -> None:
+        state.jobs.looking.discard(key)
+        state.jobs.settled.pop(key, None)
+        await _reconcile_if_changed(state, key, indexes)
+
+    state.job_requeue.later(delay, key, again)
 
 
 def _created_unanswered(state: ReconcileState, seen: Observed, model: FineTuneJob) -> None:

@@ -27,9 +27,17 @@ from typing import Any
 
 import kopf
 
+from finetune_api.conditions import condition
 from finetune_api.manifest import SpecError
-from finetune_api.models import HyperparameterSweep, HyperparameterSweepSpec, Phase
-from finetune_operator import kube
+from finetune_api.models import (
+    HyperparameterSweep,
+    HyperparameterSweepSpec,
+    HyperparameterSweepStatus,
+    Phase,
+    ServedModel,
+)
+from finetune_operator import kube, promotion
+from finetune_operator.config import ANNOTATION_PROMOTE, PROMOTE_BEST
 from finetune_operator.runtime import (
     FTJ_RESOURCE,
     SWEEP_RESOURCE,
@@ -140,7 +148,64 @@ async def _reconcile(state: ReconcileState, key: Key) -> None:
         # Some trial already existed (an earlier reconcile or a previous operator process
         # created it): recount from the API server shortly instead of trusting this plan.
         raise kopf.TemporaryError("a trial already exists; recounting", delay=RECOUNT_S)
-    await _write_status(state, obj, plan, sweep)
+    best = await _promote_best(state, sweep, plan, children)
+    await _write_status(state, obj, plan, sweep, best)
+
+
+async def _promote_best(
+    state: ReconcileState,
+    sweep: HyperparameterSweep,
+    plan: Plan,
+    children: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """spec.promote on a succeeded sweep: mark its best trial (and only it) for promotion
+    (ANNOTATION_PROMOTE; the FineTuneJob handler then promotes it under the sweep's gate,
+    which every trial's spec carries), and return that trial's status, whose Promoted
+    condition and inferenceService the sweep's status mirrors. None: nothing to promote."""
+    if sweep.spec.promote is None or plan.phase is not Phase.succeeded or plan.best is None:
+        return None
+    name = plan.best.name or trial_name(sweep.metadata.name, plan.best.number)
+    child = next((c for c in children if c["metadata"]["name"] == name), None)
+    if child is None:
+        return None
+    annotations = child["metadata"].get("annotations") or {}
+    if annotations.get(ANNOTATION_PROMOTE) != PROMOTE_BEST:
+        body = {"metadata": {"annotations": {ANNOTATION_PROMOTE: PROMOTE_BEST}}}
+        await state.kube.patch(*FTJ_RESOURCE, name, body, sweep.metadata.namespace)
+        log.info("sweep %s: promoting its best trial %s", sweep.metadata.name, name)
+    return {"name": name, **(child.get("status") or {})}
+
+
+def _mirror_promotion(
+    status: HyperparameterSweepStatus,
+    trial: dict[str, Any],
+    previous: dict[str, Any],
+    generation: int | None,
+) -> None:
+    """The best trial's Promoted condition and inferenceService, on the sweep."""
+    cond = next(
+        (c for c in trial.get("conditions") or [] if c.get("type") == promotion.CONDITION),
+        None,
+    )
+    truth = cond is not None and cond.get("status") == "True"
+    reason = str(cond.get("reason")) if cond else "PromotingBestTrial"
+    message = f"trial {trial['name']}: " + (
+        str(cond.get("message") or "") if cond else "its promotion has not been reported yet"
+    )
+    status.conditions.append(
+        condition(
+            promotion.CONDITION,
+            truth,
+            reason,
+            message[:1024],
+            generation=generation,
+            now=now(),
+            previous=previous.get("conditions") or [],
+        )
+    )
+    served = trial.get("inferenceService")
+    if served:
+        status.inference_service = ServedModel.model_validate(served)
 
 
 def _plan(
@@ -217,6 +282,7 @@ async def _write_status(
     obj: dict[str, Any],
     plan: Plan,
     sweep: HyperparameterSweep | None = None,
+    best_trial: dict[str, Any] | None = None,
 ) -> None:
     """Patch what changed in the status (read fresh from the API server this reconcile),
     publish the gauges, and post an Event on a phase change."""
@@ -226,6 +292,8 @@ async def _write_status(
     status = sweep_status(
         plan, sweep_name=name, generation=meta.get("generation"), previous=previous, now=now()
     )
+    if best_trial is not None:
+        _mirror_promotion(status, best_trial, previous, meta.get("generation"))
     if sweep is not None:
         best = plan.best.value if plan.best is not None else None
         state.publisher.publish_sweep(

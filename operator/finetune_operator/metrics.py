@@ -56,6 +56,12 @@ class Instruments:
             "Out-of-memory retries of a FineTuneJob (Jobs replaced at half the batch size).",
             job,
         )
+        self.job_promoted = self._gauge(
+            "finetune_job_promoted",
+            "spec.promote: 1 when the FineTuneJob's model was promoted to a KServe "
+            "InferenceService (Promoted=True), 0 when it was not (gate not met, no KServe).",
+            job,
+        )
         self.sweep_best = self._gauge(
             "finetune_sweep_best_value",
             "Best objective value reached by a HyperparameterSweep.",
@@ -167,9 +173,13 @@ class Publisher:
             if isinstance(step, int | float) and isinstance(total, int | float) and total > 0:
                 m.job_progress.labels(namespace, name).set(min(1.0, float(step) / float(total)))
 
+    def publish_promotion(self, namespace: str, name: str, promoted: bool) -> None:
+        self.instruments.job_promoted.labels(namespace, name).set(1.0 if promoted else 0.0)
+
     def forget_job(self, namespace: str, name: str) -> None:
         """Remove every series of a deleted FineTuneJob."""
         m = self.instruments
+        _remove(m.job_promoted, namespace, name)
         for p in PHASES:
             _remove(m.job_phase, namespace, name, p)
         for metric in self.job_metric_keys.pop((namespace, name), set()):

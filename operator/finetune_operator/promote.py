@@ -1,11 +1,10 @@
-"""Pure core of promotion to serving: the evaluation gate, the `Promoted` condition's
-content and the KServe InferenceService the operator would create and own.
-
-Not wired into the FineTuneJob handler yet, so `FineTuneJobSpec` has no `promote` field
-(the models `Promote`, `PromoteWhen`, `InferenceServiceSpec` exist; a field the operator
-ignored would be accepted silently). The gate and the manifest are unit-tested, and the
-manifest is checked against KServe's real CRD on the control plane
-(tests/operator/test_promote_kserve_crd.py).
+"""Pure core of promotion to serving (spec.promote): the evaluation gate (minimum,
+maximum or beatsBase against the trainer's `base.<metric>`), the `Promoted` condition's
+message, where the model is served from, and the KServe InferenceService the operator
+creates and owns. promotion.py does the I/O (create/adopt, poll for the URL, KServe not
+installed); handlers_job calls it once a run is Succeeded. Unit-tested in
+tests/unit/test_promote.py; the manifest against KServe's real CRD on the control plane
+(tests/operator/test_promote_kserve_crd.py, tests/operator/test_operator_promote.py).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from finetune_api.models import FineTuneJob, Promote, PromoteWhen
+from finetune_api.task_metrics import base_key, lower_is_better
 from finetune_operator.config import LABEL_MANAGED_BY, MANAGED_BY
 from finetune_operator.runtime import owner_reference
 
@@ -33,22 +33,39 @@ class Gate:
 
 
 def check_gate(when: PromoteWhen, metrics: dict[str, float]) -> Gate:
-    """Does the run's `when.metric` meet the bound? The message states value, bound, gap."""
+    """Does the run's `when.metric` meet the bound? The message states value, bound, gap
+    (the gap is positive when the gate holds, by how much; negative: how far it missed).
+    beatsBase compares with the base model's `base.<metric>` plus (or minus) `by`."""
     value = metrics.get(when.metric)
     if value is None:
-        reported = ", ".join(sorted(metrics)) or "none"
-        return Gate(
-            False, "MetricMissing", f"{when.metric} was not reported (reported: {reported})"
-        )
+        return _missing(when.metric, metrics)
     if when.minimum is not None:
         gap, bound = value - when.minimum, f"minimum {when.minimum:g}"
-    else:
-        assert when.maximum is not None
+    elif when.maximum is not None:
         gap, bound = when.maximum - value, f"maximum {when.maximum:g}"
+    else:
+        assert when.beats_base is not None
+        base = metrics.get(base_key(when.metric))
+        if base is None:
+            return _missing(base_key(when.metric), metrics)
+        by, direction = when.beats_base.by, when.beats_base.direction
+        lower = direction == "minimize" if direction else lower_is_better(when.metric)
+        if lower:
+            gap, bound = (base - by) - value, f"base {base:.4g} - {by:g}"
+        else:
+            gap, bound = value - (base + by), f"base {base:.4g} + {by:g}"
+        bound = f"{'at most' if lower else 'at least'} {bound}"
     text = f"{when.metric} {value:.4g} against {bound}: gap {gap:+.4g}"
     if gap >= 0:
         return Gate(True, "GateMet", text)
     return Gate(False, "GateNotMet", text)
+
+
+def _missing(metric: str, metrics: dict[str, float]) -> Gate:
+    reported = ", ".join(sorted(metrics)) or "none"
+    if len(reported) > 600:
+        reported = reported[:597] + "..."
+    return Gate(False, "MetricMissing", f"{metric} was not reported (reported: {reported})")
 
 
 def isvc_name(ftj_name: str) -> str:

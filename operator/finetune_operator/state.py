@@ -49,6 +49,9 @@ class JobMemory:
     # evicted pod is deleted soon after, and the gang's failure that follows must still
     # be known as a disruption (handlers_job._restart_disrupted_gang).
     disrupted: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    # spec.promote: FineTuneJobs with a re-read of their InferenceService scheduled (one
+    # each: every reconcile that finds it not Ready yet would otherwise add another).
+    looking: set[Key] = field(default_factory=set)
 
     def forget(self, key: Key) -> None:
         caches: tuple[dict[Key, Any], ...] = (
@@ -63,6 +66,7 @@ class JobMemory:
         )
         for cache in caches:
             cache.pop(key, None)
+        self.looking.discard(key)
 
 
 @dataclass

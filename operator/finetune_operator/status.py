@@ -20,11 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.conditions import BUDGET_EXHAUSTED, TRAINER_REASONS, condition, safe_reason
-from finetune_api.models import Condition, FineTuneJobSpec, FineTuneJobStatus, Phase, Workers
+from finetune_api.models import (
+    Condition,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    Phase,
+    ServedModel,
+    Workers,
+)
 from finetune_operator.config import CONTAINER_NAME, DEFAULT_OUTPUT_PATH
 
 CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
 OOM_CONDITION = "OOMRecovery"  # only while an out-of-memory retry Job runs (oom.py)
+PROMOTED_CONDITION = "Promoted"  # a succeeded run with spec.promote (promotion.py)
 # Waiting reasons that mean "this will not start until someone fixes something".
 IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
@@ -42,6 +50,7 @@ OWNED_KEYS = (
     "completionTime",
     "message",
     "workers",
+    "inferenceService",
 )
 MAX_MESSAGE = 1024
 
@@ -63,6 +72,10 @@ class Derived:
     # While an out-of-memory retry Job runs (oom.py): the OOMRecovery condition's
     # (reason, message).
     oom_retry: tuple[str, str] | None = None
+    # spec.promote on a succeeded run: the Promoted condition's (status, reason, message)
+    # and the InferenceService it created (promotion.py).
+    promoted: tuple[bool, str, str] | None = None
+    served: ServedModel | None = None
 
 
 @dataclass
@@ -451,6 +464,19 @@ def build_conditions(
                 OOM_CONDITION, True, reason, message, generation=generation, now=now, previous=prev
             )
         )
+    if derived.promoted is not None:
+        promoted, reason, message = derived.promoted
+        out.append(
+            condition(
+                PROMOTED_CONDITION,
+                promoted,
+                reason,
+                _shorten(message),
+                generation=generation,
+                now=now,
+                previous=prev,
+            )
+        )
     return out
 
 
@@ -472,6 +498,7 @@ def desired_status(
         completion_time=derived.completion_time,
         message=derived.message,
         workers=derived.workers,
+        inference_service=derived.served,
     )
 
 

@@ -119,11 +119,16 @@ def trial_manifest(
         metadata["ownerReferences"] = [
             owner_reference("HyperparameterSweep", sweep_name, owner_uid)
         ]
+    spec = trial_spec(sweep, number, params).dump()
+    if sweep.spec.promote is not None:
+        # The sweep's gate and InferenceService, acted on only for the best trial, once
+        # the sweep succeeded (its annotation ANNOTATION_PROMOTE, set by the sweep handler).
+        spec["promote"] = sweep.spec.promote.dump()
     return {
         "apiVersion": API_VERSION,
         "kind": "FineTuneJob",
         "metadata": metadata,
-        "spec": trial_spec(sweep, number, params).dump(),
+        "spec": spec,
     }
 
 

@@ -223,3 +223,33 @@ def test_sweep_trials_are_child_runs_of_one_parent(
     parent_id = parents[0]["info"]["run_id"]
     children = sorted(t["mlflow.runName"] for t in tags if t.get("mlflow.parentRunId") == parent_id)
     assert children == ["tracked-sweep-trial-0", "tracked-sweep-trial-1"]
+
+
+def test_beats_base_reports_the_base_model_on_the_same_eval_set_and_tasks(
+    gpt2_dir: Path, make_job: MakeJob, tmp_path: Path
+) -> None:
+    """spec.promote.when.beatsBase: the base model's eval loss, perplexity and lm-eval
+    accuracy go beside the run's as base.<metric>; for LoRA the base is the model before
+    its (zero-initialised) adapter trained, i.e. the pretrained weights: lm-eval by hand
+    on the base model folder gives the same accuracy, and its perplexity is the run's
+    perplexityBefore."""
+    tasks = {"tasks": ["tiny_colors"], "includePath": str(TASKS), "limit": 12}
+    job = _qa_job(
+        make_job,
+        gpt2_dir,
+        tmp_path,
+        lora={"rank": 4, "alpha": 8, "targetModules": ["c_attn"], "dropout": 0.0},
+        evaluation={"lmEval": tasks},
+        promote={"when": {"metric": "perplexity", "beatsBase": {"by": 0.5}}},
+    )
+    out = tmp_path / "out"
+    run(job, spec_dir=tmp_path, output_dir=out)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["base.perplexity"] == pytest.approx(metrics["perplexityBefore"], rel=1e-6)
+    assert metrics["base.perplexity"] != pytest.approx(metrics["perplexity"], rel=1e-3)
+    assert metrics["base.evalLoss"] > metrics["evalLoss"]  # training did something
+    base_acc = metrics["base.lmEval.tiny_colors.acc"]
+    by_hand = _lm_eval_by_hand(gpt2_dir, tmp_path, limit=12)
+    assert by_hand["results"]["tiny_colors"]["acc,none"] == pytest.approx(base_acc, abs=1e-12)
+    assert "lmEval.tiny_colors.acc" in metrics  # the run's own, beside it
+    assert json.loads((out / "base" / "lm_eval.json").read_text())["results"]["tiny_colors"]

@@ -152,3 +152,52 @@ def test_predict_summary_names_the_tracking_run_and_lm_eval(tmp_path: Any) -> No
         "finetune: lm-eval tiny_colors acc 0.5000",
     ]
     assert run_summary(tmp_path / "missing") == []
+
+
+PROMOTED_STATUS: dict[str, Any] = {
+    "phase": "Succeeded",
+    "metrics": {"perplexity": 8.0, "base.perplexity": 10.0},
+    "conditions": [
+        {
+            "type": "Promoted",
+            "status": "True",
+            "reason": "Serving",
+            "message": "perplexity 8 against at most base 10 - 1: gap +1; serving at http://j.ml",
+            "lastTransitionTime": "2026-12-02T00:00:00Z",
+        }
+    ],
+    "inferenceService": {"name": "j", "url": "http://j.ml", "storageUri": "pvc://runs/model"},
+}
+
+
+def test_describe_shows_the_promotion_and_the_base_model() -> None:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    for section in views.describe_job(ftj(PROMOTED_STATUS), Details(job=None, pods=[])):
+        console.print(section)
+    text = console.export_text()
+    assert "promoted: yes (Serving): perplexity 8 against at most base 10 - 1: gap +1" in text
+    assert "InferenceService j: http://j.ml" in text
+    assert "base model perplexity 10 (this run 8)" in text
+    metrics_row = next(line for line in text.splitlines() if line.startswith("Metrics"))
+    assert "base." not in metrics_row
+    pending = {**PROMOTED_STATUS, "inferenceService": {"name": "j", "trial": "hp-trial-1"}}
+    assert (
+        views.promotion_lines(pending)[1] == "InferenceService j (trial hp-trial-1): not Ready yet"
+    )
+    assert views.promotion_lines({"phase": "Succeeded"}) == []
+
+
+def test_predict_summary_shows_the_base_model_and_the_promotion(tmp_path: Any) -> None:
+    import json
+
+    from finetune_cli.app import run_summary
+
+    (tmp_path / "metrics.json").write_text(json.dumps(PROMOTED_STATUS))
+    assert run_summary(tmp_path) == [
+        "finetune: base model perplexity 10 (this run 8)",
+        "finetune: promoted: yes (Serving): perplexity 8 against at most base 10 - 1: gap +1; "
+        "serving at http://j.ml",
+        "finetune: InferenceService j: http://j.ml",
+    ]

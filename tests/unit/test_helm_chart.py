@@ -37,6 +37,8 @@ OPERATOR_NAMESPACED_NEEDS: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "services"): {"create"},  # multi-node: the headless Service (gang.py)
     ("", "events"): {"create"},
+    # spec.promote: the InferenceService (promotion.py: create, get on 409 and for its URL)
+    ("serving.kserve.io", "inferenceservices"): {"create", "get"},
 }
 # kopf watches CRDs cluster-wide only; with named namespaces the operator disables scanning.
 KOPF_CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}

@@ -46,7 +46,7 @@ def test_gate_states_value_bound_and_gap() -> None:
 
 def test_gate_needs_exactly_one_bound() -> None:
     for bad in ({"metric": "acc"}, {"metric": "acc", "minimum": 1, "maximum": 2}):
-        with pytest.raises(ValidationError, match="exactly one of minimum or maximum"):
+        with pytest.raises(ValidationError, match="exactly one of minimum, maximum or beatsBase"):
             PromoteWhen.model_validate(bad)
 
 
@@ -103,3 +103,53 @@ def test_served_url_only_once_ready() -> None:
     not_ready = {"type": "Ready", "status": "False"}
     assert promote.served_url({"status": {"url": "http://x", "conditions": [not_ready]}}) is None
     assert promote.served_url({}) is None
+
+
+def test_beats_base_compares_with_the_base_models_value_plus_the_margin() -> None:
+    when = PromoteWhen.model_validate({"metric": "accuracy", "beatsBase": {"by": 0.05}})
+    met = promote.check_gate(when, {"accuracy": 0.8, "base.accuracy": 0.7})
+    assert met.holds and met.message == "accuracy 0.8 against at least base 0.7 + 0.05: gap +0.05"
+    missed = promote.check_gate(when, {"accuracy": 0.72, "base.accuracy": 0.7})
+    assert not missed.holds and "gap -0.03" in missed.message
+    # a perplexity is better lower: the run must be at most base - by
+    ppl = PromoteWhen.model_validate({"metric": "perplexity", "beatsBase": {"by": 1}})
+    assert promote.check_gate(ppl, {"perplexity": 8.0, "base.perplexity": 10.0}).holds
+    worse = promote.check_gate(ppl, {"perplexity": 9.5, "base.perplexity": 10.0})
+    assert not worse.holds and "at most base 10 - 1: gap -0.5" in worse.message
+    # an explicit direction wins over the name
+    odd = PromoteWhen.model_validate(
+        {"metric": "lmEval.t.acc", "beatsBase": {"direction": "minimize"}}
+    )
+    assert promote.check_gate(odd, {"lmEval.t.acc": 0.1, "base.lmEval.t.acc": 0.2}).holds
+    absent = promote.check_gate(when, {"accuracy": 0.9})
+    assert (absent.holds, absent.reason) == (False, "MetricMissing")
+    assert absent.message.startswith("base.accuracy was not reported")
+
+
+def test_gate_one_of_three() -> None:
+    with pytest.raises(ValidationError, match="exactly one of minimum, maximum or beatsBase"):
+        PromoteWhen.model_validate({"metric": "acc", "minimum": 1, "beatsBase": {}})
+    assert PromoteWhen.model_validate({"metric": "acc", "beatsBase": {}}).beats_base is not None
+
+
+def test_a_sweep_carries_promote_to_its_trials_not_its_template() -> None:
+    from finetune_api.models import HyperparameterSweep
+    from finetune_operator.sweep_space import trial_manifest
+
+    base = {
+        "metadata": {"name": "hp", "namespace": "ml"},
+        "spec": {
+            "template": _job().spec.dump(),
+            "searchSpace": {"hyperparameters.epochs": {"type": "int", "low": 1, "high": 3}},
+            "objective": {"metric": "perplexity", "direction": "minimize"},
+            "promote": {"when": {"metric": "perplexity", "maximum": 9}},
+        },
+    }
+    sweep = HyperparameterSweep.model_validate(base)
+    child = trial_manifest(sweep, 0, {"hyperparameters.epochs": 2})
+    assert child["spec"]["promote"]["when"] == {"metric": "perplexity", "maximum": 9.0}
+    assert "finetune.dev/promote" not in child["metadata"]["annotations"]  # not yet the best
+    inner = {**base["spec"], "template": {**base["spec"]["template"], **base["spec"]}}
+    inner["template"] = {**_job().spec.dump(), "promote": base["spec"]["promote"]}
+    with pytest.raises(ValidationError, match="promotes only its best trial"):
+        HyperparameterSweep.model_validate({**base, "spec": inner})

@@ -469,3 +469,28 @@ def test_invalid_spec_and_termination_parsing() -> None:
     assert parse_termination_message("plain log line") is None
     assert parse_termination_message('["not", "a", "report"]') is None
     assert parse_termination_message(None) is None
+
+
+def test_the_promoted_condition_and_inference_service_join_the_operators_status() -> None:
+    from finetune_api.models import ServedModel
+
+    d = derive(SPEC, *SUCCEEDED)
+    d.promoted = (True, "InferenceServiceCreated", "accuracy 0.9 against minimum 0.8: gap +0.1")
+    d.served = ServedModel(name="demo", storage_uri="pvc://runs/model")
+    first = status_patch({}, d, generation=1, job_name="demo-train", now=T1)
+    promoted = next(c for c in first["conditions"] if c["type"] == "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("True", "InferenceServiceCreated")
+    assert first["inferenceService"] == {"name": "demo", "storageUri": "pvc://runs/model"}
+    assert first["phase"] == "Succeeded"
+    # the URL arrives: only inferenceService and the condition's reason change; the
+    # condition's lastTransitionTime stays (its status did not flip)
+    d.promoted = (True, "Serving", "... serving at http://demo")
+    d.served = ServedModel(name="demo", url="http://demo", storage_uri="pvc://runs/model")
+    later = status_patch(first, d, generation=1, job_name="demo-train", now="2026-01-02T00:00:00Z")
+    assert set(later) == {"conditions", "inferenceService"}
+    again = next(c for c in later["conditions"] if c["type"] == "Promoted")
+    assert again["lastTransitionTime"] == T1 and again["reason"] == "Serving"
+    assert later["inferenceService"]["url"] == "http://demo"
+    # no spec.promote (or not succeeded): no Promoted condition at all
+    plain = status_patch({}, derive(SPEC, *SUCCEEDED), generation=1, job_name="j", now=T1)
+    assert all(c["type"] != "Promoted" for c in plain["conditions"])

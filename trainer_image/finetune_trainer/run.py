@@ -30,6 +30,7 @@ from finetune_api.models import FineTuneJob, FineTuneJobSpec
 from finetune_trainer import (
     atomic,
     autobatch,
+    base_eval,
     distributed,
     durable,
     evaluation,
@@ -189,7 +190,7 @@ def _run(
     state.trainer = _build_trainer(state, callbacks)
     if tracker is not None:
         tracker.log_params(state.spec)  # the resolved spec (batchSize auto made concrete)
-    _train(state)
+    _train(state, spec_dir)
     _compression_finish(state)
     _evaluate(state)
     _save(state)
@@ -447,7 +448,7 @@ def _build_trainer(state: RunState, callbacks: list[TrainerCallback]) -> Trainer
     return trainer
 
 
-def _train(state: RunState) -> None:
+def _train(state: RunState, spec_dir: Path | None = None) -> None:
     """Report the start, train (resuming where a checkpoint exists), collect eval metrics."""
     spec, trainer = state.spec, state.trainer
     with trainer.args.main_process_first(local=False, desc="checkpoints"):
@@ -470,6 +471,17 @@ def _train(state: RunState) -> None:
     if state.recipe.reports_perplexity:
         state.final["perplexityBefore"] = _perplexity_before(
             trainer, state.output_dir, state.resume
+        )
+    if base_eval.wanted(spec):  # spec.promote.when.beatsBase: base.<metric>, once
+        state.final |= base_eval.evaluate(
+            trainer,
+            state.tokenizer,
+            spec,
+            checkpoints=state.output_dir / CHECKPOINTS,
+            output_dir=state.output_dir,
+            spec_dir=spec_dir,
+            perplexity=state.recipe.reports_perplexity,
+            is_main=state.world.is_main,
         )
     # halves the batch and doubles the accumulation on out-of-memory (autobatch.py)
     if state.publisher is not None:  # training time so far, summed over resumes (budget)

@@ -116,4 +116,9 @@ secrets, no pods/log, no pods/exec; every write to an object is a PATCH.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# spec.promote: the KServe InferenceService serving a run (created; read back for its
+# URL and on a 409). Harmless without KServe installed.
+- apiGroups: ["serving.kserve.io"]
+  resources: ["inferenceservices"]
+  verbs: ["create", "get"]
 {{- end -}}
