@@ -470,7 +470,11 @@ class Budget(ApiModel):
 
     @model_validator(mode="after")
     def _one_limit(self) -> Budget:
-        if self.max_cost is None and self.max_gpu_hours is None and self.max_duration_seconds is None:
+        if (
+            self.max_cost is None
+            and self.max_gpu_hours is None
+            and self.max_duration_seconds is None
+        ):
             raise ValueError(
                 "a budget needs at least one of maxCost, maxGpuHours, maxDurationSeconds"
             )

@@ -54,7 +54,9 @@ class Spent:
         return out + (f", cost {self.cost:.4f}" if self.cost is not None else "")
 
 
-def spent(trials: Iterable[Usage], price_per_gpu_hour: float | None, *, final: bool = False) -> Spent:
+def spent(
+    trials: Iterable[Usage], price_per_gpu_hour: float | None, *, final: bool = False
+) -> Spent:
     """The trials' summed seconds, GPU-hours and (with a price) cost; `final`: only the
     trials whose time is final (ended), which does not move between two reconciles (the
     status holds it: a number that moved would patch the status on every reconcile)."""

@@ -92,16 +92,18 @@ def test_spent_sums_seconds_gpu_hours_and_cost_over_trials() -> None:
 def test_exhausted_names_the_first_limit_reached() -> None:
     used = sweep_budget.Spent(seconds=100, gpu_hours=0.5, cost=2.0)
     assert sweep_budget.exhausted(None, used) is None
-    assert sweep_budget.exhausted(Budget(maxDurationSeconds=101), used) is None
-    assert sweep_budget.exhausted(Budget(maxDurationSeconds=100), used) == "maxDurationSeconds 100"
-    assert sweep_budget.exhausted(Budget(maxGpuHours=0.5), used) == "maxGpuHours 0.5"
-    assert sweep_budget.exhausted(Budget(maxGpuHours=0.6), used) is None
-    assert sweep_budget.exhausted(Budget(maxCost=2), used) == "maxCost 2"
-    assert sweep_budget.exhausted(Budget(maxCost=2.5), used) is None
+    assert sweep_budget.exhausted(Budget(max_duration_seconds=101), used) is None
+    assert (
+        sweep_budget.exhausted(Budget(max_duration_seconds=100), used) == "maxDurationSeconds 100"
+    )
+    assert sweep_budget.exhausted(Budget(max_gpu_hours=0.5), used) == "maxGpuHours 0.5"
+    assert sweep_budget.exhausted(Budget(max_gpu_hours=0.6), used) is None
+    assert sweep_budget.exhausted(Budget(max_cost=2), used) == "maxCost 2"
+    assert sweep_budget.exhausted(Budget(max_cost=2.5), used) is None
     # Without a price the cost is unknown: maxCost is not "reached" (the plan refuses it).
-    assert sweep_budget.exhausted(Budget(maxCost=1), sweep_budget.Spent(100, 9.0)) is None
-    assert sweep_budget.unpriced(Budget(maxCost=1), None)
-    assert not sweep_budget.unpriced(Budget(maxCost=1), 2.0)
+    assert sweep_budget.exhausted(Budget(max_cost=1), sweep_budget.Spent(100, 9.0)) is None
+    assert sweep_budget.unpriced(Budget(max_cost=1), None)
+    assert not sweep_budget.unpriced(Budget(max_cost=1), 2.0)
 
 
 def test_an_empty_budget_is_refused() -> None:
@@ -147,8 +149,7 @@ def child(n: int, status: dict[str, Any], gpus: int = 2) -> dict[str, Any]:
     }
 
 
-def test_records_from_children_carry_their_time_and_a_trial_stopped_at_its_own_budget_ends(
-) -> None:
+def test_child_records_carry_their_time_and_a_trial_at_its_own_budget_ends() -> None:
     own_budget = {
         "phase": "Suspended",
         "startTime": T0,
