@@ -21,6 +21,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_JOB = "finetune.dev/job"  # the owning FineTuneJob's name, on the Job and its pods
 LABEL_TASK = "finetune.dev/task"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
+# On a multi-node trainer Job: what disrupted one of its pods ("pod X was disrupted
+# (EvictionByEvictionAPI)"), written when the operator sees DisruptionTarget, so the gang
+# restart that follows survives an operator restart (handlers_job._restart_disrupted_gang).
+ANNOTATION_DISRUPTED = "finetune.dev/disrupted"
 # Labels copied from the FineTuneJob onto the Job (Kueue reads its labels from the Job).
 PASSTHROUGH_LABELS = (
     "kueue.x-k8s.io/queue-name",
