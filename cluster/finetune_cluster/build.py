@@ -11,6 +11,7 @@ incremental.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
@@ -61,11 +63,31 @@ def _go(args: list[str], cwd: Path) -> None:
 
 
 def build() -> Path:
-    """Build every binary unless the cache already holds them for these pins."""
+    """Build every binary unless the cache already holds them for these pins. One build at
+    a time per cache: a second caller (another test session, `make cluster-build`) waits
+    on the lock and then finds the binaries built."""
     out = bin_dir()
     if is_built():
         return out
     out.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "build.lock", "w") as lock:
+        if not _try_lock(lock):
+            print("build: waiting for another build of the control plane", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_built():
+            _build(out)
+    return out
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _build(out: Path) -> None:
     started = time.monotonic()
     minor = KUBERNETES_VERSION.split(".")[1]
     version = "k8s.io/component-base/version"
@@ -90,7 +112,6 @@ def build() -> Path:
     )
     (cache_dir() / "pins.sha256").write_text(_pins() + "\n")
     print(f"build: done in {time.monotonic() - started:.0f} s -> {out}", file=sys.stderr)
-    return out
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from finetune_api.conditions import BUDGET_EXHAUSTED, parse_rfc3339
 from finetune_api.models import Budget, SweepSpent
 
-__all__ = ["BUDGET_EXHAUSTED", "Spent", "exhausted", "spent", "trial_gpus", "trial_seconds"]
+__all__ = ("BUDGET_EXHAUSTED", "Spent", "exhausted", "spent", "trial_gpus", "trial_seconds")
 NO_PRICE = (
     "spec.budget.maxCost: no price per GPU-hour is configured (the chart's "
     "cost.gpuHourPrice, or FINETUNE_GPU_HOUR_PRICE for a local sweep); set one, or use "
