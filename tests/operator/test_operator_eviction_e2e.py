@@ -49,7 +49,7 @@ SPEC: dict[str, Any] = {
     },
     "volumes": [
         {"claimName": "evict-data", "mountPath": "/data", "readOnly": True},
-        {"claimName": "evict-ckpt", "mountPath": "/ckpt"},
+        {"claimName": "evict-ckpt", "mountPath": "/ckpt", "readOnly": False},
     ],
     "resources": {"gpus": 0, "cpu": "1", "memory": "3Gi"},
     "backoffLimit": 0,
@@ -91,7 +91,23 @@ async def test_an_evicted_real_trainer_resumes_to_the_same_step_and_metrics(
         job = await cluster.wait_for_object(JOB, NAMESPACE, "evicted-train")
 
         # Some steps done (the trainer's own status patches say so), far from the end.
-        await cluster.wait_for(lambda: step_of(cluster, "evicted") >= 10, 300, "10 steps")
+        def said() -> str:  # on a timeout: where each run is and what its pod said
+            out = []
+            for n in ("steady", "evicted"):
+                st = cluster.status(FTJ, NAMESPACE, n)
+                j = {"metadata": {"namespace": NAMESPACE, "name": f"{n}-train"}}
+                logs = [cluster.pod_log(p)[-1500:] for p in cluster.pods(j)]
+                out.append(
+                    f"{n}: {st.get('phase')} {st.get('progress')} {st.get('message')} {logs}"
+                )
+            return "10 steps; " + "; ".join(out)
+
+        def stepped() -> bool:
+            for n in ("steady", "evicted"):
+                assert cluster.status(FTJ, NAMESPACE, n).get("phase") != "Failed", said()
+            return step_of(cluster, "evicted") >= 10
+
+        await cluster.wait_for(stepped, 300, said)
         (pod,) = [p for p in cluster.pods(job) if not p["metadata"].get("deletionTimestamp")]
         at = step_of(cluster, "evicted")
         assert at < MAX_STEPS // 2, f"the run was at step {at} of {MAX_STEPS} before eviction"
@@ -132,6 +148,10 @@ async def test_an_evicted_real_trainer_resumes_to_the_same_step_and_metrics(
         # The eviction counted no failure: one would have failed the Job (backoffLimit 0).
         assert (cluster.status(JOB, NAMESPACE, "evicted-train").get("failed") or 0) == 0
         assert len([p for p in cluster.pods(job) if p["metadata"]["name"] != name]) >= 1
+        print(  # the figures docs/durability.md quotes (pytest -s)
+            f"evicted at step {at}, resumed from {resumed_at}; "
+            f"steady {steady['metrics']}; evicted {after['metrics']}"
+        )
         assert after["metrics"]["resumedFromStep"] == resumed_at
         assert "resumedFromStep" not in steady["metrics"]
         assert after["progress"]["step"] == steady["progress"]["step"] == MAX_STEPS
