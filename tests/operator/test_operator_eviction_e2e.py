@@ -91,16 +91,23 @@ async def test_an_evicted_real_trainer_resumes_to_the_same_step_and_metrics(
         job = await cluster.wait_for_object(JOB, NAMESPACE, "evicted-train")
 
         # Some steps done (the trainer's own status patches say so), far from the end.
-        def said() -> str:  # on a timeout: where each run is and what its pod said
+        def said() -> str:  # on a timeout: where each run is and what its pods said
             out = []
             for n in ("steady", "evicted"):
                 st = cluster.status(FTJ, NAMESPACE, n)
+                js = cluster.status(JOB, NAMESPACE, f"{n}-train")
                 j = {"metadata": {"namespace": NAMESPACE, "name": f"{n}-train"}}
-                logs = [cluster.pod_log(p)[-1500:] for p in cluster.pods(j)]
+                pods = [
+                    (p["metadata"]["name"], p["status"].get("phase"), cluster.pod_log(p)[-800:])
+                    for p in cluster.pods(j)
+                ]
+                events = [(e["reason"], e["message"]) for e in cluster.events(NAMESPACE, n)]
                 out.append(
-                    f"{n}: {st.get('phase')} {st.get('progress')} {st.get('message')} {logs}"
+                    f"{n}: {st.get('phase')} {st.get('progress')} {st.get('message')}; "
+                    f"Job {js.get('failed')} failed {js.get('conditions')}; pods {pods}; "
+                    f"events {events}"
                 )
-            return "10 steps; " + "; ".join(out)
+            return "; ".join(out)
 
         def stepped() -> bool:
             for n in ("steady", "evicted"):
@@ -134,7 +141,11 @@ async def test_an_evicted_real_trainer_resumes_to_the_same_step_and_metrics(
                 if e["reason"] == "Resumed"
             ]
 
-        (message,) = await cluster.wait_for(resumed, 300, "the new pod resuming")
+        def resumed_or_failed() -> list[str]:
+            assert cluster.status(FTJ, NAMESPACE, "evicted").get("phase") != "Failed", said()
+            return resumed()
+
+        (message,) = await cluster.wait_for(resumed_or_failed, 420, lambda: "resumed: " + said())
         found = re.fullmatch(r"The trainer resumed from its checkpoint at step (\d+)\.", message)
         assert found, message
         resumed_at = int(found.group(1))
