@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import textwrap
 import time
@@ -163,7 +164,10 @@ def run_sweep(
     )
     loop = _SweepLoop(local, executor or trainer_executor, spec_dir, out / "trials", con)
     records = loop.serial() if spec.parallelism == 1 else loop.parallel()
-    plan = plan_sweep(spec, records, study_name=name, sweep_name=name)
+    records = loop.timed(records)
+    plan = plan_sweep(
+        spec, records, study_name=name, sweep_name=name, price_per_gpu_hour=gpu_hour_price()
+    )
     if loop.fatal is not None:
         plan = replace(plan, phase=Phase.failed, message=loop.fatal, reason="TrialError")
     result = SweepResult(plan=plan, records=records, output=out, seconds=loop.seconds)
@@ -195,13 +199,33 @@ class _SweepLoop:
         self.seconds: dict[int, float] = {}
         self.started: dict[int, float] = {}
         self.fatal: str | None = None  # an error every trial would hit: stop
+        self.gpus: int | None = None  # GPUs a local trial runs on (spec.budget)
         self.table = _ProgressTable(console, sweep)
         self.table.header()
 
     def plan(self, store: RecordStore) -> Plan:
         return plan_sweep(
-            self.sweep.spec, store.records(), study_name=self.name, sweep_name=self.name
+            self.sweep.spec,
+            self.timed(store.records()),
+            study_name=self.name,
+            sweep_name=self.name,
+            price_per_gpu_hour=gpu_hour_price(),
         )
+
+    def timed(self, records: list[TrialRecord]) -> list[TrialRecord]:
+        """The records with their wall time (a running trial's so far) and GPUs, which
+        spec.budget sums (sweep_budget)."""
+        if self.sweep.spec.budget is None:
+            return records
+        if self.gpus is None:
+            self.gpus = local_gpus()
+        at = time.perf_counter()
+        return [
+            replace(r, seconds=self.seconds.get(r.number, 0.0), gpus=self.gpus, timed=True)
+            if r.finished
+            else replace(r, seconds=at - self.started.get(r.number, at), gpus=self.gpus)
+            for r in records
+        ]
 
     def start(self, store: RecordStore, number: int, params: dict[str, Any]) -> None:
         _check_trial(self.sweep, number, params)
@@ -272,6 +296,21 @@ class _SweepLoop:
             rec = replace(store.get(number), status=TrialStatus.failed, message=message)
             store.put(rec)
             self.finished(store, rec, 0.0)
+
+
+def gpu_hour_price() -> float | None:
+    """FINETUNE_GPU_HOUR_PRICE prices a local sweep's spec.budget.maxCost (as a run's)."""
+    value = os.environ.get("FINETUNE_GPU_HOUR_PRICE")
+    return float(value) if value else None
+
+
+def local_gpus() -> int:
+    """A local trial is one process on at most one GPU: 1 with CUDA, else 0."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return 1 if torch.cuda.is_available() else 0
 
 
 def _check_trial(sweep: HyperparameterSweep, number: int, params: dict[str, Any]) -> None:

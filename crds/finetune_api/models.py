@@ -493,6 +493,15 @@ class Checkpoint(ApiModel):
 
 
 class Budget(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.maxCost) || has(self.maxGpuHours) || has(self.maxDurationSeconds)",
+                "a budget needs at least one of maxCost, maxGpuHours, maxDurationSeconds",
+            )
+        )
+    )
+
     max_cost: float | None = Field(
         None,
         gt=0,
@@ -508,6 +517,18 @@ class Budget(ApiModel):
         description="Stop after this many seconds of training wall time (summed over "
         "resumes; works on CPU nodes too).",
     )
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Budget:
+        if (
+            self.max_cost is None
+            and self.max_gpu_hours is None
+            and self.max_duration_seconds is None
+        ):
+            raise ValueError(
+                "a budget needs at least one of maxCost, maxGpuHours, maxDurationSeconds"
+            )
+        return self
 
 
 class Toleration(ApiModel):
@@ -1151,6 +1172,14 @@ class HyperparameterSweepSpec(ApiModel):
         description="Once the sweep succeeds, promote its best trial (and only it) as a "
         "FineTuneJob's spec.promote would; the gate applies to the best trial's metrics.",
     )
+    budget: Budget | None = Field(
+        None,
+        description="A spending limit for the whole sweep, summed over its trials (each "
+        "trial's time from its start to its end, x its GPUs, x the operator's price per "
+        "GPU-hour for maxCost). Once spent, no new trial starts; running trials finish "
+        "(or stop at their own spec.template.budget) and the sweep goes Suspended with "
+        "reason BudgetExhausted. Raising it continues the sweep.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> HyperparameterSweepSpec:
@@ -1226,12 +1255,23 @@ class BestTrial(ApiModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class SweepSpent(ApiModel):
+    duration_seconds: float = Field(0.0, description="Trial seconds, summed over trials.")
+    gpu_hours: float = Field(0.0, description="GPUs x trial hours, summed over trials.")
+    cost: float | None = Field(
+        None, description="GPU-hours x the operator's price per GPU-hour (when one is set)."
+    )
+
+
 class HyperparameterSweepStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     trials: TrialCounts | None = None
     best_trial: BestTrial | None = None
+    spent: SweepSpent | None = Field(
+        None, description="What the trials have used so far (with spec.budget)."
+    )
     message: str | None = None
     inference_service: ServedModel | None = Field(
         None, description="spec.promote: the InferenceService serving the best trial."

@@ -25,6 +25,10 @@ ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
 # then does the trial's spec.promote (the sweep's) act.
 ANNOTATION_PROMOTE = "finetune.dev/promote"
 PROMOTE_BEST = "best"
+# On a multi-node trainer Job: what disrupted one of its pods ("pod X was disrupted
+# (EvictionByEvictionAPI)"), written when the operator sees DisruptionTarget, so the gang
+# restart that follows survives an operator restart (handlers_job._restart_disrupted_gang).
+ANNOTATION_DISRUPTED = "finetune.dev/disrupted"
 # Labels copied from the FineTuneJob onto the Job (Kueue reads its labels from the Job).
 PASSTHROUGH_LABELS = (
     "kueue.x-k8s.io/queue-name",

@@ -172,3 +172,14 @@ def build_service(job: dict[str, Any], ftj: FineTuneJob) -> dict[str, Any] | Non
             "publishNotReadyAddresses": True,
         },
     }
+
+
+def disruption(pods: list[dict[str, Any]]) -> str | None:
+    """What disrupted a trainer pod (the first with DisruptionTarget True: eviction,
+    preemption, drain), in words; None when none was."""
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+                name = pod.get("metadata", {}).get("name")
+                return f"pod {name} was disrupted ({cond.get('reason') or 'DisruptionTarget'})"
+    return None

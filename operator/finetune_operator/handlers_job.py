@@ -33,6 +33,7 @@ from finetune_api.manifest import SpecError
 from finetune_api.models import FineTuneJob, FineTuneJobSpec, Phase
 from finetune_operator import kube, oom, promotion, usage
 from finetune_operator.config import (
+    ANNOTATION_DISRUPTED,
     ANNOTATION_PROMOTE,
     ANNOTATION_SPEC_HASH,
     KUEUE_QUEUE_LABEL,
@@ -41,7 +42,7 @@ from finetune_operator.config import (
     MANAGED_BY,
     PROMOTE_BEST,
 )
-from finetune_operator.gang import SERVICE_RESOURCE, build_service
+from finetune_operator.gang import SERVICE_RESOURCE, build_service, disruption
 from finetune_operator.jobs import (
     JOB_SUFFIX,
     build_job,
@@ -589,19 +590,37 @@ async def _recover_from_oom(
     return derived, attempt, jname
 
 
-def _note_disruption(state: ReconcileState, seen: Observed, pods: list[dict[str, Any]]) -> None:
-    """Remember a trainer pod of this Job that carries DisruptionTarget (eviction, drain,
-    preemption), before the pod itself is deleted."""
+async def _note_disruption(
+    state: ReconcileState, seen: Observed, pods: list[dict[str, Any]]
+) -> str | None:
+    """What disrupted a trainer pod of this Job (eviction, drain, preemption), if any:
+    persisted on the Job as annotation finetune.dev/disrupted when first seen (the evicted
+    pod is deleted soon after, and an operator restart must not forget it), also kept in
+    memory for a Job object read before that PATCH."""
     assert seen.job is not None
-    uid = str(seen.job.get("metadata", {}).get("uid"))
-    for pod in pods:
-        if not _pod_of(pod, uid):
-            continue
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-                name = pod.get("metadata", {}).get("name")
-                why = f"pod {name} was disrupted ({cond.get('reason') or 'DisruptionTarget'})"
-                state.jobs.disrupted[seen.key] = (uid, why)
+    meta = seen.job.get("metadata", {})
+    uid = str(meta.get("uid"))
+    noted = (meta.get("annotations") or {}).get(ANNOTATION_DISRUPTED)
+    remembered = state.jobs.disrupted.get(seen.key)
+    if noted is None and remembered is not None and remembered[0] == uid:
+        noted = remembered[1]
+    if noted is None:
+        noted = disruption([p for p in pods if _pod_of(p, uid)])
+        if noted is None:
+            return None
+        state.jobs.disrupted[seen.key] = (uid, noted)
+    if (meta.get("annotations") or {}).get(ANNOTATION_DISRUPTED) is None:
+        # The uid makes it a precondition: a Job of the same name but another uid would be
+        # a newer gang, not ours to mark.
+        body = {"metadata": {"uid": uid, "annotations": {ANNOTATION_DISRUPTED: noted[:1024]}}}
+        try:
+            seen.job = await state.kube.patch(*JOB_RESOURCE, meta["name"], body, seen.key[0])
+        except kube.KubeError as err:
+            if err.status not in (404, 409, 422):
+                raise
+            return noted  # that Job is gone or replaced (uid differs); memory still has it
+        state.jobs.created_jobs[seen.key] = seen.job
+    return noted
 
 
 async def _restart_disrupted_gang(
@@ -617,16 +636,14 @@ async def _restart_disrupted_gang(
     re-created as a whole (a new Job, every pod) and resumes from its checkpoint."""
     if model.spec.resources.nodes <= 1 or seen.job is None:
         return derived
-    _note_disruption(state, seen, pods)
-    uid = str(seen.job.get("metadata", {}).get("uid"))
-    noted = state.jobs.disrupted.get(seen.key)
-    if derived.phase is not Phase.failed or noted is None or noted[0] != uid:
+    noted = await _note_disruption(state, seen, pods)
+    if derived.phase is not Phase.failed or noted is None:
         return derived
     namespace, old = seen.key[0], seen.job["metadata"]["name"]
     await state.kube.delete(*JOB_RESOURCE, old, namespace, propagation="Background")
     state.jobs.disrupted.pop(seen.key, None)
     message = (
-        f"{noted[1]} and the gang failed after it; restarting all "
+        f"{noted} and the gang failed after it; restarting all "
         f"{model.spec.resources.nodes} pods in a new Job (they resume from the newest "
         "checkpoint)."
     )

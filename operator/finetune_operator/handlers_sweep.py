@@ -140,8 +140,9 @@ async def _reconcile(state: ReconcileState, key: Key) -> None:
     uid = str(meta.get("uid") or "")
     children = await list_trials(state.kube, namespace, name, uid)
     metric = sweep.spec.objective.metric
-    records = [r for c in children if (r := record_from_child(c, metric)) is not None]
-    plan, manifests = _plan(sweep, uid, records)
+    at = now()  # prices running trials for spec.budget
+    records = [r for c in children if (r := record_from_child(c, metric, at)) is not None]
+    plan, manifests = _plan(sweep, uid, records, state.config.gpu_hour_price)
     for number in plan.prune:
         await _prune(state, obj, plan, number)
     if not await _create_trials(state, key, manifests):
@@ -209,12 +210,14 @@ def _mirror_promotion(
 
 
 def _plan(
-    sweep: HyperparameterSweep, uid: str, records: list[TrialRecord]
+    sweep: HyperparameterSweep, uid: str, records: list[TrialRecord], price: float | None
 ) -> tuple[Plan, list[dict[str, Any]]]:
     """The study's plan and the manifests of the trials it creates."""
     name = sweep.metadata.name
     try:
-        plan = plan_sweep(sweep.spec, records, study_name=name, sweep_name=name)
+        plan = plan_sweep(
+            sweep.spec, records, study_name=name, sweep_name=name, price_per_gpu_hour=price
+        )
         manifests = [trial_manifest(sweep, n, params, owner_uid=uid) for n, params in plan.create]
     except SpecError as err:
         # e.g. searchSpace bounds outside what the template allows: no such child can exist.

@@ -47,7 +47,8 @@ class JobMemory:
     posted: dict[Key, set[tuple[str, str, int, str]]] = field(default_factory=dict)
     # Multi-node: (Job uid, what happened) of a trainer pod seen with DisruptionTarget; an
     # evicted pod is deleted soon after, and the gang's failure that follows must still
-    # be known as a disruption (handlers_job._restart_disrupted_gang).
+    # be known as a disruption (handlers_job._restart_disrupted_gang). Only a cache: the
+    # Job's annotation finetune.dev/disrupted holds it across operator restarts.
     disrupted: dict[Key, tuple[str, str]] = field(default_factory=dict)
     # spec.promote: FineTuneJobs with a re-read of their InferenceService scheduled (one
     # each: every reconcile that finds it not Ready yet would otherwise add another).

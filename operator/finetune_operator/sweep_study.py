@@ -56,6 +56,7 @@ from finetune_api.models import (
     TrialCounts,
 )
 from finetune_operator import optuna_internals as internals
+from finetune_operator import sweep_budget
 from finetune_operator.sweep_space import (
     ANNOTATION_PARAMS,
     ANNOTATION_STATE,
@@ -94,6 +95,9 @@ class TrialRecord:
     steps: int = 0
     message: str = ""
     name: str = ""
+    seconds: float = 0.0  # wall time so far (spec.budget sums it over trials)
+    gpus: int = 0  # GPUs the trial runs on (resources.gpus x nodes)
+    timed: bool = False  # seconds are final (the trial ended)
 
     @property
     def finished(self) -> bool:
@@ -110,8 +114,11 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None:
-    """A trial record from a child FineTuneJob (a dict as the API server returns it).
+def record_from_child(
+    obj: Mapping[str, Any], metric: str, now: str | None = None
+) -> TrialRecord | None:
+    """A trial record from a child FineTuneJob (a dict as the API server returns it);
+    `now` prices a running trial's time (sweep_budget.trial_seconds).
 
     Returns None for an object that is not a trial (no number in label or name).
     """
@@ -133,6 +140,7 @@ def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None
     if not steps and history and isinstance(history[-1], Mapping):
         steps = int(history[-1].get("step") or 0)
     message = str(status.get("message") or "")
+    seconds, timed = sweep_budget.trial_seconds(status, now)
     base = TrialRecord(
         number=number,
         params=decode_params(annotations.get(ANNOTATION_PARAMS)),
@@ -140,6 +148,9 @@ def record_from_child(obj: Mapping[str, Any], metric: str) -> TrialRecord | None
         steps=steps,
         message=message,
         name=name,
+        seconds=seconds,
+        gpus=sweep_budget.trial_gpus(obj.get("spec") or {}),
+        timed=timed,
     )
     return _with_outcome(
         base, status, metric, pruned=annotations.get(ANNOTATION_STATE) == STATE_PRUNED
@@ -167,7 +178,21 @@ def _with_outcome(
         return replace(base, status=TrialStatus.succeeded, value=value)
     if phase == Phase.failed:
         return replace(base, status=TrialStatus.failed, message=base.message or "the trial failed")
+    if phase == Phase.suspended and _own_budget_spent(status):
+        # Stopped at its own spec.budget with a checkpoint: it ends early, as a pruned
+        # trial does (its last reported value, never the best), and frees its slot.
+        last = base.intermediate[-1] if base.intermediate else None
+        return replace(base, status=TrialStatus.pruned, value=last)
     return base
+
+
+def _own_budget_spent(status: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(c, Mapping)
+        and c.get("reason") == sweep_budget.BUDGET_EXHAUSTED
+        and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
 
 
 # --------------------------------------------------------------------------- distributions
@@ -507,6 +532,7 @@ class Plan:
     counts: TrialCounts = field(default_factory=TrialCounts)
     best: TrialRecord | None = None
     records: list[TrialRecord] = field(default_factory=list)
+    spent: sweep_budget.Spent | None = None  # with spec.budget: what the trials used
 
     @property
     def done(self) -> bool:
@@ -542,11 +568,14 @@ def plan_sweep(
     *,
     study_name: str,
     sweep_name: str | None = None,
+    price_per_gpu_hour: float | None = None,
 ) -> Plan:
     """Budgets, pruning and suggestions for one reconcile; a pure function of spec and records.
 
     - running trials the pruner rejects are pruned (their slots free at once);
     - more than maxFailedTrials failures fail the sweep (no new trials);
+    - once spec.budget is spent (sweep_budget, over the records' seconds and GPUs), no
+      new trials; running ones finish, then the sweep is Suspended (BudgetExhausted);
     - new trials fill min(parallelism - running, maxTrials - total) slots, numbered
       after the highest existing number (a raised maxTrials continues a finished sweep);
     - the sweep succeeds when maxTrials trials (or the whole grid) finished and one
@@ -557,7 +586,14 @@ def plan_sweep(
     recs = _prune_running(spec, _sorted(records), plan, study_name)
     failures = [r for r in recs if r.status is TrialStatus.failed]
     exhausted = False
-    if len(failures) > spec.max_failed_trials:
+    budget_spent: str | None = None
+    if spec.budget is not None:  # decided on live times; the status shows ended trials'
+        live = sweep_budget.spent(recs, price_per_gpu_hour)
+        budget_spent = sweep_budget.exhausted(spec.budget, live)
+        plan.spent = sweep_budget.spent(recs, price_per_gpu_hour, final=True)
+    if sweep_budget.unpriced(spec.budget, price_per_gpu_hour):
+        plan.phase, plan.reason, plan.message = Phase.failed, "InvalidBudget", sweep_budget.NO_PRICE
+    elif len(failures) > spec.max_failed_trials:
         last = failures[-1]
         plan.phase, plan.reason = Phase.failed, "TooManyFailedTrials"
         plan.message = (
@@ -565,7 +601,7 @@ def plan_sweep(
             f"last failure: {last.name or trial_name(name, last.number)}: "
             f"{last.message or 'no message'}"
         )
-    else:
+    elif budget_spent is None:
         recs, exhausted = _fill_slots(spec, recs, plan, study_name, name)
     plan.counts = counts(recs)
     plan.records = recs
@@ -573,7 +609,24 @@ def plan_sweep(
     if plan.phase is not Phase.failed:
         _set_phase(spec, plan, exhausted)
         plan.message = _summary(spec, plan.counts, plan.best, name, exhausted)
+        if budget_spent is not None and not plan.done:
+            _budget_phase(plan, budget_spent)
     return plan
+
+
+def _budget_phase(plan: Plan, which: str) -> None:
+    """spec.budget is spent and the sweep is not done: running trials finish, no new
+    ones; with none left running the sweep is Suspended (raising the budget continues)."""
+    running = plan.counts.running
+    plan.reason = sweep_budget.BUDGET_EXHAUSTED
+    if running:
+        plan.phase = Phase.running
+        then = f"no new trials; waiting for {running} running trial(s) to finish"
+    else:  # every trial ended: the spent figures are final
+        plan.phase = Phase.suspended
+        spent = f" (spent {plan.spent.words()})" if plan.spent is not None else ""
+        which, then = which + spent, "no new trials; raise spec.budget to continue"
+    plan.message = f"budget exhausted: {which}; {then}; {plan.message}"
 
 
 def _prune_running(
@@ -699,6 +752,7 @@ def sweep_status(
         observed_generation=generation,
         trials=plan.counts,
         best_trial=best,
+        spent=plan.spent.status() if plan.spent is not None else None,
         message=plan.message,
     )
 

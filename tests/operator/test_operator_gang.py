@@ -440,3 +440,81 @@ async def test_an_evicted_rank_restarts_the_whole_gang_in_a_new_job(
         kubelet.order(pods[1], {"exit": 0})
         kubelet.order(pods[0], {"exit": 0, "message": report})
         await cluster.wait_phase(NAMESPACE, "drain", "Succeeded", timeout=60)
+
+
+async def test_a_disruption_persisted_on_the_job_restarts_the_gang_after_an_operator_restart(
+    cluster: Cluster, operator: Any, kubelet: Kubelet
+) -> None:
+    """The operator writes what disrupted a rank onto the Job (annotation
+    finetune.dev/disrupted) when it sees DisruptionTarget. Stopped right after, it misses
+    the evicted pod's deletion and the gang's failure; a new operator process, with no
+    memory of the eviction, still restarts the gang from the annotation."""
+    async with bound_claim(cluster, "models"):
+        await cluster.create(FTJ, make_ftj("drain2", GANG_SPEC))
+        job = await cluster.wait_for_object(JOB, NAMESPACE, "drain2-train")
+        pods = await cluster.wait_for(
+            lambda: (
+                (p := by_index(cluster, job)).keys() == {0, 1}
+                and all(map(running, p.values()))
+                and p
+            ),
+            60,
+            "both pods running",
+        )
+        evicted = pods[1]["metadata"]["name"]
+        eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": evicted}}
+        await cluster.request(
+            "POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{evicted}/eviction", eviction
+        )
+        kubelet.ordered.add(pods[1]["metadata"]["uid"])
+
+        def noted() -> str | None:
+            fresh = cluster.get_object(JOB, NAMESPACE, "drain2-train") or {}
+            return (fresh.get("metadata", {}).get("annotations") or {}).get(
+                "finetune.dev/disrupted"
+            )
+
+        why = await cluster.wait_for(noted, 30, "the disruption persisted on the Job")
+        assert why == f"pod {evicted} was disrupted (EvictionByEvictionAPI)"
+        await operator.stop()  # its in-memory caches go with it
+
+        await cluster.wait_for(
+            lambda: cluster.get_object(("", "v1", "pods"), NAMESPACE, evicted) is None,
+            60,
+            "the evicted pod gone",
+        )
+        gloo = report_message("Failed", message="gloo: Connection closed by peer")
+        kubelet.order(pods[0], {"exit": 1, "message": gloo})
+        await kubelet.wait_job_condition(job, "Failed", timeout=60)
+        assert not [e for e in cluster.events(NAMESPACE, "drain2") if e["reason"] == "GangRestart"]
+
+        await operator.start()  # a new process: nothing in memory about the eviction
+
+        def new_job() -> dict[str, Any] | None:
+            fresh = cluster.get_object(JOB, NAMESPACE, "drain2-train")
+            return fresh if fresh and fresh["metadata"]["uid"] != job["metadata"]["uid"] else None
+
+        second = await cluster.wait_for(new_job, 90, "the gang re-created in a new Job")
+        assert "finetune.dev/disrupted" not in (second["metadata"].get("annotations") or {})
+        restarts = await cluster.wait_for(
+            lambda: [
+                e for e in cluster.events(NAMESPACE, "drain2") if e["reason"] == "GangRestart"
+            ],
+            30,
+            "the GangRestart Event",
+        )
+        assert f"pod {evicted} was disrupted (EvictionByEvictionAPI)" in restarts[0]["message"]
+        pods = await cluster.wait_for(
+            lambda: (
+                (p := by_index(cluster, second)).keys() == {0, 1}
+                and all(map(running, p.values()))
+                and p
+            ),
+            60,
+            "the new gang running",
+        )
+        kubelet.order(pods[1], {"exit": 0})
+        kubelet.order(
+            pods[0], {"exit": 0, "message": report_message("Succeeded", {"accuracy": 0.9})}
+        )
+        await cluster.wait_phase(NAMESPACE, "drain2", "Succeeded", timeout=60)

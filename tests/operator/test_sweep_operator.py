@@ -9,6 +9,7 @@ the child like the trainer's sink would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -18,6 +19,7 @@ from operator_harness import (
     JOB,
     NAMESPACE,
     SMALL_SPEC,
+    STUB_IMAGE,
     SWEEP,
     ApiError,
     Cluster,
@@ -326,3 +328,79 @@ async def test_invalid_specs_fail_the_sweep_without_trials(
     assert st["conditions"][0]["reason"] == "InvalidSpec"
     assert not trials(cluster, "bad-metric")
     assert not trials(cluster, "bad-space") and not trials(cluster, "bad-spec")
+
+
+async def test_a_spent_budget_stops_new_trials_then_suspends_and_a_raised_one_continues(
+    cluster: Cluster, operator_factory: Any, kubelet: Kubelet
+) -> None:
+    """spec.budget summed over trials, priced from the children's start and completion
+    times as the operator prices cost: once spent, no new trial; the running ones finish;
+    then Suspended / BudgetExhausted with the spending and the best trial."""
+    from finetune_operator.config import OperatorConfig
+
+    # The CRD's CEL rule (and the model) refuse a budget without any limit.
+    with pytest.raises(ApiError) as refused:
+        await cluster.create(SWEEP, make_sweep("nob", budget={}))
+    assert refused.value.status == 422
+    assert "at least one of maxCost, maxGpuHours, maxDurationSeconds" in str(refused.value)
+
+    await operator_factory(config=OperatorConfig(trainer_image=STUB_IMAGE, gpu_hour_price=3.6))
+    budget = {"maxDurationSeconds": 3}
+    await cluster.create(SWEEP, make_sweep("bud", maxTrials=6, budget=budget))
+    await wait_trials(cluster, "bud", 2)
+    jobs = [await cluster.wait_for_object(JOB, NAMESPACE, f"bud-trial-{n}-train") for n in (0, 1)]
+    for job in jobs:
+        await kubelet.run_pod(job)
+    # Both trials run past the 3 s between them (the Job times have whole seconds).
+    await cluster.wait_for(
+        lambda: all(cluster.status(FTJ, NAMESPACE, f"bud-trial-{n}").get("startTime")
+                    for n in (0, 1)), 15, "both trials started",
+    )  # fmt: skip
+    await asyncio.sleep(3.5)
+    await report(cluster, "bud-trial-0", [0.6, 0.7])
+    await kubelet.succeed(jobs[0], metrics={"accuracy": 0.7})
+    await cluster.wait_phase(NAMESPACE, "bud-trial-0", "Succeeded")
+    st = await cluster.wait_for(
+        lambda: (
+            (s := sweep_status(cluster, "bud")).get("conditions")
+            and s["conditions"][0]["reason"] == "BudgetExhausted"
+            and s
+        ),
+        15,
+        "the sweep seeing its budget spent",
+    )
+    assert st["phase"] == "Running", st  # trial 1 still runs and may finish
+    assert "budget exhausted: maxDurationSeconds 3; no new trials; waiting for 1" in st["message"]
+    await asyncio.sleep(1.0)  # a reconcile would have created trial 2 by now
+    assert sorted(trials(cluster, "bud")) == ["bud-trial-0", "bud-trial-1"]
+
+    await report(cluster, "bud-trial-1", [0.8, 0.9])
+    await kubelet.succeed(jobs[1], metrics={"accuracy": 0.9})
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "bud")).get("phase") == "Suspended" and s, 15
+    )
+    (ready,) = st["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == (
+        "Ready",
+        "False",
+        "BudgetExhausted",
+    )
+    assert st["bestTrial"]["name"] == "bud-trial-1" and st["bestTrial"]["value"] == 0.9
+    spent = st["spent"]
+    assert spent["durationSeconds"] >= 3
+    # 1 GPU per trial (SMALL_SPEC), priced at 3.6 per GPU-hour: cost = seconds / 1000.
+    assert spent["gpuHours"] == pytest.approx(spent["durationSeconds"] / 3600, abs=1e-6)
+    assert spent["cost"] == pytest.approx(spent["durationSeconds"] / 1000, abs=1e-5)
+    assert f"(spent {spent['durationSeconds']:.1f} s of trials" in st["message"]
+    assert "raise spec.budget to continue" in st["message"]
+    assert st["trials"] == {"total": 2, "running": 0, "succeeded": 2, "failed": 0, "pruned": 0}
+    events = [e["reason"] for e in cluster.events(NAMESPACE, "bud")]
+    assert "SweepSuspended" in events
+
+    # A raised budget continues the sweep with the next trials.
+    await cluster.patch(SWEEP, NAMESPACE, "bud", {"spec": {"budget": {"maxDurationSeconds": 3600}}})
+    await wait_trials(cluster, "bud", 4)
+    st = await cluster.wait_for(
+        lambda: (s := sweep_status(cluster, "bud")).get("phase") == "Running" and s, 15
+    )
+    assert st["conditions"][0]["reason"] == "TrialsRunning"

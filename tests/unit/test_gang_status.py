@@ -133,3 +133,22 @@ async def test_a_transient_service_error_is_retried() -> None:
     ftj, manifest = _gang()
     with pytest.raises(kube.KubeError):
         await _ensure_service(SimpleNamespace(kube=client), ftj, manifest, "team-a")
+
+
+def test_disruption_names_the_first_pod_with_disruption_target() -> None:
+    from finetune_operator.gang import disruption
+
+    def pod(name: str, *conds: dict[str, str]) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "status": {"conditions": list(conds)}}
+
+    ready = {"type": "Ready", "status": "True"}
+    assert disruption([pod("a", ready), {"metadata": {"name": "b"}}]) is None
+    gone = {"type": "DisruptionTarget", "status": "False", "reason": "EvictionByEvictionAPI"}
+    assert disruption([pod("a", gone)]) is None
+    evicted = dict(gone, status="True")
+    assert disruption([pod("a", ready), pod("b", ready, evicted)]) == (
+        "pod b was disrupted (EvictionByEvictionAPI)"
+    )
+    assert disruption([pod("c", {"type": "DisruptionTarget", "status": "True"})]) == (
+        "pod c was disrupted (DisruptionTarget)"
+    )
