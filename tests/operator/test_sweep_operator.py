@@ -394,8 +394,14 @@ async def test_a_spent_budget_stops_new_trials_then_suspends_and_a_raised_one_co
     assert f"(spent {spent['durationSeconds']:.1f} s of trials" in st["message"]
     assert "raise spec.budget to continue" in st["message"]
     assert st["trials"] == {"total": 2, "running": 0, "succeeded": 2, "failed": 0, "pruned": 0}
-    events = [e["reason"] for e in cluster.events(NAMESPACE, "bud")]
-    assert "SweepSuspended" in events
+    # kopf posts Events from a queue of its own, after the status patch: wait for it.
+    await cluster.wait_for(
+        lambda: "SweepSuspended" in [e["reason"] for e in cluster.events(NAMESPACE, "bud")],
+        15,
+        lambda: (
+            f"a SweepSuspended Event (have {[e['reason'] for e in cluster.events(NAMESPACE, 'bud')]})"
+        ),
+    )
 
     # A raised budget continues the sweep with the next trials.
     await cluster.patch(SWEEP, NAMESPACE, "bud", {"spec": {"budget": {"maxDurationSeconds": 3600}}})
